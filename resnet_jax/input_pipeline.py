@@ -1,0 +1,205 @@
+"""CIFAR input pipeline: tfds split -> in-memory arrays -> per-step batches.
+
+CIFAR is small (150 MB of uint8 for the train split), so the split is read
+once from tfds into host memory and every batch is a pure function of
+`(seed, step)`: the example order is a fresh permutation per epoch and the
+augmentation draws come from a generator seeded by the step. That makes runs
+reproducible, lets a resumed run continue at the exact example it stopped at,
+and gives every process of a multi-host run the same global batch, of which it
+materialises only its own rows.
+
+Images stay uint8 on the host; `normalize` (on device, inside the compiled
+step) converts to float and applies the per-channel mean/std.
+"""
+
+import concurrent.futures
+import dataclasses
+import os
+from typing import Callable, Iterator, Optional
+
+import jax.numpy as jnp
+import numpy as np
+
+from resnet_jax import errors
+
+# Per-channel statistics of the training splits, on the [0, 1] scale.
+MEAN_STD = {
+    'cifar10': ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    'cifar100': ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+}
+NUM_CLASSES = {'cifar10': 10, 'cifar100': 100}
+PAD = 4
+
+
+@dataclasses.dataclass(frozen=True)
+class Split:
+  """A dataset split held in host memory."""
+  images: np.ndarray  # uint8 [N, 32, 32, 3]
+  labels: np.ndarray  # int32 [N]
+  class_names: tuple
+
+  def __len__(self) -> int:
+    return len(self.labels)
+
+
+def load_split(dataset: str, split: str, data_dir: Optional[str]) -> Split:
+  """Reads a whole tfds split into memory, preparing the dataset if needed.
+
+  Args:
+    dataset: 'cifar10' or 'cifar100'.
+    split: 'train' or 'test'.
+    data_dir: tfds data directory; None for tfds's default.
+
+  Returns:
+    The split's images and labels.
+
+  Raises:
+    errors.UserError: the dataset is not there and cannot be downloaded.
+  """
+  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+  import tensorflow_datasets as tfds  # Heavy import, only where data is read.
+  import tensorflow as tf
+  # tf.data must not grab an accelerator that JAX owns.
+  tf.config.set_visible_devices([], 'GPU')
+
+  builder = tfds.builder(dataset, data_dir=data_dir)
+  if not builder.is_prepared():
+    try:
+      builder.download_and_prepare()
+    except Exception as e:  # tfds raises many kinds on a failed download.
+      where = data_dir or tfds.core.constants.DATA_DIR
+      raise errors.UserError(
+          f'dataset {dataset} is not in {where} and could not be downloaded '
+          f'({type(e).__name__}); without internet, build it from the official '
+          f'archive: python -m resnet_jax.prepare_data --archive '
+          f'{dataset.replace("cifar", "cifar-")}-binary.tar.gz --data_dir DIR, '
+          f'then pass --config.data_dir=DIR') from e
+  data = tfds.as_numpy(builder.as_dataset(split=split, batch_size=-1))
+  names = tuple(builder.info.features['label'].names)
+  return Split(images=np.asarray(data['image'], np.uint8),
+               labels=np.asarray(data['label'], np.int32),
+               class_names=names)
+
+
+def normalize(images: jnp.ndarray, dataset: str, dtype=jnp.float32) -> jnp.ndarray:
+  """uint8 NHWC -> float, per-channel mean/std (runs inside the compiled step)."""
+  mean, std = (np.asarray(v, np.float32) * 255.0 for v in MEAN_STD[dataset])
+  return ((images.astype(jnp.float32) - mean) / std).astype(dtype)
+
+
+def augment(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+  """4-pixel zero pad, random 32x32 crop and random horizontal flip.
+
+  Args:
+    images: uint8 [B, H, W, C].
+    rng: the generator of this batch's draws.
+
+  Returns:
+    uint8 [B, H, W, C], augmented.
+  """
+  return _apply_draws(images, *augment_draws(rng, len(images)))
+
+
+class TrainStream:
+  """The training batches of a run, each a pure function of the step.
+
+  The examples form one endless stream of epochs, each a fresh permutation of
+  the split; step `s` takes stream positions `[s * B, (s + 1) * B)`, so a
+  batch may straddle two epochs and no example is ever dropped.
+  """
+
+  def __init__(self, split: Split, global_batch: int, seed: int,
+               augment_images: bool = True, process_index: int = 0,
+               process_count: int = 1):
+    if global_batch % process_count:
+      raise errors.UserError(
+          f'batch_size {global_batch} is not divisible by the {process_count} '
+          'processes; set --config.batch_size to a multiple of it')
+    self.split = split
+    self.global_batch = global_batch
+    self.seed = seed
+    self.augment_images = augment_images
+    local = global_batch // process_count
+    self._rows = slice(process_index * local, (process_index + 1) * local)
+    self._perms = {}
+
+  def _permutation(self, epoch: int) -> np.ndarray:
+    if epoch not in self._perms:
+      if len(self._perms) > 2:
+        self._perms.pop(min(self._perms))
+      rng = np.random.default_rng([self.seed, 0, epoch])
+      self._perms[epoch] = rng.permutation(len(self.split))
+    return self._perms[epoch]
+
+  def epoch_at(self, step: int) -> float:
+    """Epochs completed after `step` steps."""
+    return step * self.global_batch / len(self.split)
+
+  def batch(self, step: int) -> dict:
+    """This process's rows of the global batch of `step` (0-based)."""
+    n = len(self.split)
+    pos = step * self.global_batch + np.arange(self.global_batch)
+    epochs, offsets = np.divmod(pos, n)
+    index = np.empty(self.global_batch, np.int64)
+    for epoch in np.unique(epochs):
+      sel = epochs == epoch
+      index[sel] = self._permutation(int(epoch))[offsets[sel]]
+    index = index[self._rows]
+    images = self.split.images[index]
+    if self.augment_images:
+      # Draws for the whole global batch, then this process's rows, so the
+      # result does not depend on how many processes share the batch.
+      rng = np.random.default_rng([self.seed, 1, step])
+      draws = augment_draws(rng, self.global_batch)
+      images = _apply_draws(images, *(d[self._rows] for d in draws))
+    return {'image': images, 'label': self.split.labels[index]}
+
+
+def augment_draws(rng: np.random.Generator, b: int):
+  """Crop offsets (y, x) and flips for `b` images."""
+  return (rng.integers(0, 2 * PAD + 1, size=b), rng.integers(0, 2 * PAD + 1, size=b),
+          rng.random(b) < 0.5)
+
+
+def _apply_draws(images, oy, ox, flip):
+  """Crops and flips as one gather over the zero-padded batch."""
+  b, h, w, _ = images.shape
+  padded = np.pad(images, ((0, 0), (PAD, PAD), (PAD, PAD), (0, 0)))
+  rows = oy[:, None] + np.arange(h)
+  cols = np.where(flip[:, None], np.arange(w)[::-1], np.arange(w)) + ox[:, None]
+  return padded[np.arange(b)[:, None, None], rows[:, :, None], cols[:, None, :]]
+
+
+def eval_batches(split: Split, global_batch: int, process_index: int = 0,
+                 process_count: int = 1) -> Iterator[dict]:
+  """The whole split in order, the last batch padded; `mask` marks real rows."""
+  local = global_batch // process_count
+  rows = slice(process_index * local, (process_index + 1) * local)
+  n = len(split)
+  for start in range(0, n, global_batch):
+    index = np.arange(start, start + global_batch)
+    mask = index < n
+    index = np.where(mask, index, 0)[rows]
+    yield {'image': split.images[index], 'label': split.labels[index],
+           'mask': mask[rows]}
+
+
+def prefetch(make: Callable[[int], dict], put: Callable[[dict], dict],
+             steps: range, depth: int = 2) -> Iterator[dict]:
+  """Yields `put(make(step))` for each step, computed `depth` steps ahead.
+
+  A worker thread builds host batches and starts their transfer while the
+  device runs earlier steps, so the loop never waits on augmentation.
+  """
+  with concurrent.futures.ThreadPoolExecutor(1) as pool:
+    futures = []
+    it = iter(steps)
+    for step in it:
+      futures.append(pool.submit(lambda s: put(make(s)), step))
+      if len(futures) > depth:
+        break
+    for step in it:
+      yield futures.pop(0).result()
+      futures.append(pool.submit(lambda s: put(make(s)), step))
+    for f in futures:
+      yield f.result()

@@ -1,0 +1,23 @@
+"""Console output: this program's lines at INFO, libraries' at WARNING.
+
+orbax, tfds and JAX log through absl at INFO in volume; a researcher watching
+a run wants the run's own lines, so those go through a separate logger.
+"""
+
+import logging
+import sys
+
+from absl import logging as absl_logging
+
+log = logging.getLogger('resnet_jax')
+
+
+def setup() -> None:
+  """Routes `log` to stderr with a short format; quiets library INFO logs."""
+  absl_logging.set_verbosity(absl_logging.WARNING)
+  if not log.handlers:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter('%(asctime)s %(message)s', '%H:%M:%S'))
+    log.addHandler(handler)
+  log.setLevel(logging.INFO)
+  log.propagate = False

@@ -1,0 +1,55 @@
+r"""Trains or evaluates a ResNet on CIFAR.
+
+  python -m resnet_jax.main --config configs/cifar.py --workdir runs/resnet20
+  python -m resnet_jax.main --config configs/cifar.py --workdir runs/resnet20 --mode=eval
+
+Running the train command again on the same workdir resumes from its latest
+checkpoint. Any config field can be overridden: `--config.batch_size=256`.
+"""
+
+import os
+
+from absl import flags
+from ml_collections import config_flags
+
+from resnet_jax import errors
+from resnet_jax import logs
+from resnet_jax.logs import log
+
+_CONFIG = config_flags.DEFINE_config_file(
+    'config', None, 'Training config file, e.g. configs/cifar.py.', lock_config=True)
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Where checkpoints and metrics go.')
+_MODE = flags.DEFINE_enum('mode', 'train', ['train', 'eval'],
+                          'train (resuming if possible) or eval the latest checkpoint.')
+flags.mark_flags_as_required(['config', 'workdir'])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise errors.UserError(f'unexpected arguments {argv[1:]}; config fields go as '
+                           '--config.FIELD=VALUE')
+  logs.setup()
+  from resnet_jax import train  # After flag parsing: keeps --help fast.
+  workdir = _WORKDIR.value
+  if _MODE.value == 'eval':
+    if not os.path.isdir(workdir):
+      raise errors.UserError(f'workdir {workdir} does not exist; pass the '
+                             '--workdir of a trained run')
+    result = train.evaluate_checkpoint(_CONFIG.value, workdir)
+    log.info('Evaluated step %d: accuracy %.2f%% on %d examples, wrote %s',
+                 result['step'], 100 * result['eval_accuracy'],
+                 result['eval_examples'], os.path.join(workdir, 'eval.json'))
+    return
+  try:
+    os.makedirs(workdir, exist_ok=True)
+  except OSError as e:
+    raise errors.UserError(f'cannot create workdir {workdir} ({e.strerror}); '
+                           'choose a writable --workdir') from e
+  if not os.access(workdir, os.W_OK):
+    raise errors.UserError(f'workdir {workdir} is not writable; choose a '
+                           'writable --workdir')
+  train.train_and_evaluate(_CONFIG.value, workdir)
+
+
+if __name__ == '__main__':
+  errors.run_cli(main)

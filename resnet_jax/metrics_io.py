@@ -1,0 +1,86 @@
+"""Metrics of a run: `metrics.jsonl` in the workdir and console log lines."""
+
+import json
+import math
+import os
+from typing import Iterable, Optional
+
+import jax
+import numpy as np
+
+from resnet_jax import errors
+from resnet_jax.logs import log
+
+
+def mean_metrics(per_step: Iterable[dict]) -> dict:
+  """Means over the steps of a log interval."""
+  per_step = list(per_step)
+  return {k: float(np.mean([m[k] for m in per_step])) for k in per_step[0]}
+
+
+def scalars(metrics: dict) -> dict:
+  """The JSON-able scalar entries of a metrics dict."""
+  return {k: v for k, v in metrics.items() if np.ndim(v) == 0}
+
+
+def check_finite(step: int, metrics: dict, ckpt) -> None:
+  """Stops a diverged run, naming the step; earlier checkpoints stay."""
+  loss = metrics.get('train_loss')
+  if loss is not None and not math.isfinite(loss):
+    ckpt.close()
+    raise errors.UserError(
+        f'training loss is {loss} at step {step}; the run stopped and its last '
+        f'good checkpoint (step {ckpt.latest_step()}) is kept. Lower '
+        '--config.learning_rate or check the data')
+
+
+def write_json(path: str, obj: dict) -> None:
+  """Writes `obj` as JSON atomically (a reader never sees half a file)."""
+  tmp = path + '.tmp'
+  with open(tmp, 'w') as f:
+    json.dump(obj, f, indent=1)
+  os.replace(tmp, path)
+
+
+class MetricsWriter:
+  """Appends one JSON object per line to `metrics.jsonl` (process 0 only).
+
+  On resume, lines after the restored step are dropped first: the resumed run
+  writes them again, identically, so the file reads as one uninterrupted run.
+  """
+
+  def __init__(self, workdir: str, resume_step: int = 0):
+    self.path = os.path.join(workdir, 'metrics.jsonl')
+    self.enabled = jax.process_index() == 0
+    if self.enabled and os.path.exists(self.path):
+      with open(self.path) as f:
+        lines = [l for l in f if l.strip() and json.loads(l)['step'] <= resume_step]
+      tmp = self.path + '.tmp'
+      with open(tmp, 'w') as f:
+        f.writelines(lines)
+      os.replace(tmp, self.path)
+
+  def write(self, step: int, metrics: dict, total: Optional[int] = None) -> None:
+    if not self.enabled:
+      return
+    record = {'step': step, **metrics}
+    with open(self.path, 'a') as f:
+      f.write(json.dumps(record) + '\n')
+    log.info('%s', format_line(record, total))
+
+
+def format_line(record: dict, total: Optional[int] = None) -> str:
+  """A readable one-line rendering of a metrics record."""
+  parts = [f"step {record['step']}" + (f'/{total}' if total else '')]
+  for key, value in record.items():
+    if key == 'step':
+      continue
+    if key.endswith('accuracy'):
+      parts.append(f'{key} {100 * value:.2f}%')
+    elif key == 'learning_rate':
+      parts.append(f'lr {value:.4g}')
+    elif isinstance(value, float):
+      parts.append(f'{key} {value:.4f}' if key != 'images_per_sec' else f'{value:.0f} img/s')
+    else:
+      parts.append(f'{key} {value}')
+  return ' | '.join(parts)

@@ -1,0 +1,224 @@
+r"""Builds the tfds CIFAR dataset from a local archive, with no network.
+
+  python -m resnet_jax.prepare_data --archive cifar-10-binary.tar.gz --data_dir DIR
+
+Accepts the official archives of https://www.cs.toronto.edu/~kriz/cifar.html
+in either layout (binary `*-binary.tar.gz` or python `*-python.tar.gz`), for
+CIFAR-10 and CIFAR-100. The result is tfds's own `cifar10` / `cifar100`
+dataset (same version, features and example order as a download would give),
+so `--config.data_dir=DIR` trains and evaluates from it.
+"""
+
+import hashlib
+import os
+import pickle
+import tarfile
+import tempfile
+from typing import NamedTuple
+
+from absl import flags
+
+import numpy as np
+
+from resnet_jax import errors
+from resnet_jax import logs
+from resnet_jax.logs import log
+
+_ARCHIVE = flags.DEFINE_string('archive', None, 'Path of the CIFAR .tar.gz archive.')
+_DATA_DIR = flags.DEFINE_string('data_dir', None, 'tfds data_dir to build into.')
+
+
+class Layout(NamedTuple):
+  dataset: str
+  folder: str          # Top folder inside the archive.
+  binary: bool
+  md5: str             # Of the official archive (cs.toronto.edu/~kriz).
+
+
+# The official archives; tfds's cifar builders read the binary layout.
+LAYOUTS = (
+    Layout('cifar10', 'cifar-10-batches-bin', True, 'c32a1d4ab5d03f1284b67883e8d87530'),
+    Layout('cifar10', 'cifar-10-batches-py', False, 'c58f30108f718f92721af3b95e74349a'),
+    Layout('cifar100', 'cifar-100-binary', True, '03b5dce01913d631647c71ecec9e9cb8'),
+    Layout('cifar100', 'cifar-100-python', False, 'eb9058c3a382ffc7106e4002c42a8d85'),
+)
+# Binary-layout files, as tfds's builders expect them.
+_BIN_FILES = {
+    'cifar10': {'train': [f'data_batch_{i}.bin' for i in range(1, 6)],
+                'test': ['test_batch.bin'], 'label_bytes': 1},
+    'cifar100': {'train': ['train.bin'], 'test': ['test.bin'], 'label_bytes': 2},
+}
+_BINARY_FOLDER = {'cifar10': 'cifar-10-batches-bin', 'cifar100': 'cifar-100-binary'}
+_RECORD_PIXELS = 32 * 32 * 3
+
+
+def _md5(path: str) -> str:
+  h = hashlib.md5()
+  with open(path, 'rb') as f:
+    for chunk in iter(lambda: f.read(1 << 20), b''):
+      h.update(chunk)
+  return h.hexdigest()
+
+
+def detect_layout(archive: str) -> Layout:
+  """Opens the archive far enough to tell which official layout it has."""
+  if not os.path.isfile(archive):
+    raise errors.UserError(f'archive {archive} does not exist; pass the path of '
+                           'cifar-10-binary.tar.gz or cifar-10-python.tar.gz')
+  try:
+    with tarfile.open(archive, 'r:*') as tar:
+      first = tar.next()
+  except (tarfile.TarError, EOFError, OSError) as e:
+    raise errors.UserError(f'archive {archive} is not a readable .tar.gz ({e}); '
+                           'download the official CIFAR archive again') from e
+  top = first.name.split('/')[0] if first else ''
+  for layout in LAYOUTS:
+    if top == layout.folder:
+      return layout
+  raise errors.UserError(
+      f'archive {archive} is not a CIFAR archive (top folder {top!r}); expected '
+      'one of: ' + ', '.join(l.folder for l in LAYOUTS))
+
+
+def _extract(archive: str, dest: str) -> None:
+  try:
+    with tarfile.open(archive, 'r:*') as tar:
+      tar.extractall(dest, filter='data')
+  except (tarfile.TarError, EOFError, OSError) as e:
+    raise errors.UserError(f'archive {archive} is truncated or damaged ({e}); '
+                           'download it again') from e
+
+
+def _python_to_binary(layout: Layout, src: str, dst: str) -> None:
+  """Rewrites the python layout's pickles as the binary layout's records."""
+  os.makedirs(dst)
+  if layout.dataset == 'cifar10':
+    pairs = [(f'data_batch_{i}', f'data_batch_{i}.bin') for i in range(1, 6)]
+    pairs.append(('test_batch', 'test_batch.bin'))
+    meta, meta_keys = 'batches.meta', [(b'label_names', 'batches.meta.txt')]
+    label_keys = [b'labels']
+  else:
+    pairs = [('train', 'train.bin'), ('test', 'test.bin')]
+    meta = 'meta'
+    meta_keys = [(b'coarse_label_names', 'coarse_label_names.txt'),
+                 (b'fine_label_names', 'fine_label_names.txt')]
+    label_keys = [b'coarse_labels', b'fine_labels']
+  for name, out in pairs:
+    d = _unpickle(os.path.join(src, name))
+    data = np.asarray(d[b'data'], np.uint8).reshape(-1, _RECORD_PIXELS)
+    labels = [np.asarray(d[k], np.uint8).reshape(-1, 1) for k in label_keys]
+    if any(len(l) != len(data) for l in labels):
+      raise errors.UserError(f'{name} in the archive has {len(data)} images but '
+                             'a different number of labels; the archive is damaged')
+    np.concatenate(labels + [data], axis=1).tofile(os.path.join(dst, out))
+  m = _unpickle(os.path.join(src, meta))
+  for key, out in meta_keys:
+    names = [n.decode() if isinstance(n, bytes) else n for n in m[key]]
+    with open(os.path.join(dst, out), 'w') as f:
+      f.write('\n'.join(names) + '\n')
+
+
+def _unpickle(path: str) -> dict:
+  try:
+    with open(path, 'rb') as f:
+      return pickle.load(f, encoding='bytes')
+  except (OSError, pickle.UnpicklingError, EOFError) as e:
+    raise errors.UserError(f'{os.path.basename(path)} is missing or damaged in '
+                           f'the archive ({e})') from e
+
+
+def _check_binary(dataset: str, folder: str) -> dict:
+  """Checks every record file of the binary layout; returns split sizes."""
+  spec = _BIN_FILES[dataset]
+  record = spec['label_bytes'] + _RECORD_PIXELS
+  num_classes = 10 if dataset == 'cifar10' else 100
+  sizes = {}
+  for split in ('train', 'test'):
+    total = 0
+    for name in spec[split]:
+      path = os.path.join(folder, name)
+      if not os.path.isfile(path):
+        raise errors.UserError(f'{name} is missing from the archive; it is '
+                               'incomplete, download it again')
+      raw = np.fromfile(path, np.uint8)
+      if raw.size == 0 or raw.size % record:
+        raise errors.UserError(f'{name} in the archive is truncated ({raw.size} '
+                               f'bytes, not a multiple of {record}); download it again')
+      labels = raw.reshape(-1, record)[:, spec['label_bytes'] - 1]
+      if labels.max() >= num_classes:
+        raise errors.UserError(f'{name} has label {labels.max()} outside '
+                               f'0..{num_classes - 1}; not a {dataset} archive')
+      total += len(labels)
+    sizes[split] = total
+  return sizes
+
+
+class _LocalFiles:
+  """Stands in for tfds's download manager: the archive is already extracted."""
+
+  def __init__(self, root: str):
+    self._root = root
+
+  def download_and_extract(self, url):
+    del url
+    return self._root
+
+
+def prepare(archive: str, data_dir: str) -> dict:
+  """Builds the tfds dataset of `archive` in `data_dir`.
+
+  Args:
+    archive: path of an official CIFAR-10/100 archive, either layout.
+    data_dir: tfds data_dir to build into.
+
+  Returns:
+    {'dataset', 'path', 'train', 'test', 'official'}: what was built.
+
+  Raises:
+    errors.UserError: a missing, unreadable, truncated or non-CIFAR archive.
+  """
+  layout = detect_layout(archive)
+  official = _md5(archive) == layout.md5
+  if not official:
+    log.warning('%s is not the official %s archive (its MD5 differs); '
+                    'building from it anyway', archive, layout.dataset)
+  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+  import tensorflow_datasets as tfds  # Heavy import, after the cheap checks.
+
+  os.makedirs(data_dir, exist_ok=True)
+  builder = tfds.builder(layout.dataset, data_dir=data_dir)
+  if builder.is_prepared():
+    raise errors.UserError(
+        f'{builder.data_dir} already holds {layout.dataset}; it was left as it '
+        'is. Use another --data_dir, or delete that folder to rebuild')
+  with tempfile.TemporaryDirectory(dir=data_dir, prefix='.extract-') as tmp:
+    _extract(archive, tmp)
+    src = os.path.join(tmp, layout.folder)
+    binary_folder = _BINARY_FOLDER[layout.dataset]
+    if not layout.binary:
+      _python_to_binary(layout, src, os.path.join(tmp, binary_folder))
+    sizes = _check_binary(layout.dataset, os.path.join(tmp, binary_folder))
+    # tfds's own builder writes the dataset; only the download is replaced.
+    generators = type(builder)._split_generators
+    builder._split_generators = lambda _: generators(builder, _LocalFiles(tmp))
+    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
+        try_download_gcs=False))
+  return dict(dataset=layout.dataset, path=str(builder.data_dir),
+              official=official, **sizes)
+
+
+def main(argv):
+  del argv
+  logs.setup()
+  if not _ARCHIVE.value or not _DATA_DIR.value:
+    raise errors.UserError('both --archive and --data_dir are required')
+  info = prepare(_ARCHIVE.value, _DATA_DIR.value)
+  print(f"Built {info['dataset']} in {info['path']}: {info['train']} train and "
+        f"{info['test']} test images"
+        f"{'' if info['official'] else ' (from an unofficial archive)'}.\n"
+        f"Train with --config.dataset={info['dataset']} "
+        f"--config.data_dir={_DATA_DIR.value}")
+
+
+if __name__ == '__main__':
+  errors.run_cli(main)

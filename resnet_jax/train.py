@@ -1,0 +1,305 @@
+"""Training and evaluation: state, steps, and the loop of a run.
+
+Data flows one way: config -> input pipeline -> model -> train step ->
+checkpoints and metrics. The steps are pure functions compiled by
+`parallel.DataParallel`, so the jit and pmap strategies share everything but
+the compiled step and the placement of state.
+"""
+
+import functools
+import os
+import time
+from typing import Any, Callable, Optional
+
+from flax.training import train_state
+import jax
+from jax import lax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from resnet_jax import checkpointing
+from resnet_jax import config_validation
+from resnet_jax import input_pipeline
+from resnet_jax import metrics_io
+from resnet_jax import models
+from resnet_jax import parallel
+from resnet_jax import summary
+from resnet_jax.logs import log
+
+
+class TrainState(train_state.TrainState):
+  """Flax's TrainState plus BatchNorm running statistics."""
+  batch_stats: Any = None
+
+
+# ----------------------------------------------------------------------------
+# Model, schedule, optimizer, state.
+# ----------------------------------------------------------------------------
+
+def compute_dtype(config: ml_collections.ConfigDict):
+  return jnp.bfloat16 if config.half_precision else jnp.float32
+
+
+def create_model(config: ml_collections.ConfigDict, num_classes: int,
+                 axis_name: Optional[str] = None) -> models.ResNet:
+  """The config's model, for `num_classes` outputs."""
+  return models.create_model(
+      config.model, num_classes, stem=config.stem,
+      shortcut=config.shortcut or None, dropout_rate=config.dropout_rate,
+      zero_init_residual=config.zero_init_residual,
+      bn_momentum=config.bn_momentum, bn_epsilon=config.bn_epsilon,
+      dtype=compute_dtype(config), axis_name=axis_name)
+
+
+def total_steps(config: ml_collections.ConfigDict, num_train_examples: int) -> int:
+  """`num_train_steps`, or `num_epochs` worth of steps when it is -1."""
+  if config.num_train_steps > 0:
+    return int(config.num_train_steps)
+  return max(1, int(round(config.num_epochs * num_train_examples / config.batch_size)))
+
+
+def create_learning_rate_fn(config: ml_collections.ConfigDict,
+                            num_steps: int) -> optax.Schedule:
+  """Piecewise-constant schedule; boundaries are fractions of the run.
+
+  With the defaults and 64k steps the learning rate is 0.1 for steps
+  [0, 32000), 0.01 for [32000, 48000) and 0.001 from 48000 (0-based), as in
+  He et al. 2015. An optional constant warmup (the paper's 0.01 for ResNet-110)
+  replaces the first `warmup_steps` values.
+  """
+  boundaries = {int(round(f * num_steps)): config.lr_decay_factor
+                for f in config.lr_boundaries}
+  schedule = optax.piecewise_constant_schedule(config.learning_rate, boundaries)
+  if config.warmup_steps <= 0:
+    return schedule
+  # A constant warmup that keeps the boundaries at their absolute steps
+  # (optax.join_schedules would shift the later schedule).
+  return lambda step: jnp.where(step < config.warmup_steps, config.warmup_lr,
+                                schedule(step))
+
+
+def create_optimizer(config: ml_collections.ConfigDict,
+                     learning_rate_fn: optax.Schedule) -> optax.GradientTransformation:
+  """SGD with momentum and coupled weight decay on conv and dense kernels.
+
+  The decay is added to the gradient before momentum, as in the paper's
+  Caffe/Torch training (`g + wd * w`), not decoupled as in AdamW. BatchNorm
+  parameters and biases are not decayed.
+  """
+  kernels = lambda params: jax.tree.map(lambda p: p.ndim > 1, params)
+  return optax.chain(
+      optax.add_decayed_weights(config.weight_decay, mask=kernels),
+      optax.sgd(learning_rate_fn, momentum=config.momentum or None,
+                nesterov=config.nesterov))
+
+
+def create_train_state(rng: jax.Array, model: models.ResNet,
+                       tx: optax.GradientTransformation) -> TrainState:
+  """Initialises parameters, BatchNorm statistics and optimizer state."""
+  variables = model.init(rng, jnp.zeros((1, 32, 32, 3), jnp.float32), train=False)
+  return TrainState.create(apply_fn=model.apply, params=variables['params'],
+                           batch_stats=variables['batch_stats'], tx=tx)
+
+
+# ----------------------------------------------------------------------------
+# Steps. Pure functions of (state, batch); `axis_name` is set under pmap only.
+# ----------------------------------------------------------------------------
+
+def train_step(state: TrainState, batch: dict, *, dataset: str, dtype: Any,
+               seed: int, axis_name: Optional[str] = None):
+  """One SGD step on a batch of uint8 images; returns (state, metrics)."""
+  images = input_pipeline.normalize(batch['image'], dataset, dtype)
+  # Dropout keys follow the step, so a resumed run draws the same masks.
+  dropout_rng = jax.random.fold_in(jax.random.key(seed), state.step)
+
+  def loss_fn(params):
+    logits, updates = state.apply_fn(
+        {'params': params, 'batch_stats': state.batch_stats}, images,
+        train=True, mutable=['batch_stats'], rngs={'dropout': dropout_rng})
+    loss = optax.softmax_cross_entropy_with_integer_labels(
+        logits, batch['label']).mean()
+    return loss, (logits, updates['batch_stats'])
+
+  (loss, (logits, batch_stats)), grads = jax.value_and_grad(
+      loss_fn, has_aux=True)(state.params)
+  metrics = {'train_loss': loss,
+             'train_accuracy': jnp.mean(jnp.argmax(logits, -1) == batch['label'])}
+  if axis_name is not None:
+    # Equal shards per replica, so the mean of means is the global mean.
+    grads, metrics = lax.pmean((grads, metrics), axis_name)
+  state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
+  return state, metrics
+
+
+def eval_step(state: TrainState, batch: dict, *, dataset: str, dtype: Any,
+              num_classes: int, axis_name: Optional[str] = None) -> dict:
+  """Sums over the real (unmasked) examples of a padded eval batch."""
+  images = input_pipeline.normalize(batch['image'], dataset, dtype)
+  logits = state.apply_fn({'params': state.params, 'batch_stats': state.batch_stats},
+                          images, train=False)
+  labels, mask = batch['label'], batch['mask'].astype(jnp.float32)
+  loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+  top5 = jnp.any(lax.top_k(logits, min(5, num_classes))[1] == labels[:, None], -1)
+  pred = jnp.argmax(logits, -1)
+  confusion = jnp.einsum('n,ni,nj->ij', mask, jax.nn.one_hot(labels, num_classes),
+                         jax.nn.one_hot(pred, num_classes))
+  sums = {'loss': jnp.sum(loss * mask), 'correct': jnp.sum((pred == labels) * mask),
+          'top5': jnp.sum(top5 * mask), 'count': jnp.sum(mask),
+          'confusion': confusion}
+  if axis_name is not None:
+    sums = lax.psum(sums, axis_name)
+  return sums
+
+
+def evaluate(dp: parallel.DataParallel, p_eval_step: Callable, state: TrainState,
+             split: input_pipeline.Split, config: ml_collections.ConfigDict) -> dict:
+  """Evaluates on every example of `split` exactly once.
+
+  Returns:
+    eval_loss, eval_accuracy, eval_top5_accuracy (fractions), eval_examples,
+    and the confusion matrix (rows: true class, columns: predicted).
+  """
+  totals = None
+  for batch in input_pipeline.eval_batches(split, config.eval_batch_size,
+                                           jax.process_index(), jax.process_count()):
+    sums = p_eval_step(state, dp.put_batch(batch))
+    totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+  t = dp.fetch(totals)
+  n = float(t['count'])
+  return {'eval_loss': float(t['loss']) / n, 'eval_accuracy': float(t['correct']) / n,
+          'eval_top5_accuracy': float(t['top5']) / n, 'eval_examples': int(round(n)),
+          'confusion': np.rint(t['confusion']).astype(np.int64)}
+
+
+# ----------------------------------------------------------------------------
+# A run.
+# ----------------------------------------------------------------------------
+
+class _Run:
+  """What train and eval modes share: validated config, data, model, steps."""
+
+  def __init__(self, config: ml_collections.ConfigDict, workdir: str,
+               need_train: bool):
+    config_validation.validate(config)
+    self.config = config
+    self.workdir = workdir
+    self.dp = parallel.DataParallel(config.parallelism)
+    self.dp.check_batch(config.batch_size, 'batch_size')
+    self.dp.check_batch(config.eval_batch_size, 'eval_batch_size')
+    self.ckpt = checkpointing.Checkpoints(os.path.join(workdir, 'checkpoints'),
+                                          keep=config.keep_checkpoints,
+                                          create=need_train)
+    checkpointing.check_compatible(self.ckpt, config)
+    self.test = input_pipeline.load_split(config.dataset, 'test', config.data_dir)
+    self.train = (input_pipeline.load_split(config.dataset, 'train', config.data_dir)
+                  if need_train else None)
+    self.num_classes = input_pipeline.NUM_CLASSES[config.dataset]
+    self.model = create_model(config, self.num_classes, self.dp.axis_name)
+    self.num_steps = total_steps(config, len(self.train) if need_train else 1)
+    self.lr_fn = create_learning_rate_fn(config, self.num_steps)
+    self.tx = create_optimizer(config, self.lr_fn)
+    dtype = compute_dtype(config)
+    self.p_train_step = self.dp.compile(functools.partial(
+        train_step, dataset=config.dataset, dtype=dtype, seed=config.seed,
+        axis_name=self.dp.axis_name))
+    self.p_eval_step = self.dp.compile(functools.partial(
+        eval_step, dataset=config.dataset, dtype=dtype,
+        num_classes=self.num_classes, axis_name=self.dp.axis_name),
+        donate_state=False)
+
+  def init_state(self) -> TrainState:
+    return create_train_state(jax.random.key(self.config.seed), self.model, self.tx)
+
+  def restore(self, step: Optional[int] = None):
+    """The checkpointed state at `step` (default latest), placed for the step."""
+    abstract = jax.eval_shape(self.init_state)
+    abstract = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=self.dp.replicated),
+        abstract)
+    state = self.ckpt.restore(abstract, step)
+    return self.dp.place_state(state)
+
+  def meta(self) -> dict:
+    return {'model': self.config.model, 'dataset': self.config.dataset,
+            'num_classes': self.num_classes, 'config': self.config.to_json()}
+
+
+def _eval_steps(num_steps: int, batch: int, num_examples: int, every: float) -> set:
+  """Steps after which a (possibly fractional) epoch multiple is completed."""
+  span = num_examples * every
+  return {s for s in range(1, num_steps + 1)
+          if (s * batch) // span > ((s - 1) * batch) // span} | {num_steps}
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Trains (resuming from the latest checkpoint in `workdir`), evaluating
+  after every `eval_every_epochs` epochs and at the end.
+
+  Returns:
+    The last evaluation's metrics.
+  """
+  run = _Run(config, workdir, need_train=True)
+  dp, ckpt = run.dp, run.ckpt
+  start = ckpt.latest_step() or 0
+  if start:
+    log.info('Resuming from the checkpoint at step %d in %s', start, ckpt.directory)
+    state = run.restore(start)
+  else:
+    state = dp.place_state(run.init_state())
+  writer = metrics_io.MetricsWriter(workdir, resume_step=start)
+  if jax.process_index() == 0:
+    for line in summary.describe(run.model, config.model):
+      log.info('%s', line)
+  stream = input_pipeline.TrainStream(
+      run.train, config.batch_size, config.seed, config.augment,
+      jax.process_index(), jax.process_count())
+  eval_at = _eval_steps(run.num_steps, config.batch_size, len(run.train),
+                        config.eval_every_epochs)
+  log.info('Training %s on %s: %d steps of %d images (%.2f epochs) on %d %s '
+               'device(s), %s', config.model, config.dataset, run.num_steps,
+               config.batch_size, stream.epoch_at(run.num_steps), jax.device_count(),
+               jax.devices()[0].platform, config.parallelism)
+  pending, last_time, last_step = [], time.perf_counter(), start
+  result = None
+  batches = input_pipeline.prefetch(stream.batch, dp.put_batch,
+                                    range(start, run.num_steps))
+  for step, batch in zip(range(start, run.num_steps), batches):
+    state, metrics = run.p_train_step(state, batch)
+    pending.append(metrics)  # Read at log time: the host never waits per step.
+    done = step + 1
+    if done % config.log_every_steps == 0 or done == run.num_steps:
+      logged = metrics_io.mean_metrics(dp.fetch(pending))
+      now = time.perf_counter()
+      logged['learning_rate'] = float(f'{float(run.lr_fn(step)):.6g}')
+      logged['images_per_sec'] = (done - last_step) * config.batch_size / (now - last_time)
+      logged['epoch'] = stream.epoch_at(done)
+      metrics_io.check_finite(done, logged, ckpt)
+      writer.write(done, logged, total=run.num_steps)
+      pending, last_time, last_step = [], now, done
+    if done in eval_at:
+      result = evaluate(dp, run.p_eval_step, state, run.test, config)
+      writer.write(done, metrics_io.scalars(result), total=run.num_steps)
+      last_time = time.perf_counter()  # Do not bill evaluation to training speed.
+    if done % config.checkpoint_every_steps == 0 or done == run.num_steps:
+      ckpt.save(done, dp.canonical_state(state), run.meta())
+  ckpt.close()
+  if result is None:  # Resumed at the end: evaluate what is there.
+    result = evaluate(dp, run.p_eval_step, state, run.test, config)
+  return result
+
+
+def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
+                        step: Optional[int] = None) -> dict:
+  """Restores a checkpoint of `workdir`, evaluates the test split, writes eval.json."""
+  run = _Run(config, workdir, need_train=False)
+  state = run.restore(step)
+  result = evaluate(run.dp, run.p_eval_step, state, run.test, config)
+  result = {'step': run.ckpt.restored_step, **metrics_io.scalars(result),
+            'confusion_matrix': result['confusion'].tolist(),
+            'class_names': list(run.test.class_names)}
+  if jax.process_index() == 0:
+    metrics_io.write_json(os.path.join(workdir, 'eval.json'), result)
+  run.ckpt.close()
+  return result

@@ -1,0 +1,63 @@
+"""Writes small archives in the official CIFAR layouts (binary and python)."""
+
+import io
+import pickle
+import tarfile
+
+import numpy as np
+
+CLASSES = ['airplane', 'automobile', 'bird', 'cat', 'deer', 'dog', 'frog',
+           'horse', 'ship', 'truck']
+
+
+def random_cifar10(num_train: int, num_test: int, seed: int = 0) -> dict:
+  """Random uint8 images (NHWC) and labels, split 5 ways like data_batch_1..5."""
+  rng = np.random.default_rng(seed)
+  make = lambda n: (rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8),
+                    rng.integers(0, 10, n).astype(np.int64))
+  return {'train': make(num_train), 'test': make(num_test)}
+
+
+def _planes(images):
+  """NHWC -> N x 3072 in the official R, G, B plane order."""
+  return images.transpose(0, 3, 1, 2).reshape(len(images), -1)
+
+
+def _add(tar, name, data: bytes):
+  info = tarfile.TarInfo(name)
+  info.size = len(data)
+  tar.addfile(info, io.BytesIO(data))
+
+
+def _train_chunks(arrays):
+  images, labels = arrays['train']
+  return zip(np.array_split(images, 5), np.array_split(labels, 5))
+
+
+def write_binary(path, arrays):
+  """cifar-10-binary.tar.gz: label byte + 3072 pixel bytes per record."""
+  record = lambda im, lb: np.concatenate(
+      [lb.astype(np.uint8)[:, None], _planes(im)], axis=1).tobytes()
+  with tarfile.open(path, 'w:gz') as tar:
+    top = 'cifar-10-batches-bin/'
+    _add(tar, top + 'batches.meta.txt', ('\n'.join(CLASSES) + '\n').encode())
+    for i, (im, lb) in enumerate(_train_chunks(arrays), 1):
+      _add(tar, f'{top}data_batch_{i}.bin', record(im, lb))
+    _add(tar, top + 'test_batch.bin', record(*arrays['test']))
+  return path
+
+
+def write_python(path, arrays):
+  """cifar-10-python.tar.gz: Python-2-style pickles of dicts with bytes keys."""
+  def batch(im, lb, name):
+    return pickle.dumps({b'batch_label': name.encode(), b'labels': lb.tolist(),
+                         b'data': _planes(im),
+                         b'filenames': [b'x.png'] * len(lb)}, protocol=2)
+  with tarfile.open(path, 'w:gz') as tar:
+    top = 'cifar-10-batches-py/'
+    _add(tar, top + 'batches.meta', pickle.dumps(
+        {b'label_names': [c.encode() for c in CLASSES], b'num_cases_per_batch': 10}))
+    for i, (im, lb) in enumerate(_train_chunks(arrays), 1):
+      _add(tar, f'{top}data_batch_{i}', batch(im, lb, f'training batch {i} of 5'))
+    _add(tar, top + 'test_batch', batch(*arrays['test'], 'testing batch 1 of 1'))
+  return path

@@ -1,0 +1,144 @@
+"""Model zoo: shapes, parameter counts against the papers, BatchNorm modes."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from resnet_jax import models
+from resnet_jax import summary
+
+
+def _num_params(model, image=32):
+  shapes = jax.eval_shape(lambda: model.init(
+      jax.random.key(0), jnp.zeros((1, image, image, 3)), train=False))
+  return sum(x.size for x in jax.tree.leaves(shapes['params'])), shapes
+
+
+# (name, classes, stem, exact count, paper's figure in millions or None).
+# Exact counts are this codebase's; torchvision's counts agree exactly for the
+# ImageNet-stem models and kuangliu/pytorch-cifar's for CIFAR-stem resnet18.
+PARAM_TABLE = [
+    ('resnet20', 10, 'cifar', 269_722, 0.27),
+    ('resnet32', 10, 'cifar', 464_154, 0.46),
+    ('resnet44', 10, 'cifar', 658_586, 0.66),
+    ('resnet56', 10, 'cifar', 853_018, 0.85),
+    ('resnet110', 10, 'cifar', 1_727_962, 1.7),
+    ('resnet1202', 10, 'cifar', 19_421_274, 19.4),
+    ('preact_resnet110', 10, 'cifar', 1_730_522, 1.7),
+    ('preact_resnet164', 10, 'cifar', 1_703_258, 1.7),
+    ('preact_resnet1001', 10, 'cifar', 10_327_706, 10.2),
+    ('resnet18', 10, 'cifar', 11_173_962, None),
+    ('resnet18', 1000, 'imagenet', 11_689_512, 11.7),
+    ('resnet34', 1000, 'imagenet', 21_797_672, 21.8),
+    ('resnet50', 1000, 'imagenet', 25_557_032, 25.6),
+    ('resnet101', 1000, 'imagenet', 44_549_160, 44.5),
+    ('resnet152', 1000, 'imagenet', 60_192_808, 60.2),
+    ('resnext29_8x64d', 10, 'cifar', 34_426_698, 34.4),
+    ('resnext29_16x64d', 10, 'cifar', 68_155_210, 68.1),
+    ('wrn28_10', 10, 'cifar', 36_479_194, 36.5),
+    ('wrn16_8', 10, 'cifar', 10_961_370, 11.0),
+]
+
+
+@pytest.mark.parametrize('name,classes,stem,exact,paper', PARAM_TABLE)
+def test_parameter_counts_match_the_papers(name, classes, stem, exact, paper):
+  n, shapes = _num_params(models.create_model(name, classes, stem=stem))
+  assert n == exact
+  if paper is not None:
+    if name == 'preact_resnet1001':
+      # The paper's 10.2M leaves out BatchNorm's scale and offset.
+      bn = sum(x.size for path, x in jax.tree_util.tree_flatten_with_path(
+          shapes['params'])[0] if 'bn' in jax.tree_util.keystr(path))
+      n -= bn
+    # Within the rounding of the paper's last digit (some papers truncate).
+    assert abs(n / 1e6 - paper) <= (0.005 if paper < 1 else 0.06)
+
+
+def test_resnet20_counts_per_stage():
+  model = models.create_model('resnet20')
+  variables = jax.eval_shape(lambda: model.init(jax.random.key(0),
+                                                jnp.zeros((1, 32, 32, 3))))
+  stages = summary.params_per_stage(variables['params'])
+  assert list(stages) == ['stem', 'layer1', 'layer2', 'layer3', 'head']
+  assert stages['stem'] == 3 * 3 * 3 * 16 + 2 * 16
+  assert stages['head'] == 64 * 10 + 10
+  assert sum(stages.values()) == 269_722
+
+
+def test_macs_match_known_figures():
+  # ResNet-20 by hand: stem 32*32*16*27, stage 1 six convs of 32*32*16*144,
+  # stages 2 and 3 one strided conv of 1,179,648 and five of 2,359,296 each,
+  # classifier 64*10.
+  by_hand = 32 * 32 * 16 * 27 + 6 * 32 * 32 * 16 * 144 + 2 * (
+      1_179_648 + 5 * 2_359_296) + 640
+  assert summary.count_macs(models.create_model('resnet20')) == by_hand == 40_551_040
+  # ResNet-50 at 224px: the commonly quoted 4.09G multiply-adds.
+  r50 = models.create_model('resnet50', 1000, stem='imagenet')
+  assert round(summary.count_macs(r50, image_size=224) / 1e9, 2) == 4.09
+
+
+@pytest.mark.parametrize('name', ['resnet8', 'preact_resnet110', 'wrn16_8'])
+def test_output_shapes_and_variable_collections(name):
+  model = models.create_model(name, num_classes=7)
+  x = jnp.ones((2, 32, 32, 3))
+  variables = model.init(jax.random.key(0), x, train=False)
+  assert set(variables) == {'params', 'batch_stats'}
+  logits = model.apply(variables, x, train=False)
+  assert logits.shape == (2, 7) and logits.dtype == jnp.float32
+
+
+def test_imagenet_stem_downsamples_by_four():
+  model = models.create_model('resnet18', 10, stem='imagenet')
+  variables = model.init(jax.random.key(0), jnp.ones((1, 64, 64, 3)))
+  _, state = model.apply(variables, jnp.ones((1, 64, 64, 3)), train=True,
+                         mutable=['intermediates', 'batch_stats'])
+  assert model.apply(variables, jnp.ones((1, 64, 64, 3))).shape == (1, 10)
+
+
+def test_option_a_shortcut_has_no_parameters_and_option_b_has():
+  n_a, _ = _num_params(models.create_model('resnet20'))
+  n_b, _ = _num_params(models.create_model('resnet20', shortcut='B'))
+  # Option B adds two 1x1 projections + BN: 16->32 and 32->64.
+  assert n_b - n_a == (16 * 32 + 2 * 32) + (32 * 64 + 2 * 64)
+
+
+def test_train_mode_updates_batch_stats_eval_mode_uses_them():
+  model = models.create_model('resnet8')
+  x = jax.random.normal(jax.random.key(1), (8, 32, 32, 3)) * 3 + 1
+  variables = model.init(jax.random.key(0), x)
+  _, updates = model.apply(variables, x, train=True, mutable=['batch_stats'])
+  before = jax.tree.leaves(variables['batch_stats'])
+  after = jax.tree.leaves(updates['batch_stats'])
+  assert all(not np.allclose(a, b) for a, b in zip(before, after))
+  # Eval mode: no mutation possible, and outputs depend on the stored stats.
+  out1 = model.apply(variables, x, train=False)
+  out2 = model.apply({**variables, **updates}, x, train=False)
+  assert not np.allclose(out1, out2)
+  np.testing.assert_array_equal(out1, model.apply(variables, x, train=False))
+
+
+def test_zero_init_residual_makes_blocks_identity_at_init():
+  model = models.create_model('resnet8', zero_init_residual=True)
+  variables = model.init(jax.random.key(0), jnp.ones((1, 32, 32, 3)))
+  scales = [v['bn2']['scale'] for k, v in variables['params'].items()
+            if k.startswith('layer')]
+  assert scales and all(np.all(s == 0) for s in scales)
+
+
+def test_half_precision_keeps_parameters_float32():
+  model = models.create_model('resnet8', dtype=jnp.bfloat16)
+  variables = model.init(jax.random.key(0), jnp.ones((1, 32, 32, 3)))
+  assert {x.dtype for x in jax.tree.leaves(variables)} == {jnp.dtype('float32')}
+  assert model.apply(variables, jnp.ones((1, 32, 32, 3))).dtype == jnp.float32
+
+
+def test_bad_names_and_options_are_refused():
+  with pytest.raises(ValueError, match='unknown model'):
+    models.create_model('resnet21')
+  with pytest.raises(ValueError, match='only has the CIFAR stem'):
+    models.create_model('resnet20', stem='imagenet')
+  with pytest.raises(ValueError, match='Wide ResNets only'):
+    models.create_model('resnet20', dropout_rate=0.3)
+  with pytest.raises(ValueError, match='pre-activation'):
+    models.create_model('preact_resnet164', zero_init_residual=True)

@@ -1,0 +1,74 @@
+"""prepare_data: official archive layouts -> the tfds dataset, and bad archives."""
+
+import logging
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from resnet_jax import errors
+from resnet_jax import input_pipeline
+from resnet_jax import prepare_data
+from tests import cifar_archives
+
+
+@pytest.mark.parametrize('layout', ['binary', 'python'])
+def test_both_layouts_build_the_same_examples(tmp_path, layout):
+  arrays = cifar_archives.random_cifar10(num_train=23, num_test=7, seed=1)
+  write = getattr(cifar_archives, f'write_{layout}')
+  archive = write(tmp_path / f'cifar-10-{layout}.tar.gz', arrays)
+  info = prepare_data.prepare(str(archive), str(tmp_path / 'tfds'))
+  assert (info['dataset'], info['train'], info['test']) == ('cifar10', 23, 7)
+  assert not info['official']
+  for split in ('train', 'test'):
+    got = input_pipeline.load_split('cifar10', split, str(tmp_path / 'tfds'))
+    images, labels = arrays[split]
+    # tfds stores examples in file order; compare as sets of (label, image).
+    assert len(got) == len(labels)
+    key = lambda ims, lbs: sorted(zip(lbs.tolist(), [im.tobytes() for im in ims]))
+    assert key(got.images, got.labels) == key(images, labels)
+  assert got.class_names == tuple(cifar_archives.CLASSES)
+  # Nothing left behind but the dataset itself.
+  assert not [p for p in os.listdir(tmp_path / 'tfds') if p.startswith('.extract')]
+
+
+def test_unofficial_archive_warns(tmp_path, caplog):
+  arrays = cifar_archives.random_cifar10(num_train=5, num_test=5)
+  archive = cifar_archives.write_binary(tmp_path / 'a.tar.gz', arrays)
+  with caplog.at_level(logging.WARNING, logger='resnet_jax'):
+    prepare_data.prepare(str(archive), str(tmp_path / 'tfds'))
+  assert 'not the official cifar10 archive' in caplog.text
+
+
+def test_missing_truncated_and_wrong_archives(tmp_path):
+  arrays = cifar_archives.random_cifar10(num_train=50, num_test=10)
+  good = cifar_archives.write_binary(tmp_path / 'good.tar.gz', arrays)
+  data = good.read_bytes()
+  truncated = tmp_path / 'truncated.tar.gz'
+  truncated.write_bytes(data[: len(data) // 2])
+  garbage = tmp_path / 'garbage.tar.gz'
+  garbage.write_bytes(b'not an archive at all')
+  other = tmp_path / 'other.tar.gz'
+  import tarfile
+  with tarfile.open(other, 'w:gz') as tar:
+    tar.add(__file__, arcname='photos/readme.txt')
+  cases = {tmp_path / 'nope.tar.gz': 'does not exist',
+           truncated: 'truncated or damaged',
+           garbage: 'not a readable',
+           other: 'not a CIFAR archive'}
+  for archive, message in cases.items():
+    with pytest.raises(errors.UserError, match=message):
+      prepare_data.prepare(str(archive), str(tmp_path / 'tfds'))
+  assert not (tmp_path / 'tfds' / 'cifar10').exists()
+
+
+def test_cli_reports_one_line_and_exit_code(tmp_path):
+  result = subprocess.run(
+      [sys.executable, '-m', 'resnet_jax.prepare_data', '--archive',
+       str(tmp_path / 'missing.tar.gz'), '--data_dir', str(tmp_path / 'd')],
+      capture_output=True, text=True, timeout=120)
+  assert result.returncode == 2
+  assert result.stderr.strip().splitlines()[-1].startswith('error: archive')
+  assert 'Traceback' not in result.stderr
