@@ -15,6 +15,7 @@ step) converts to float and applies the per-channel mean/std.
 import concurrent.futures
 import dataclasses
 import os
+import socket
 from typing import Callable, Iterator, Optional
 
 import jax.numpy as jnp
@@ -64,21 +65,36 @@ def load_split(dataset: str, split: str, data_dir: Optional[str]) -> Split:
 
   builder = tfds.builder(dataset, data_dir=data_dir)
   if not builder.is_prepared():
+    where = data_dir or tfds.core.constants.DATA_DIR
+    advice = (f'dataset {dataset} is not in {where} and could not be downloaded '
+              '({}); without internet, build it from the official archive: '
+              'python -m resnet_jax.prepare_data --archive '
+              f'{dataset.replace("cifar", "cifar-")}-binary.tar.gz --data_dir DIR, '
+              'then pass --config.data_dir=DIR')
+    # tfds retries a failed download for minutes; a closed network is told
+    # in seconds.
+    if not _reachable(_DOWNLOAD_HOST):
+      raise errors.UserError(advice.format(f'{_DOWNLOAD_HOST} is unreachable'))
     try:
       builder.download_and_prepare()
     except Exception as e:  # tfds raises many kinds on a failed download.
-      where = data_dir or tfds.core.constants.DATA_DIR
-      raise errors.UserError(
-          f'dataset {dataset} is not in {where} and could not be downloaded '
-          f'({type(e).__name__}); without internet, build it from the official '
-          f'archive: python -m resnet_jax.prepare_data --archive '
-          f'{dataset.replace("cifar", "cifar-")}-binary.tar.gz --data_dir DIR, '
-          f'then pass --config.data_dir=DIR') from e
+      raise errors.UserError(advice.format(type(e).__name__)) from e
   data = tfds.as_numpy(builder.as_dataset(split=split, batch_size=-1))
   names = tuple(builder.info.features['label'].names)
   return Split(images=np.asarray(data['image'], np.uint8),
                labels=np.asarray(data['label'], np.int32),
                class_names=names)
+
+
+_DOWNLOAD_HOST = 'www.cs.toronto.edu'
+
+
+def _reachable(host: str, timeout: float = 5.0) -> bool:
+  try:
+    socket.create_connection((host, 443), timeout=timeout).close()
+    return True
+  except OSError:
+    return False
 
 
 def normalize(images: jnp.ndarray, dataset: str, dtype=jnp.float32) -> jnp.ndarray:

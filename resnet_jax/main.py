@@ -31,6 +31,7 @@ def main(argv):
   logs.setup()
   from resnet_jax import train  # After flag parsing: keeps --help fast.
   workdir = _WORKDIR.value
+  train.preflight(_CONFIG.value)  # Refuse a bad config before touching anything.
   if _MODE.value == 'eval':
     if not os.path.isdir(workdir):
       raise errors.UserError(f'workdir {workdir} does not exist; pass the '

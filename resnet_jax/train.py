@@ -177,17 +177,23 @@ def evaluate(dp: parallel.DataParallel, p_eval_step: Callable, state: TrainState
 # A run.
 # ----------------------------------------------------------------------------
 
+def preflight(config: ml_collections.ConfigDict) -> parallel.DataParallel:
+  """Checks the config against itself and the devices, before any work."""
+  config_validation.validate(config)
+  dp = parallel.DataParallel(config.parallelism)
+  dp.check_batch(config.batch_size, 'batch_size')
+  dp.check_batch(config.eval_batch_size, 'eval_batch_size')
+  return dp
+
+
 class _Run:
   """What train and eval modes share: validated config, data, model, steps."""
 
   def __init__(self, config: ml_collections.ConfigDict, workdir: str,
                need_train: bool):
-    config_validation.validate(config)
     self.config = config
     self.workdir = workdir
-    self.dp = parallel.DataParallel(config.parallelism)
-    self.dp.check_batch(config.batch_size, 'batch_size')
-    self.dp.check_batch(config.eval_batch_size, 'eval_batch_size')
+    self.dp = preflight(config)
     self.ckpt = checkpointing.Checkpoints(os.path.join(workdir, 'checkpoints'),
                                           keep=config.keep_checkpoints,
                                           create=need_train)

@@ -1,0 +1,126 @@
+"""End to end on 8 fake CPU devices: train, checkpoint, resume, evaluate."""
+
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from resnet_jax import train
+from tests.conftest import tiny_config
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _metrics(workdir):
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    lines = [json.loads(l) for l in f]
+  for l in lines:
+    l.pop('images_per_sec', None)  # Wall-clock, the one field that may differ.
+  return lines
+
+
+def _final_state(config, workdir):
+  run = train._Run(config, workdir, need_train=False)
+  state = jax.device_get(run.restore())
+  run.ckpt.close()
+  return state
+
+
+@pytest.fixture(scope='module')
+def trained(tiny_data, tmp_path_factory):
+  """A 12-step run (checkpoints at 4, 8, 12; evaluations at each epoch)."""
+  workdir = str(tmp_path_factory.mktemp('run') / 'w')
+  config = tiny_config(tiny_data['data_dir'], num_train_steps=12)
+  result = train.train_and_evaluate(config, workdir)
+  return config, workdir, result
+
+
+def test_run_writes_metrics_and_checkpoints(trained):
+  config, workdir, result = trained
+  lines = _metrics(workdir)
+  train_lines = [l for l in lines if 'train_loss' in l]
+  eval_lines = [l for l in lines if 'eval_loss' in l]
+  assert [l['step'] for l in train_lines] == [2, 4, 6, 8, 10, 12]
+  for l in train_lines:
+    assert {'train_loss', 'train_accuracy', 'learning_rate'} <= set(l)
+    assert 0 <= l['train_accuracy'] <= 1 and np.isfinite(l['train_loss'])
+  # 64 train images at batch 16: an epoch every 4 steps, plus the end.
+  assert [l['step'] for l in eval_lines] == [4, 8, 12]
+  for l in eval_lines:
+    assert l['eval_examples'] == 20 and 0 <= l['eval_accuracy'] <= 1
+  assert [l['learning_rate'] for l in train_lines] == pytest.approx(
+      [0.1, 0.1, 0.1, 0.01, 0.001, 0.001])  # Of 0-based steps 1, 3, ..., 11;
+  # boundaries at 6 and 9.
+  assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['12', '4', '8']
+  assert result['eval_examples'] == 20
+
+
+def test_resume_continues_exactly(trained, tmp_path, caplog):
+  config, workdir, _ = trained
+  resumed = str(tmp_path / 'resumed')
+  shutil.copytree(workdir, resumed)
+  # As if killed between the checkpoints of steps 8 and 12.
+  shutil.rmtree(os.path.join(resumed, 'checkpoints', '12'))
+  with caplog.at_level(logging.INFO, logger='resnet_jax'):
+    train.train_and_evaluate(config, resumed)
+  assert 'Resuming from the checkpoint at step 8' in caplog.text
+  assert _metrics(resumed) == _metrics(workdir)
+  a, b = _final_state(config, workdir), _final_state(config, resumed)
+  jax.tree.map(np.testing.assert_array_equal, a.params, b.params)
+  jax.tree.map(np.testing.assert_array_equal, a.batch_stats, b.batch_stats)
+  assert int(b.step) == 12
+
+
+def test_eval_mode_restores_and_writes_eval_json(trained):
+  config, workdir, result = trained
+  out = train.evaluate_checkpoint(config, workdir)
+  with open(os.path.join(workdir, 'eval.json')) as f:
+    saved = json.load(f)
+  assert saved['step'] == 12 and saved['eval_examples'] == 20
+  assert saved['eval_accuracy'] == pytest.approx(result['eval_accuracy'])
+  assert saved['eval_loss'] == pytest.approx(result['eval_loss'], rel=1e-5)
+  assert out['eval_accuracy'] == saved['eval_accuracy']
+
+
+def _cli(args, timeout=300):
+  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8')
+  return subprocess.run([sys.executable, '-m', 'resnet_jax.main', *args],
+                        capture_output=True, text=True, cwd=REPO, env=env,
+                        timeout=timeout)
+
+
+def test_cli_train_then_eval(tiny_data, tmp_path):
+  workdir = str(tmp_path / 'cli')
+  flags = ['--config', 'configs/cifar.py', '--workdir', workdir,
+           f'--config.data_dir={tiny_data["data_dir"]}', '--config.model=resnet8',
+           '--config.batch_size=16', '--config.eval_batch_size=16',
+           '--config.num_epochs=0.5', '--config.log_every_steps=1']
+  result = _cli(flags)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert 'step 2/2' in result.stderr and 'parameters' in result.stderr
+  assert [l['step'] for l in _metrics(workdir)] == [1, 2, 2]
+  result = _cli(flags + ['--mode=eval'])
+  assert result.returncode == 0, result.stderr[-3000:]
+  with open(os.path.join(workdir, 'eval.json')) as f:
+    assert json.load(f)['eval_examples'] == 20
+
+
+def test_cli_bad_input_is_one_line_and_leaves_no_trace(tmp_path):
+  workdir = tmp_path / 'w'
+  for flag, message in [('--config.model=resnet21', 'unknown model'),
+                        ('--config.batch_size=12', 'does not divide evenly'),
+                        ('--config.learning_rate=0', 'learning_rate must be positive')]:
+    result = _cli(['--config', 'configs/cifar.py', '--workdir', str(workdir), flag])
+    assert result.returncode == 2, result.stderr[-2000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith('error: ') and message in last
+    assert 'Traceback' not in result.stderr
+  result = _cli(['--config', 'configs/cifar.py', '--workdir', str(workdir), '--mode=eval'])
+  assert result.returncode == 2 and 'does not exist' in result.stderr
+  assert not workdir.exists()  # Nothing was created for a refused command.
