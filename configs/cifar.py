@@ -26,6 +26,7 @@ def get_config(arg=None):
   c.bn_momentum = 0.9            # Running-average decay (PyTorch 0.1).
   c.bn_epsilon = 1e-5
   c.half_precision = False       # bfloat16 compute, float32 params/stats.
+  c.init_from = ''               # torchvision-layout .pth to start from.
 
   # Data.
   c.dataset = 'cifar10'          # 'cifar10' or 'cifar100'.
@@ -48,6 +49,7 @@ def get_config(arg=None):
 
   # Runtime.
   c.parallelism = 'jit'          # 'jit' (SPMD over a device mesh) or 'pmap'.
+  c.num_devices = -1             # Devices used per process; -1 = all.
   c.seed = 0
   c.log_every_steps = 100
   c.checkpoint_every_steps = 1000

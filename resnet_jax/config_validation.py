@@ -1,5 +1,7 @@
 """Checks a config before anything is compiled, downloaded or written."""
 
+import os
+
 import ml_collections
 
 from resnet_jax import errors
@@ -35,6 +37,13 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if config.parallelism not in parallel.STRATEGIES:
     raise errors.UserError(f'parallelism {config.parallelism!r} is not one of '
                            f'{parallel.STRATEGIES}; set --config.parallelism')
+  if config.init_from:
+    if config.model not in models.IMAGENET_FAMILY:
+      raise errors.UserError(f'init_from loads torchvision-layout weights, which '
+                             f'exist for {models.IMAGENET_FAMILY}, not {config.model!r}')
+    if not os.path.isfile(config.init_from):
+      raise errors.UserError(f'init_from file {config.init_from} does not exist; '
+                             'pass the path of a .pth state dict')
   try:
     models.create_model(config.model, input_pipeline.NUM_CLASSES[config.dataset],
                         stem=config.stem, shortcut=config.shortcut or None,

@@ -207,7 +207,11 @@ class ResNet(nn.Module):
                                  2.0, 'fan_out', 'normal'))
     norm = functools.partial(nn.BatchNorm, use_running_average=not train,
                              momentum=self.bn_momentum, epsilon=self.bn_epsilon,
-                             dtype=self.dtype, axis_name=self.axis_name)
+                             dtype=self.dtype, axis_name=self.axis_name,
+                             # Two-pass variance: E[x^2]-E[x]^2 cancels badly
+                             # when |mean| >> std, making results depend on the
+                             # reduction order (device count) far above rounding.
+                             use_fast_variance=False)
     x = jnp.asarray(x, self.dtype)
     if self.stem == 'imagenet':
       x = _conv(conv, self.stem_width, 7, 2, name='conv1')(x)

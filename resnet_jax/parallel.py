@@ -29,17 +29,31 @@ STRATEGIES = ('jit', 'pmap')
 class DataParallel:
   """One data-parallel strategy over all devices of all processes."""
 
-  def __init__(self, strategy: str = 'jit'):
+  def __init__(self, strategy: str = 'jit', devices_per_process: int = -1):
+    """Args:
+      strategy: 'jit' or 'pmap'.
+      devices_per_process: use this many of each process's devices (-1: all).
+    """
     if strategy not in STRATEGIES:
       raise errors.UserError(f'parallelism {strategy!r} is not one of '
                              f'{STRATEGIES}; set --config.parallelism=jit or pmap')
+    local_count = jax.local_device_count()
+    n = local_count if devices_per_process == -1 else devices_per_process
+    if not 1 <= n <= local_count:
+      raise errors.UserError(f'num_devices {devices_per_process} is not between 1 '
+                             f'and the {local_count} devices of this process; set '
+                             '--config.num_devices=-1 to use them all')
     self.strategy = strategy
-    self.mesh = jax.make_mesh((jax.device_count(),), (AXIS,),
-                              axis_types=(AxisType.Auto,))
+    # The first n devices of every process, in process order.
+    self.devices = [d for p in range(jax.process_count())
+                    for d in [d for d in jax.devices() if d.process_index == p][:n]]
+    self.local_devices = [d for d in self.devices
+                          if d.process_index == jax.process_index()]
+    self.mesh = Mesh(np.array(self.devices), (AXIS,), axis_types=(AxisType.Auto,))
     self.replicated = NamedSharding(self.mesh, P())
     self.sharded = NamedSharding(self.mesh, P(AXIS))
     # pmap's own layout: a leading axis over this process's devices.
-    local_mesh = Mesh(np.array(jax.local_devices()), (AXIS,))
+    local_mesh = Mesh(np.array(self.local_devices), (AXIS,))
     self._stacked = NamedSharding(local_mesh, P(AXIS))
 
   @property
@@ -49,7 +63,7 @@ class DataParallel:
 
   def check_batch(self, global_batch: int, what: str = 'batch_size') -> None:
     """Refuses a global batch that does not split evenly over the devices."""
-    n = jax.device_count()
+    n = len(self.devices)
     if global_batch <= 0 or global_batch % n:
       raise errors.UserError(
           f'{what} {global_batch} does not divide evenly over {n} devices; set '
@@ -61,7 +75,7 @@ class DataParallel:
       return jax.tree.map(
           lambda x: jax.make_array_from_process_local_data(
               self.replicated, np.asarray(_local(x))), state)
-    n = jax.local_device_count()
+    n = len(self.local_devices)
     return jax.tree.map(
         lambda x: jax.device_put(np.broadcast_to(np.asarray(_local(x)),
                                                  (n,) + np.shape(x)), self._stacked),
@@ -80,7 +94,7 @@ class DataParallel:
     if self.strategy == 'jit':
       return jax.tree.map(
           lambda x: jax.make_array_from_process_local_data(self.sharded, x), batch)
-    n = jax.local_device_count()
+    n = len(self.local_devices)
     return jax.tree.map(
         lambda x: jax.device_put(x.reshape((n, -1) + x.shape[1:]), self._stacked),
         batch)
@@ -91,7 +105,8 @@ class DataParallel:
     if self.strategy == 'jit':
       return jax.jit(step, in_shardings=(self.replicated, self.sharded),
                      out_shardings=self.replicated, donate_argnums=donate)
-    return jax.pmap(step, axis_name=AXIS, donate_argnums=donate)
+    return jax.pmap(step, axis_name=AXIS, donate_argnums=donate,
+                    devices=self.devices)
 
   def fetch(self, tree: Any) -> Any:
     """Device outputs of a step (identical on all replicas) -> host numpy."""

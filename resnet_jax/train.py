@@ -21,6 +21,8 @@ import optax
 
 from resnet_jax import checkpointing
 from resnet_jax import config_validation
+from resnet_jax import convert
+from resnet_jax import errors
 from resnet_jax import input_pipeline
 from resnet_jax import metrics_io
 from resnet_jax import models
@@ -180,7 +182,7 @@ def evaluate(dp: parallel.DataParallel, p_eval_step: Callable, state: TrainState
 def preflight(config: ml_collections.ConfigDict) -> parallel.DataParallel:
   """Checks the config against itself and the devices, before any work."""
   config_validation.validate(config)
-  dp = parallel.DataParallel(config.parallelism)
+  dp = parallel.DataParallel(config.parallelism, config.num_devices)
   dp.check_batch(config.batch_size, 'batch_size')
   dp.check_batch(config.eval_batch_size, 'eval_batch_size')
   return dp
@@ -232,6 +234,27 @@ class _Run:
             'num_classes': self.num_classes, 'config': self.config.to_json()}
 
 
+def init_from_torch(state: TrainState, config: ml_collections.ConfigDict,
+                    num_classes: int) -> TrainState:
+  """Starts from a torchvision-layout `.pth`, replacing a classifier whose
+  class count differs (e.g. an ImageNet ResNet-50 fine-tuned on CIFAR-10)."""
+  state_dict = convert.load_torch_file(config.init_from)
+  stem = convert.infer_stem(state_dict)
+  if stem != config.stem:
+    raise errors.UserError(f'{config.init_from} has the {stem} stem but the config '
+                           f'has {config.stem!r}; set --config.stem={stem}')
+  variables = convert.from_torch(config.model, state_dict, stem=stem)
+  params = variables['params']
+  source_classes = params['fc']['kernel'].shape[-1]
+  if source_classes != num_classes:
+    log.info('Replacing the %d-class classifier of %s with a new %d-class one',
+             source_classes, config.init_from, num_classes)
+    params = {**params, 'fc': state.params['fc']}
+  log.info('Initialised %s from %s', config.model, config.init_from)
+  return state.replace(params=params, batch_stats=variables['batch_stats'],
+                       opt_state=state.tx.init(params))
+
+
 def _eval_steps(num_steps: int, batch: int, num_examples: int, every: float) -> set:
   """Steps after which a (possibly fractional) epoch multiple is completed."""
   span = num_examples * every
@@ -253,7 +276,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     log.info('Resuming from the checkpoint at step %d in %s', start, ckpt.directory)
     state = run.restore(start)
   else:
-    state = dp.place_state(run.init_state())
+    state = run.init_state()
+    if config.init_from:
+      state = init_from_torch(state, config, run.num_classes)
+    state = dp.place_state(state)
   writer = metrics_io.MetricsWriter(workdir, resume_step=start)
   if jax.process_index() == 0:
     for line in summary.describe(run.model, config.model):
@@ -265,7 +291,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                         config.eval_every_epochs)
   log.info('Training %s on %s: %d steps of %d images (%.2f epochs) on %d %s '
                'device(s), %s', config.model, config.dataset, run.num_steps,
-               config.batch_size, stream.epoch_at(run.num_steps), jax.device_count(),
+               config.batch_size, stream.epoch_at(run.num_steps), len(dp.devices),
                jax.devices()[0].platform, config.parallelism)
   pending, last_time, last_step = [], time.perf_counter(), start
   result = None
