@@ -1,11 +1,53 @@
 #!/usr/bin/env bash
-# Runs training on all local devices:
-#   ./launch.sh CONFIG WORKDIR [--config.x=y ...]
+# The one launcher of resnet_jax.
+#
+#   ./launch.sh CONFIG WORKDIR [--config.x=y ...]            all local devices
+#   ./launch.sh CONFIG WORKDIR --nproc N [--config.x=y ...]  N processes on this
+#       machine joined through a local coordinator (CPU collectives): tests
+#       multi-host behaviour on one machine
+#   srun ./launch.sh CONFIG WORKDIR [...]                     one process per SLURM
+#       task; SLURM's variables become the coordinator flags
+#
+# The Python process replaces this shell (exec), so SIGTERM/SIGINT from a
+# scheduler reach it directly; with --nproc they are forwarded to every child.
 set -euo pipefail
-if [[ $# -lt 2 ]]; then
-  echo "usage: $0 CONFIG WORKDIR [--config.FIELD=VALUE ...]" >&2
-  exit 2
-fi
+usage() { echo "usage: $0 CONFIG WORKDIR [--nproc N] [--config.FIELD=VALUE ...]" >&2; exit 2; }
+[[ $# -ge 2 ]] || usage
 config=$1 workdir=$2
 shift 2
-exec python -m resnet_jax.main --config "$config" --workdir "$workdir" "$@"
+nproc=0
+args=()
+while [[ $# -gt 0 ]]; do
+  case $1 in
+    --nproc) [[ $# -ge 2 ]] || usage; nproc=$2; shift 2 ;;
+    --nproc=*) nproc=${1#--nproc=}; shift ;;
+    *) args+=("$1"); shift ;;
+  esac
+done
+[[ $nproc =~ ^[0-9]+$ ]] || { echo "error: --nproc takes a whole number, got '$nproc'" >&2; exit 2; }
+PYTHON=${PYTHON:-python}
+main=("$PYTHON" -m resnet_jax.main --config "$config" --workdir "$workdir")
+
+if [[ $nproc -gt 1 ]]; then
+  port=${RESNET_JAX_PORT:-$((20000 + RANDOM % 20000))}
+  pids=()
+  trap 'kill -TERM "${pids[@]}" 2>/dev/null || true' TERM INT
+  for ((i = 0; i < nproc; i++)); do
+    "${main[@]}" --coordinator_address="localhost:$port" --num_processes="$nproc" \
+      --process_id="$i" ${args[@]+"${args[@]}"} &
+    pids+=($!)
+  done
+  status=0
+  for pid in "${pids[@]}"; do
+    wait "$pid" || { rc=$?; [[ $status -ne 0 ]] || status=$rc; }
+  done
+  exit "$status"
+fi
+
+if [[ ${SLURM_NTASKS:-1} -gt 1 && -n ${SLURM_PROCID:-} ]]; then
+  head=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)
+  exec "${main[@]}" --coordinator_address="$head:${RESNET_JAX_PORT:-12355}" \
+    --num_processes="$SLURM_NTASKS" --process_id="$SLURM_PROCID" ${args[@]+"${args[@]}"}
+fi
+
+exec "${main[@]}" ${args[@]+"${args[@]}"}

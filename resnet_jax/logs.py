@@ -13,11 +13,16 @@ log = logging.getLogger('resnet_jax')
 
 
 def setup() -> None:
-  """Routes `log` to stderr with a short format; quiets library INFO logs."""
+  """Routes `log` to stderr with a short format; quiets library INFO logs.
+
+  Call after `distributed.initialize` (it asks JAX for the process index).
+  """
   absl_logging.set_verbosity(absl_logging.WARNING)
   if not log.handlers:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter('%(asctime)s %(message)s', '%H:%M:%S'))
     log.addHandler(handler)
-  log.setLevel(logging.INFO)
+  # In a multi-process run only process 0 reports progress.
+  import jax
+  log.setLevel(logging.INFO if jax.process_index() == 0 else logging.WARNING)
   log.propagate = False

@@ -12,6 +12,7 @@ import os
 from absl import flags
 from ml_collections import config_flags
 
+from resnet_jax import distributed
 from resnet_jax import errors
 from resnet_jax import logs
 from resnet_jax.logs import log
@@ -21,6 +22,11 @@ _CONFIG = config_flags.DEFINE_config_file(
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Where checkpoints and metrics go.')
 _MODE = flags.DEFINE_enum('mode', 'train', ['train', 'eval'],
                           'train (resuming if possible) or eval the latest checkpoint.')
+_COORDINATOR = flags.DEFINE_string(
+    'coordinator_address', None, 'host:port of process 0, for multi-process runs.')
+_NUM_PROCESSES = flags.DEFINE_integer('num_processes', None,
+                                      'Number of processes of a multi-process run.')
+_PROCESS_ID = flags.DEFINE_integer('process_id', None, 'This process, 0-based.')
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
@@ -28,7 +34,10 @@ def main(argv):
   if len(argv) > 1:
     raise errors.UserError(f'unexpected arguments {argv[1:]}; config fields go as '
                            '--config.FIELD=VALUE')
+  setup = distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value,
+                                 _PROCESS_ID.value)
   logs.setup()
+  log.info('Runtime: %s', setup)
   from resnet_jax import train  # After flag parsing: keeps --help fast.
   workdir = _WORKDIR.value
   train.preflight(_CONFIG.value)  # Refuse a bad config before touching anything.

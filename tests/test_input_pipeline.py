@@ -1,7 +1,6 @@
 """Input pipeline: augmentation, determinism, epochs, per-process rows, eval padding."""
 
 import numpy as np
-import pytest
 
 from resnet_jax import input_pipeline
 
