@@ -1,60 +1,130 @@
-"""orbax checkpoints of a run: state, plus metadata that says what it is."""
+"""orbax checkpoints of a run: state, plus metadata that says what it is.
+
+Retention: the last `keep` checkpoints plus the best by eval accuracy; the
+latest (the one a resume needs) is always among them. A damaged checkpoint is
+moved aside (renamed, never deleted) and the newest intact one is used.
+"""
 
 import os
 from typing import Any, Optional
 
+import jax
+from jax.experimental import multihost_utils
 import ml_collections
 import orbax.checkpoint as ocp
+from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
 
 from resnet_jax import errors
+from resnet_jax.logs import log
+
+_TMP_MARK = '.orbax-checkpoint-tmp'
 
 
 class Checkpoints:
   """The `checkpoints/` folder of a workdir.
 
   Saves are asynchronous (training goes on while orbax writes) and atomic: a
-  step folder appears under its final name only once complete.
+  step folder appears under its final name only once complete; an interrupted
+  save leaves a `*.orbax-checkpoint-tmp*` folder, which is removed at start.
   """
 
   def __init__(self, directory: str, keep: int = 3, create: bool = True):
     self.directory = os.path.abspath(directory)
     self.restored_step = None
     self._manager = None
-    if create or os.path.isdir(self.directory):
-      self._manager = ocp.CheckpointManager(
-          self.directory,
-          options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=create,
-                                               enable_async_checkpointing=True))
+    if not (create or os.path.isdir(self.directory)):
+      return
+    self._report_leftovers()
+    policy = pp.AnyPreservationPolicy([
+        pp.LatestN(n=keep),
+        pp.BestN(get_metric_fn=lambda m: m['eval_accuracy'], reverse=False, n=1,
+                 keep_checkpoints_without_metrics=False)])
+    self._manager = ocp.CheckpointManager(
+        self.directory,
+        options=ocp.CheckpointManagerOptions(
+            create=create, preservation_policy=policy,
+            cleanup_tmp_directories=True, enable_async_checkpointing=True))
+
+  def _report_leftovers(self) -> None:
+    if not os.path.isdir(self.directory):
+      return
+    for name in sorted(os.listdir(self.directory)):
+      if _TMP_MARK in name:
+        log.warning('Removing %s: the unfinished save of an interrupted run',
+                    os.path.join(self.directory, name))
+
+  def all_steps(self) -> list:
+    return sorted(self._manager.all_steps()) if self._manager else []
 
   def latest_step(self) -> Optional[int]:
-    return self._manager.latest_step() if self._manager else None
+    steps = self.all_steps()
+    return steps[-1] if steps else None
 
-  def save(self, step: int, state: Any, meta: dict) -> None:
-    self._manager.save(step, args=ocp.args.Composite(
+  def save(self, step: int, state: Any, meta: dict,
+           eval_accuracy: Optional[float] = None) -> None:
+    """Starts an asynchronous save; `eval_accuracy` ranks it for retention."""
+    metrics = None if eval_accuracy is None else {'eval_accuracy': eval_accuracy}
+    self._manager.save(step, metrics=metrics, force=True, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)))
 
+  def reached_preemption(self, step: int) -> bool:
+    """Whether the distributed runtime has a preemption notice (all processes)."""
+    return self._manager.reached_preemption(step)
+
+  def wait(self) -> None:
+    if self._manager:
+      self._manager.wait_until_finished()
+
   def read_meta(self, step: Optional[int] = None) -> Optional[dict]:
-    step = self.latest_step() if step is None else step
-    if step is None:
-      return None
-    return self._manager.restore(step, args=ocp.args.Composite(
-        meta=ocp.args.JsonRestore()))['meta']
+    """The metadata of `step` (default: the newest readable), or None."""
+    steps = [step] if step is not None else self.all_steps()[::-1]
+    for s in steps:
+      try:
+        return self._manager.restore(s, args=ocp.args.Composite(
+            meta=ocp.args.JsonRestore()))['meta']
+      except Exception:  # Damaged: `restore` reports and moves it aside.
+        continue
+    return None
 
   def restore(self, abstract_state: Any, step: Optional[int] = None) -> Any:
-    """The state at `step` (default: the latest), shaped like `abstract_state`."""
-    step = self.latest_step() if step is None else step
-    if step is None:
-      raise errors.UserError(
-          f'no checkpoint in {self.directory}; train first, or pass the '
-          '--workdir of a run that has one')
-    if step not in self._manager.all_steps():
+    """The state at `step`, or at the newest intact step when None.
+
+    A damaged newest checkpoint is reported in one warning line and moved
+    aside to `<step>.damaged`, and the next older one is tried.
+    """
+    if step is not None and step not in self.all_steps():
       raise errors.UserError(
           f'no checkpoint of step {step} in {self.directory}; it has steps '
-          f'{sorted(self._manager.all_steps())}')
-    restored = self._manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract_state)))
-    self.restored_step = step
-    return restored['state']
+          f'{self.all_steps()}')
+    candidates = [step] if step is not None else self.all_steps()[::-1]
+    for s in candidates:
+      try:
+        restored = self._manager.restore(s, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract_state)))
+      except Exception as e:  # orbax raises many kinds for damaged files.
+        if step is not None:
+          raise errors.UserError(f'checkpoint {s} in {self.directory} is damaged '
+                                 f'({type(e).__name__}: {str(e)[:200]})') from e
+        self._set_aside(s, e)
+        continue
+      self.restored_step = s
+      return restored['state']
+    raise errors.UserError(
+        f'no intact checkpoint in {self.directory}; train first, or pass the '
+        '--workdir of a run that has one')
+
+  def _set_aside(self, step: int, error: Exception) -> None:
+    path = os.path.join(self.directory, str(step))
+    aside = f'{path}.damaged'
+    n = 1
+    while os.path.exists(aside):
+      aside, n = f'{path}.damaged{n}', n + 1
+    if jax.process_index() == 0:
+      os.rename(path, aside)
+    multihost_utils.sync_global_devices(f'set aside checkpoint {step}')
+    log.warning('Checkpoint %d is damaged (%s); moved it to %s and trying the '
+                'next older one', step, type(error).__name__, aside)
+    self._manager.reload()
 
   def close(self) -> None:
     if self._manager:

@@ -8,7 +8,6 @@ from typing import Iterable, Optional
 import jax
 import numpy as np
 
-from resnet_jax import errors
 from resnet_jax.logs import log
 
 
@@ -23,15 +22,12 @@ def scalars(metrics: dict) -> dict:
   return {k: v for k, v in metrics.items() if np.ndim(v) == 0}
 
 
-def check_finite(step: int, metrics: dict, ckpt) -> None:
-  """Stops a diverged run, naming the step; earlier checkpoints stay."""
-  loss = metrics.get('train_loss')
-  if loss is not None and not math.isfinite(loss):
-    ckpt.close()
-    raise errors.UserError(
-        f'training loss is {loss} at step {step}; the run stopped and its last '
-        f'good checkpoint (step {ckpt.latest_step()}) is kept. Lower '
-        '--config.learning_rate or check the data')
+def first_nonfinite(steps, losses) -> Optional[tuple]:
+  """(step, loss) of the first non-finite loss, or None."""
+  for step, loss in zip(steps, losses):
+    if not math.isfinite(float(loss)):
+      return step, float(loss)
+  return None
 
 
 def write_json(path: str, obj: dict) -> None:
@@ -54,7 +50,7 @@ class MetricsWriter:
     self.enabled = jax.process_index() == 0
     if self.enabled and os.path.exists(self.path):
       with open(self.path) as f:
-        lines = [l for l in f if l.strip() and json.loads(l)['step'] <= resume_step]
+        lines = [l for l in f if _step_of(l) is not None and _step_of(l) <= resume_step]
       tmp = self.path + '.tmp'
       with open(tmp, 'w') as f:
         f.writelines(lines)
@@ -67,6 +63,14 @@ class MetricsWriter:
     with open(self.path, 'a') as f:
       f.write(json.dumps(record) + '\n')
     log.info('%s', format_line(record, total))
+
+
+def _step_of(line: str) -> Optional[int]:
+  """The step of a metrics line; None for a line cut short by a kill."""
+  try:
+    return json.loads(line)['step']
+  except (ValueError, KeyError, TypeError):
+    return None
 
 
 def format_line(record: dict, total: Optional[int] = None) -> str:

@@ -8,6 +8,7 @@ the compiled step and the placement of state.
 
 import functools
 import os
+import signal
 import time
 from typing import Any, Callable, Optional
 
@@ -27,6 +28,7 @@ from resnet_jax import input_pipeline
 from resnet_jax import metrics_io
 from resnet_jax import models
 from resnet_jax import parallel
+from resnet_jax import preemption
 from resnet_jax import summary
 from resnet_jax.logs import log
 
@@ -271,12 +273,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """
   run = _Run(config, workdir, need_train=True)
   dp, ckpt = run.dp, run.ckpt
-  start = ckpt.latest_step() or 0
-  if start:
+  if ckpt.latest_step() is not None:
+    state = run.restore()  # The newest intact checkpoint.
+    start = ckpt.restored_step
     log.info('Resuming from the checkpoint at step %d in %s', start, ckpt.directory)
-    state = run.restore(start)
   else:
-    state = run.init_state()
+    start, state = 0, run.init_state()
     if config.init_from:
       state = init_from_torch(state, config, run.num_classes)
     state = dp.place_state(state)
@@ -290,32 +292,57 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   eval_at = _eval_steps(run.num_steps, config.batch_size, len(run.train),
                         config.eval_every_epochs)
   log.info('Training %s on %s: %d steps of %d images (%.2f epochs) on %d %s '
-               'device(s), %s', config.model, config.dataset, run.num_steps,
-               config.batch_size, stream.epoch_at(run.num_steps), len(dp.devices),
-               jax.devices()[0].platform, config.parallelism)
+           'device(s), %s', config.model, config.dataset, run.num_steps,
+           config.batch_size, stream.epoch_at(run.num_steps), len(dp.devices),
+           jax.devices()[0].platform, config.parallelism)
   pending, last_time, last_step = [], time.perf_counter(), start
   result = None
   batches = input_pipeline.prefetch(stream.batch, dp.put_batch,
                                     range(start, run.num_steps))
-  for step, batch in zip(range(start, run.num_steps), batches):
-    state, metrics = run.p_train_step(state, batch)
-    pending.append(metrics)  # Read at log time: the host never waits per step.
-    done = step + 1
-    if done % config.log_every_steps == 0 or done == run.num_steps:
-      logged = metrics_io.mean_metrics(dp.fetch(pending))
-      now = time.perf_counter()
-      logged['learning_rate'] = float(f'{float(run.lr_fn(step)):.6g}')
-      logged['images_per_sec'] = (done - last_step) * config.batch_size / (now - last_time)
-      logged['epoch'] = stream.epoch_at(done)
-      metrics_io.check_finite(done, logged, ckpt)
-      writer.write(done, logged, total=run.num_steps)
-      pending, last_time, last_step = [], now, done
-    if done in eval_at:
-      result = evaluate(dp, run.p_eval_step, state, run.test, config)
-      writer.write(done, metrics_io.scalars(result), total=run.num_steps)
-      last_time = time.perf_counter()  # Do not bill evaluation to training speed.
-    if done % config.checkpoint_every_steps == 0 or done == run.num_steps:
-      ckpt.save(done, dp.canonical_state(state), run.meta())
+  with preemption.Guard(ckpt) as guard:
+    for step, batch in zip(range(start, run.num_steps), batches):
+      state, metrics = run.p_train_step(state, batch)
+      pending.append(metrics)  # Read at log time: the host never waits per step.
+      done = step + 1
+      stop = guard.should_stop(done)
+      log_now = done % config.log_every_steps == 0 or done == run.num_steps
+      eval_now = done in eval_at
+      save_now = (done % config.checkpoint_every_steps == 0 or done == run.num_steps
+                  or eval_now or stop)
+      if log_now or save_now:
+        # Never log or checkpoint past a diverged step.
+        fetched = dp.fetch(pending)
+        bad = metrics_io.first_nonfinite(range(last_step + 1, done + 1),
+                                         [m['train_loss'] for m in fetched])
+        if bad:
+          ckpt.close()
+          raise errors.Stopped(
+              f'training loss is {bad[1]} at step {bad[0]}; the last good '
+              f'checkpoint (step {ckpt.latest_step()}) is kept. Lower '
+              '--config.learning_rate or check the data, then start a new workdir '
+              'or resume from it', exit_code=3)
+      if log_now:
+        logged = metrics_io.mean_metrics(fetched)
+        now = time.perf_counter()
+        logged['learning_rate'] = float(f'{float(run.lr_fn(step)):.6g}')
+        logged['images_per_sec'] = (done - last_step) * config.batch_size / (now - last_time)
+        logged['epoch'] = stream.epoch_at(done)
+        writer.write(done, logged, total=run.num_steps)
+        pending, last_time, last_step = [], now, done
+      if eval_now:
+        result = evaluate(dp, run.p_eval_step, state, run.test, config)
+        writer.write(done, metrics_io.scalars(result), total=run.num_steps)
+        last_time = time.perf_counter()  # Do not bill evaluation to training speed.
+      if save_now:
+        ckpt.save(done, dp.canonical_state(state), run.meta(),
+                  eval_accuracy=result['eval_accuracy'] if eval_now else None)
+      if stop:
+        ckpt.close()
+        name = signal.Signals(guard.signum).name
+        log.info('Received %s: saved the checkpoint of step %d; run the same '
+                 'command to resume', name, done)
+        raise errors.Stopped(f'{name} at step {done}; checkpoint saved, run the '
+                             'same command to resume', exit_code=128 + guard.signum)
   ckpt.close()
   if result is None:  # Resumed at the end: evaluate what is there.
     result = evaluate(dp, run.p_eval_step, state, run.test, config)

@@ -42,7 +42,7 @@ def test_two_processes_match_one_process(tiny_data, tmp_path):
       if key in w:
         assert g[key] == pytest.approx(w[key], rel=1e-4, abs=1e-5), (g['step'], key)
   # Checkpoints were written collectively, once.
-  assert sorted(os.listdir(os.path.join(two, 'checkpoints'))) == ['3', '6']
+  assert sorted(os.listdir(os.path.join(two, 'checkpoints'))) == ['3', '4', '6']
 
 
 def test_inconsistent_process_flags_are_refused(tmp_path):
