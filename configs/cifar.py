@@ -1,58 +1,97 @@
-r"""CIFAR-10 ResNet-20 with the recipe of He et al. 2015 (sec. 4.2).
+r"""CIFAR configs: ResNet-20 with the recipe of He et al. 2015, and presets.
 
-Global batch 128, SGD momentum 0.9, weight decay 1e-4 (coupled, on conv and
-dense kernels), learning rate 0.1 divided by 10 at 50% and 75% of the run
-(32k and 48k of 64k steps), 64k steps, 4-pixel pad + random crop + flip.
+Default (He et al. 2015, sec. 4.2): global batch 128, SGD momentum 0.9, weight
+decay 1e-4 (coupled, on conv and dense kernels), learning rate 0.1 divided by
+10 at 50% and 75% of the run (32k and 48k of 64k steps), 64k steps, 4-pixel
+pad + random crop + flip.
 
   python -m resnet_jax.main --config configs/cifar.py --workdir runs/resnet20
+  python -m resnet_jax.main --config configs/cifar.py:resnet56 --workdir runs/r56
 
 Any field can be overridden: `--config.batch_size=256`.
+`resnet_jax.config_validation.FIELDS` says what each one means
+(`python -m resnet_jax.main --help` prints it).
 """
 
 import ml_collections
 
+def get_config(preset: str = '') -> ml_collections.ConfigDict:
+  """The default config, or a preset: `configs/cifar.py:NAME`.
 
-def get_config(arg=None):
-  """Returns the default config; `arg` is reserved for presets."""
-  del arg
+  Args:
+    preset: '' (ResNet-20) or a key of `PRESETS`.
+  """
   c = ml_collections.ConfigDict()
-
   # Model.
-  c.model = 'resnet20'           # models.MODELS key, e.g. resnet56, resnet18.
-  c.stem = 'cifar'               # 'cifar' or 'imagenet' (resnet18..152 only).
-  c.shortcut = ''                # '' = paper's default; 'A' or 'B' overrides.
-  c.zero_init_residual = False   # Last BN scale of each branch starts at 0.
-  c.dropout_rate = 0.0           # Wide ResNets only.
-  c.bn_momentum = 0.9            # Running-average decay (PyTorch 0.1).
+  c.model = 'resnet20'
+  c.stem = 'cifar'
+  c.shortcut = ''
+  c.zero_init_residual = False
+  c.dropout_rate = 0.0
+  c.bn_momentum = 0.9
   c.bn_epsilon = 1e-5
-  c.half_precision = False       # bfloat16 compute, float32 params/stats.
-  c.init_from = ''               # torchvision-layout .pth to start from.
-
+  c.half_precision = False
+  c.init_from = ''
   # Data.
-  c.dataset = 'cifar10'          # 'cifar10' or 'cifar100'.
-  c.data_dir = ml_collections.config_dict.placeholder(str)  # None = tfds default.
-  c.augment = True               # Pad 4 + random 32x32 crop + flip.
-
-  # Optimisation.
-  c.batch_size = 128             # Global, over all devices and hosts.
-  c.eval_batch_size = 512        # Global; the last batch is padded and masked.
-  c.num_epochs = 163.84          # 64k steps at batch 128 on 50k images.
-  c.num_train_steps = -1         # -1 = derive from num_epochs.
-  c.learning_rate = 0.1          # At batch_size; not rescaled automatically.
-  c.lr_boundaries = (0.5, 0.75)  # Fractions of the run where lr is divided.
+  c.dataset = 'cifar10'
+  c.data_dir = ml_collections.config_dict.placeholder(str)
+  c.augment = True
+  # Optimisation: 163.84 epochs of 50k images at batch 128 = 64k steps.
+  c.batch_size = 128
+  c.eval_batch_size = 512
+  c.num_epochs = 163.84
+  c.num_train_steps = -1
+  c.learning_rate = 0.1
+  c.lr_boundaries = (0.5, 0.75)
   c.lr_decay_factor = 0.1
-  c.warmup_steps = 0             # Constant warmup_lr for this many steps.
+  c.warmup_steps = 0
   c.warmup_lr = 0.01
   c.momentum = 0.9
   c.nesterov = False
-  c.weight_decay = 1e-4          # Added to the gradient of kernels.
-
+  c.weight_decay = 1e-4
   # Runtime.
-  c.parallelism = 'jit'          # 'jit' (SPMD over a device mesh) or 'pmap'.
-  c.num_devices = -1             # Devices used per process; -1 = all.
+  c.parallelism = 'jit'
+  c.num_devices = -1
   c.seed = 0
   c.log_every_steps = 100
   c.checkpoint_every_steps = 1000
-  c.eval_every_epochs = 1        # Also evaluated at the end of the run.
+  c.eval_every_epochs = 1
   c.keep_checkpoints = 3
+  c.eval_step = -1
+  if preset:
+    if preset not in PRESETS:
+      raise ValueError(f'unknown preset {preset!r}; choose one of: {", ".join(PRESETS)}')
+    c.update(PRESETS[preset])
   return c
+
+
+# The papers' recipes. Epoch-based boundaries are fractions of the run.
+PRESETS = {
+    # He et al. 2015: 64k steps, lr 0.1 /10 at 32k and 48k.
+    'resnet20': dict(model='resnet20'),
+    'resnet32': dict(model='resnet32'),
+    'resnet44': dict(model='resnet44'),
+    'resnet56': dict(model='resnet56'),
+    # "0.01 to warm up ... until the training error is below 80% (about 400
+    # iterations)", then the same schedule.
+    'resnet110': dict(model='resnet110', warmup_steps=400),
+    # He et al. 2016 (Identity Mappings): 64k steps, batch 128, same schedule,
+    # warm-up at 0.01 for 400 steps for the 164/1001-layer nets.
+    'preact_resnet110': dict(model='preact_resnet110', warmup_steps=400),
+    'preact_resnet164': dict(model='preact_resnet164', warmup_steps=400),
+    'preact_resnet1001': dict(model='preact_resnet1001', warmup_steps=400),
+    # The common CIFAR recipe of ResNet-18 (kuangliu/pytorch-cifar style, step
+    # schedule): 200 epochs, weight decay 5e-4.
+    'resnet18': dict(model='resnet18', num_epochs=200.0, weight_decay=5e-4),
+    # Zagoruyko & Komodakis 2016: 200 epochs, Nesterov, wd 5e-4, lr 0.1 x0.2
+    # at epochs 60, 120, 160.
+    'wrn28_10': dict(model='wrn28_10', num_epochs=200.0, weight_decay=5e-4,
+                     nesterov=True, lr_boundaries=(0.3, 0.6, 0.8),
+                     lr_decay_factor=0.2),
+    'wrn16_8': dict(model='wrn16_8', num_epochs=200.0, weight_decay=5e-4,
+                    nesterov=True, lr_boundaries=(0.3, 0.6, 0.8),
+                    lr_decay_factor=0.2),
+    # Xie et al. 2017: 300 epochs, lr 0.1 /10 at epochs 150 and 225, wd 5e-4.
+    'resnext29_8x64d': dict(model='resnext29_8x64d', num_epochs=300.0,
+                            weight_decay=5e-4),
+}

@@ -10,8 +10,51 @@ from resnet_jax import models
 from resnet_jax import parallel
 
 
+# One line per config field: the public interface of a run (see --help).
+FIELDS = {
+    'model': 'network name: resnet20..1202, preact_resnet110/164/1001, '
+             'resnet18..152, resnext29_8x64d/16x64d, wrn28_10, wrn16_8, resnet8',
+    'stem': "'cifar' (3x3 conv) or 'imagenet' (7x7/2 conv + max-pool); resnet18..152 only",
+    'shortcut': "'' keeps the paper's shortcut; 'A' (zero-pad) or 'B' (1x1 projection)",
+    'zero_init_residual': "start each residual branch's last BatchNorm scale at 0",
+    'dropout_rate': 'dropout between the convolutions of Wide ResNet blocks',
+    'bn_momentum': "BatchNorm running-average decay (PyTorch's momentum 0.1 = 0.9 here)",
+    'bn_epsilon': 'BatchNorm epsilon',
+    'half_precision': 'bfloat16 computation; parameters and statistics stay float32',
+    'init_from': 'torchvision-layout .pth state dict to start from (resnet18..152)',
+    'dataset': "'cifar10' or 'cifar100'",
+    'data_dir': 'tfds data directory; unset = tfds default (see prepare_data)',
+    'augment': 'pad 4 + random 32x32 crop + horizontal flip on training images',
+    'batch_size': 'global training batch, over all devices and processes',
+    'eval_batch_size': 'global evaluation batch; the last batch is padded and masked',
+    'num_epochs': 'run length in epochs (may be fractional), when num_train_steps is -1',
+    'num_train_steps': 'run length in steps; -1 derives it from num_epochs',
+    'learning_rate': 'peak learning rate (not rescaled with batch_size)',
+    'lr_boundaries': 'fractions of the run where the learning rate is multiplied',
+    'lr_decay_factor': 'the factor applied at each boundary',
+    'warmup_steps': 'steps at warmup_lr before learning_rate (0 = none)',
+    'warmup_lr': 'learning rate during warmup',
+    'momentum': 'SGD momentum',
+    'nesterov': 'Nesterov momentum',
+    'weight_decay': 'L2 coefficient added to the gradient of conv and dense kernels',
+    'parallelism': "'jit' (one program over a device mesh) or 'pmap'",
+    'num_devices': 'devices used per process; -1 = all',
+    'seed': 'initialisation, example order, augmentation and dropout seed',
+    'log_every_steps': 'steps between training-metric lines',
+    'checkpoint_every_steps': 'steps between checkpoints (also at evals and the end)',
+    'eval_every_epochs': 'epochs between evaluations on the whole test split',
+    'keep_checkpoints': 'how many recent checkpoints to keep (the best is kept too)',
+    'eval_step': 'checkpoint step that --mode=eval restores; -1 = latest',
+}
+
+
+
 def validate(config: ml_collections.ConfigDict) -> None:
   """Raises `errors.UserError` naming the first bad field and its fix."""
+  unknown = sorted(set(config.keys()) - set(FIELDS))
+  if unknown:
+    raise errors.UserError(f'config fields {unknown} are not known to this version; '
+                           'remove them or update configs/')
   if config.model not in models.MODELS:
     raise errors.UserError(f'unknown model {config.model!r}; set --config.model '
                            f'to one of: {", ".join(models.MODELS)}')

@@ -8,8 +8,19 @@ import logging
 import sys
 
 from absl import logging as absl_logging
+import tqdm
 
 log = logging.getLogger('resnet_jax')
+
+
+class _AboveProgressBars(logging.Handler):
+  """Writes to stderr through tqdm, so lines never break a progress bar."""
+
+  def emit(self, record):
+    try:
+      tqdm.tqdm.write(self.format(record), file=sys.stderr)
+    except Exception:  # Never let logging take the run down.
+      self.handleError(record)
 
 
 def setup() -> None:
@@ -19,7 +30,7 @@ def setup() -> None:
   """
   absl_logging.set_verbosity(absl_logging.WARNING)
   if not log.handlers:
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _AboveProgressBars()
     handler.setFormatter(logging.Formatter('%(asctime)s %(message)s', '%H:%M:%S'))
     log.addHandler(handler)
   # In a multi-process run only process 0 reports progress.

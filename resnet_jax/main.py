@@ -30,6 +30,17 @@ _PROCESS_ID = flags.DEFINE_integer('process_id', None, 'This process, 0-based.')
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
+def _describe_fields() -> str:
+  from resnet_jax import config_validation
+  width = max(map(len, config_validation.FIELDS))
+  return '\n'.join(f'  --config.{k:<{width}}  {v}'
+                   for k, v in config_validation.FIELDS.items())
+
+
+# absl's --help prints the main module's docstring: list the config fields.
+__doc__ += '\nConfig fields (configs/cifar.py sets them):\n' + _describe_fields() + '\n'
+
+
 def main(argv):
   if len(argv) > 1:
     raise errors.UserError(f'unexpected arguments {argv[1:]}; config fields go as '
@@ -45,7 +56,8 @@ def main(argv):
     if not os.path.isdir(workdir):
       raise errors.UserError(f'workdir {workdir} does not exist; pass the '
                              '--workdir of a trained run')
-    result = train.evaluate_checkpoint(_CONFIG.value, workdir)
+    step = None if _CONFIG.value.eval_step == -1 else _CONFIG.value.eval_step
+    result = train.evaluate_checkpoint(_CONFIG.value, workdir, step)
     log.info('Evaluated step %d: accuracy %.2f%% on %d examples, wrote %s',
                  result['step'], 100 * result['eval_accuracy'],
                  result['eval_examples'], os.path.join(workdir, 'eval.json'))

@@ -8,6 +8,7 @@ from typing import Iterable, Optional
 import jax
 import numpy as np
 
+from resnet_jax import plots
 from resnet_jax.logs import log
 
 
@@ -45,9 +46,12 @@ class MetricsWriter:
   writes them again, identically, so the file reads as one uninterrupted run.
   """
 
-  def __init__(self, workdir: str, resume_step: int = 0):
+  def __init__(self, workdir: str, resume_step: int = 0, progress=None):
+    self.workdir = workdir
     self.path = os.path.join(workdir, 'metrics.jsonl')
     self.enabled = jax.process_index() == 0
+    self.progress = progress
+    self._tb = None
     if self.enabled and os.path.exists(self.path):
       with open(self.path) as f:
         lines = [l for l in f if _step_of(l) is not None and _step_of(l) <= resume_step]
@@ -55,14 +59,40 @@ class MetricsWriter:
       with open(tmp, 'w') as f:
         f.writelines(lines)
       os.replace(tmp, self.path)
+    if self.enabled:
+      import tensorflow as tf  # Already loaded by tfds; writes the event files.
+      self._tf = tf
+      self._tb = tf.summary.create_file_writer(os.path.join(workdir, 'tensorboard'))
 
   def write(self, step: int, metrics: dict, total: Optional[int] = None) -> None:
+    """One record: metrics.jsonl, TensorBoard, the console, and after an
+    evaluation a fresh curves.png."""
     if not self.enabled:
       return
     record = {'step': step, **metrics}
     with open(self.path, 'a') as f:
       f.write(json.dumps(record) + '\n')
+    with self._tb.as_default(step=step):
+      for key, value in metrics.items():
+        self._tf.summary.scalar(_tb_name(key), value)
+    self._tb.flush()
+    if self.progress is not None and 'train_loss' in metrics:
+      self.progress.set_metrics(metrics)
     log.info('%s', format_line(record, total))
+    if 'eval_accuracy' in metrics:
+      plots.draw_curves(self.path, os.path.join(self.workdir, 'curves.png'))
+
+  def close(self) -> None:
+    if self._tb is not None:
+      self._tb.close()
+
+
+def _tb_name(key: str) -> str:
+  """train_loss -> train/loss, eval_top5_accuracy -> eval/top5_accuracy."""
+  for prefix in ('train_', 'eval_'):
+    if key.startswith(prefix):
+      return prefix[:-1] + '/' + key[len(prefix):]
+  return 'train/' + key
 
 
 def _step_of(line: str) -> Optional[int]:

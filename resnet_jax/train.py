@@ -7,6 +7,7 @@ the compiled step and the placement of state.
 """
 
 import functools
+import json
 import os
 import signal
 import time
@@ -28,7 +29,9 @@ from resnet_jax import input_pipeline
 from resnet_jax import metrics_io
 from resnet_jax import models
 from resnet_jax import parallel
+from resnet_jax import plots
 from resnet_jax import preemption
+from resnet_jax import progress
 from resnet_jax import summary
 from resnet_jax.logs import log
 
@@ -233,7 +236,8 @@ class _Run:
 
   def meta(self) -> dict:
     return {'model': self.config.model, 'dataset': self.config.dataset,
-            'num_classes': self.num_classes, 'config': self.config.to_json()}
+            'num_classes': self.num_classes, 'config': self.config.to_json(),
+            'class_names': list(self.test.class_names)}
 
 
 def init_from_torch(state: TrainState, config: ml_collections.ConfigDict,
@@ -282,7 +286,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     if config.init_from:
       state = init_from_torch(state, config, run.num_classes)
     state = dp.place_state(state)
-  writer = metrics_io.MetricsWriter(workdir, resume_step=start)
   if jax.process_index() == 0:
     for line in summary.describe(run.model, config.model):
       log.info('%s', line)
@@ -295,7 +298,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
            'device(s), %s', config.model, config.dataset, run.num_steps,
            config.batch_size, stream.epoch_at(run.num_steps), len(dp.devices),
            jax.devices()[0].platform, config.parallelism)
-  pending, last_time, last_step = [], time.perf_counter(), start
+  bar = progress.Progress(run.num_steps, len(run.train) / config.batch_size, start,
+                          enabled=None if jax.process_index() == 0 else False)
+  writer = metrics_io.MetricsWriter(workdir, resume_step=start, progress=bar)
+  pending, last_time, last_step, eval_seconds = [], time.perf_counter(), start, 0.0
   result = None
   batches = input_pipeline.prefetch(stream.batch, dp.put_batch,
                                     range(start, run.num_steps))
@@ -304,6 +310,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       state, metrics = run.p_train_step(state, batch)
       pending.append(metrics)  # Read at log time: the host never waits per step.
       done = step + 1
+      bar.step(done)
       stop = guard.should_stop(done)
       log_now = done % config.log_every_steps == 0 or done == run.num_steps
       eval_now = done in eval_at
@@ -315,6 +322,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         bad = metrics_io.first_nonfinite(range(last_step + 1, done + 1),
                                          [m['train_loss'] for m in fetched])
         if bad:
+          bar.close()
+          writer.close()
           ckpt.close()
           raise errors.Stopped(
               f'training loss is {bad[1]} at step {bad[0]}; the last good '
@@ -325,28 +334,64 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         logged = metrics_io.mean_metrics(fetched)
         now = time.perf_counter()
         logged['learning_rate'] = float(f'{float(run.lr_fn(step)):.6g}')
-        logged['images_per_sec'] = (done - last_step) * config.batch_size / (now - last_time)
+        logged['images_per_sec'] = ((done - last_step) * config.batch_size
+                                    / (now - last_time - eval_seconds))
         logged['epoch'] = stream.epoch_at(done)
         writer.write(done, logged, total=run.num_steps)
-        pending, last_time, last_step = [], now, done
+        pending, last_time, last_step, eval_seconds = [], now, done, 0.0
       if eval_now:
+        eval_start = time.perf_counter()
         result = evaluate(dp, run.p_eval_step, state, run.test, config)
-        writer.write(done, metrics_io.scalars(result), total=run.num_steps)
-        last_time = time.perf_counter()  # Do not bill evaluation to training speed.
+        writer.write(done, {**metrics_io.scalars(result),
+                            'epoch': stream.epoch_at(done)}, total=run.num_steps)
+        # Evaluation time is not billed to training speed.
+        eval_seconds += time.perf_counter() - eval_start
       if save_now:
         ckpt.save(done, dp.canonical_state(state), run.meta(),
                   eval_accuracy=result['eval_accuracy'] if eval_now else None)
       if stop:
+        bar.close()
+        writer.close()
         ckpt.close()
         name = signal.Signals(guard.signum).name
         log.info('Received %s: saved the checkpoint of step %d; run the same '
                  'command to resume', name, done)
         raise errors.Stopped(f'{name} at step {done}; checkpoint saved, run the '
                              'same command to resume', exit_code=128 + guard.signum)
+  bar.close()
+  writer.close()
   ckpt.close()
   if result is None:  # Resumed at the end: evaluate what is there.
     result = evaluate(dp, run.p_eval_step, state, run.test, config)
   return result
+
+
+def load_for_inference(workdir: str, step: Optional[int] = None):
+  """The model, variables and class names of a workdir's checkpoint.
+
+  Reads the run's own config from the checkpoint, so no config is needed.
+
+  Returns:
+    (config, model, {'params', 'batch_stats'}, class_names, step)
+  """
+  ckpt = checkpointing.Checkpoints(os.path.join(workdir, 'checkpoints'), create=False)
+  meta = ckpt.read_meta(step)
+  if meta is None:
+    raise errors.UserError(f'no checkpoint in {workdir}/checkpoints; pass the '
+                           '--workdir of a trained run')
+  config = ml_collections.ConfigDict(json.loads(meta['config']))
+  dp = parallel.DataParallel('jit', 1)
+  model = create_model(config, meta['num_classes'])
+  tx = create_optimizer(config, create_learning_rate_fn(config, 1))
+  abstract = jax.eval_shape(
+      lambda: create_train_state(jax.random.key(0), model, tx))
+  abstract = jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=dp.replicated), abstract)
+  state = ckpt.restore(abstract, step)
+  ckpt.close()
+  variables = {'params': state.params, 'batch_stats': state.batch_stats}
+  names = meta.get('class_names') or [str(i) for i in range(meta['num_classes'])]
+  return config, model, variables, names, ckpt.restored_step
 
 
 def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
@@ -355,10 +400,17 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
   run = _Run(config, workdir, need_train=False)
   state = run.restore(step)
   result = evaluate(run.dp, run.p_eval_step, state, run.test, config)
+  confusion = result['confusion']
+  per_class = np.diag(confusion) / np.maximum(confusion.sum(1), 1)
+  names = list(run.test.class_names)
   result = {'step': run.ckpt.restored_step, **metrics_io.scalars(result),
-            'confusion_matrix': result['confusion'].tolist(),
-            'class_names': list(run.test.class_names)}
+            'per_class_accuracy': dict(zip(names, per_class.tolist())),
+            'class_names': names,
+            'confusion_matrix': confusion.tolist()}
   if jax.process_index() == 0:
     metrics_io.write_json(os.path.join(workdir, 'eval.json'), result)
+    plots.draw_confusion(confusion, names, os.path.join(workdir, 'confusion.png'),
+                         f"{config.model}, step {result['step']}: "
+                         f"{100 * result['eval_accuracy']:.2f}% accuracy")
   run.ckpt.close()
   return result

@@ -77,15 +77,84 @@ def test_resume_continues_exactly(trained, tmp_path, caplog):
   assert int(b.step) == 12
 
 
-def test_eval_mode_restores_and_writes_eval_json(trained):
+def test_eval_mode_restores_and_writes_eval_json(trained, tiny_data):
   config, workdir, result = trained
   out = train.evaluate_checkpoint(config, workdir)
   with open(os.path.join(workdir, 'eval.json')) as f:
     saved = json.load(f)
   assert saved['step'] == 12 and saved['eval_examples'] == 20
+  # Confusion rows are the true classes: their sums are the per-class counts.
+  labels = tiny_data['arrays']['test'][1]
+  confusion = np.array(saved['confusion_matrix'])
+  np.testing.assert_array_equal(confusion.sum(1), np.bincount(labels, minlength=10))
+  assert np.trace(confusion) / 20 == pytest.approx(saved['eval_accuracy'])
+  assert saved['eval_accuracy'] <= saved['eval_top5_accuracy'] <= 1
+  per_class = [saved['per_class_accuracy'][c] for c in saved['class_names']]
+  counts = np.bincount(labels, minlength=10)
+  np.testing.assert_allclose(np.array(per_class) * counts, np.diag(confusion))
+  from PIL import Image
+  with Image.open(os.path.join(workdir, 'confusion.png')) as im:
+    assert im.size[0] > 200 and im.size[1] > 200
   assert saved['eval_accuracy'] == pytest.approx(result['eval_accuracy'])
   assert saved['eval_loss'] == pytest.approx(result['eval_loss'], rel=1e-5)
   assert out['eval_accuracy'] == saved['eval_accuracy']
+
+
+def test_eval_mode_restores_a_chosen_step(trained):
+  config, workdir, _ = trained
+  assert train.evaluate_checkpoint(config, workdir, step=8)['step'] == 8
+  from resnet_jax import errors
+  with pytest.raises(errors.UserError, match='no checkpoint of step 5'):
+    train.evaluate_checkpoint(config, workdir, step=5)
+
+
+def test_tensorboard_events_and_curves_are_written(trained):
+  _, workdir, _ = trained
+  import tensorflow as tf
+  from PIL import Image
+  events = os.listdir(os.path.join(workdir, 'tensorboard'))
+  assert events
+  scalars = {}
+  for name in events:
+    for event in tf.compat.v1.train.summary_iterator(
+        os.path.join(workdir, 'tensorboard', name)):
+      for value in event.summary.value:
+        scalars.setdefault(value.tag, []).append(event.step)
+  assert scalars['train/loss'] == [2, 4, 6, 8, 10, 12]
+  assert scalars['eval/accuracy'] == [4, 8, 12]
+  assert {'train/learning_rate', 'train/images_per_sec'} <= set(scalars)
+  with Image.open(os.path.join(workdir, 'curves.png')) as im:
+    im.load()
+    assert im.size[0] > 400
+
+
+def test_predict_png_jpeg_and_a_corrupt_file(trained, tiny_data, tmp_path):
+  from PIL import Image
+  from resnet_jax import predict
+  _, workdir, _ = trained
+  images = tiny_data['arrays']['test'][0]
+  Image.fromarray(images[0]).resize((64, 48)).save(tmp_path / 'a.png')
+  Image.fromarray(images[1]).save(tmp_path / 'b.jpg', quality=95)
+  (tmp_path / 'bad.png').write_bytes(b'\x89PNG\r\n not really')
+  paths = [str(tmp_path / n) for n in ('a.png', 'bad.png', 'b.jpg')]
+  results = predict.predict(workdir, paths, top_k=3)
+  assert [r['file'] for r in results] == paths
+  assert 'not a readable image' in results[1]['error']
+  for r in (results[0], results[2]):
+    probs = [p['probability'] for p in r['predictions']]
+    assert len(probs) == 3 and probs == sorted(probs, reverse=True)
+    assert 0 < sum(probs) <= 1 + 1e-6
+  # The same pixels as the model sees in evaluation: a 32x32 file is unchanged.
+  Image.fromarray(images[2]).save(tmp_path / 'c.png')
+  np.testing.assert_array_equal(predict.load_image(str(tmp_path / 'c.png')), images[2])
+  result = subprocess.run(
+      [sys.executable, '-m', 'resnet_jax.predict', '--workdir', workdir, '--json', '--top_k=3',
+       *paths], capture_output=True, text=True, cwd=REPO, timeout=300)
+  assert result.returncode == 1
+  printed = json.loads(result.stdout)
+  assert [p['class'] for p in printed[0]['predictions']] == [
+      p['class'] for p in results[0]['predictions']]
+  assert 'error' in printed[1]
 
 
 def _cli(args, timeout=300):

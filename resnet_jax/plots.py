@@ -1,0 +1,69 @@
+"""Figures researchers draw by hand: learning curves and the confusion matrix."""
+
+import json
+import os
+from typing import Sequence
+
+import matplotlib
+
+matplotlib.use('Agg')  # Files only; no display needed.
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def _save(fig, path: str) -> None:
+  """Writes atomically, so a viewer never reads half a PNG."""
+  tmp = path + '.tmp.png'
+  fig.savefig(tmp, dpi=110)
+  plt.close(fig)
+  os.replace(tmp, path)
+
+
+def draw_curves(metrics_path: str, out_path: str) -> None:
+  """Train/eval accuracy and loss against epoch, from `metrics.jsonl`."""
+  with open(metrics_path) as f:
+    lines = [json.loads(l) for l in f if l.strip()]
+  train = [l for l in lines if 'train_loss' in l]
+  evals = [l for l in lines if 'eval_loss' in l and 'epoch' in l]
+  fig, (acc_ax, loss_ax) = plt.subplots(1, 2, figsize=(10, 4))
+  for ax, key, label in ((acc_ax, 'accuracy', 'accuracy (%)'), (loss_ax, 'loss', 'loss')):
+    scale = 100 if key == 'accuracy' else 1
+    ax.plot([l['epoch'] for l in train], [scale * l[f'train_{key}'] for l in train],
+            label='train', color='tab:blue', alpha=0.8)
+    ax.plot([l['epoch'] for l in evals], [scale * l[f'eval_{key}'] for l in evals],
+            'o-', label='eval', color='tab:orange', markersize=3)
+    ax.set_xlabel('epoch')
+    ax.set_ylabel(label)
+    ax.grid(alpha=0.3)
+    ax.legend()
+  if evals:
+    best = max(evals, key=lambda l: l['eval_accuracy'])
+    acc_ax.set_title(f"best eval {100 * best['eval_accuracy']:.2f}% at epoch "
+                     f"{best['epoch']:.1f}")
+  fig.tight_layout()
+  _save(fig, out_path)
+
+
+def draw_confusion(matrix: np.ndarray, class_names: Sequence[str], out_path: str,
+                   title: str = '') -> None:
+  """Row-normalised confusion matrix (rows: true class) with counts."""
+  matrix = np.asarray(matrix)
+  n = len(matrix)
+  rates = matrix / np.maximum(matrix.sum(1, keepdims=True), 1)
+  size = max(5, 0.5 * n)
+  fig, ax = plt.subplots(figsize=(size + 1, size))
+  im = ax.imshow(rates, cmap='Blues', vmin=0, vmax=1)
+  ax.set_xticks(range(n), class_names, rotation=60, ha='right',
+                fontsize=8 if n <= 20 else 4)
+  ax.set_yticks(range(n), class_names, fontsize=8 if n <= 20 else 4)
+  ax.set_xlabel('predicted')
+  ax.set_ylabel('true')
+  if n <= 20:
+    for i in range(n):
+      for j in range(n):
+        ax.text(j, i, int(matrix[i, j]), ha='center', va='center', fontsize=7,
+                color='white' if rates[i, j] > 0.5 else 'black')
+  fig.colorbar(im, ax=ax, fraction=0.046, label='fraction of the true class')
+  ax.set_title(title)
+  fig.tight_layout()
+  _save(fig, out_path)

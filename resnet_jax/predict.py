@@ -1,0 +1,105 @@
+r"""Predicts the classes of image files with a trained run's checkpoint.
+
+  python -m resnet_jax.predict --workdir runs/resnet20 cat.jpg plane.png
+  python -m resnet_jax.predict --workdir runs/resnet20 --json --top_k=3 *.png
+
+Images of any size and mode are converted to RGB, resized (Lanczos) so that
+the shorter side is 32 pixels, and centre-cropped to 32x32, the CIFAR size.
+An unreadable file gets an error line (or a JSON entry with "error") and the
+other files are still predicted; the exit code is then 1.
+"""
+
+import json
+import sys
+from typing import List
+
+from absl import flags
+import jax
+import numpy as np
+
+from resnet_jax import errors
+from resnet_jax import input_pipeline
+from resnet_jax import logs
+
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Workdir of a trained run.')
+_STEP = flags.DEFINE_integer('step', None, 'Checkpoint step; default: the latest.')
+_TOP_K = flags.DEFINE_integer('top_k', 5, 'How many classes to print per image.')
+_JSON = flags.DEFINE_bool('json', False, 'Print one JSON document instead of text.')
+flags.mark_flags_as_required(['workdir'])
+
+SIZE = 32
+
+
+def load_image(path: str) -> np.ndarray:
+  """A file -> uint8 [32, 32, 3]: RGB, shorter side resized to 32, centre crop."""
+  from PIL import Image, UnidentifiedImageError
+  try:
+    with Image.open(path) as im:
+      im = im.convert('RGB')
+      w, h = im.size
+      scale = SIZE / min(w, h)
+      im = im.resize((max(SIZE, round(w * scale)), max(SIZE, round(h * scale))),
+                     Image.Resampling.LANCZOS)
+      w, h = im.size
+      left, top = (w - SIZE) // 2, (h - SIZE) // 2
+      return np.asarray(im.crop((left, top, left + SIZE, top + SIZE)), np.uint8)
+  except FileNotFoundError as e:
+    raise errors.UserError(f'{path}: no such file') from e
+  except (UnidentifiedImageError, OSError, ValueError) as e:
+    raise errors.UserError(f'{path}: not a readable image ({e})') from e
+
+
+def predict(workdir: str, paths: List[str], top_k: int = 5, step=None) -> List[dict]:
+  """Top-k classes and probabilities per file; unreadable files get 'error'."""
+  config, model, variables, names, step = _load(workdir, step)
+  results, images, index = [], [], []
+  for path in paths:
+    try:
+      images.append(load_image(path))
+      index.append(len(results))
+      results.append({'file': path})
+    except errors.UserError as e:
+      results.append({'file': path, 'error': str(e)})
+  if images:
+    x = input_pipeline.normalize(np.stack(images), config.dataset)
+    probs = np.asarray(jax.nn.softmax(model.apply(variables, x, train=False)))
+    k = min(top_k, len(names))
+    for i, p in zip(index, probs):
+      top = np.argsort(-p)[:k]
+      results[i]['predictions'] = [{'class': names[c], 'probability': float(p[c])}
+                                   for c in top]
+  for r in results:
+    r['step'] = step
+  return results
+
+
+def _load(workdir, step):
+  from resnet_jax import train  # Heavy; after argument checks.
+  return train.load_for_inference(workdir, step)
+
+
+def main(argv):
+  paths = argv[1:]
+  if not paths:
+    raise errors.UserError('no image files given; usage: python -m '
+                           'resnet_jax.predict --workdir W IMAGE...')
+  if _TOP_K.value < 1:
+    raise errors.UserError(f'--top_k must be at least 1, got {_TOP_K.value}')
+  logs.setup()
+  results = predict(_WORKDIR.value, paths, _TOP_K.value, _STEP.value)
+  if _JSON.value:
+    print(json.dumps(results, indent=1))
+  else:
+    for r in results:
+      if 'error' in r:
+        print(f'error: {r["error"]}', file=sys.stderr)
+        continue
+      print(r['file'])
+      for p in r['predictions']:
+        print(f'  {p["class"]:<12} {p["probability"]:.3f}')
+  if any('error' in r for r in results):
+    sys.exit(1)
+
+
+if __name__ == '__main__':
+  errors.run_cli(main)
