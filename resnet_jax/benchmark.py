@@ -1,0 +1,172 @@
+r"""Throughput benchmark of the train step, eval step and input pipeline.
+
+  python -m resnet_jax.benchmark --config configs/cifar.py
+  python -m resnet_jax.benchmark --config configs/cifar.py --torch   # + PyTorch
+
+Prints one JSON object. Inputs are synthetic (random uint8 images), so no
+dataset is needed; the model, optimizer, step functions and input pipeline
+are the ones training uses. Throughputs are medians over several timed windows
+after warm-up. With `--torch`, the PyTorch baseline of `benchmarks/` (the same
+network and recipe) runs in the same process and the ratios are added.
+"""
+
+import functools
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+
+from absl import flags
+import jax
+import numpy as np
+from ml_collections import config_flags
+
+from resnet_jax import errors
+from resnet_jax import input_pipeline
+from resnet_jax import logs
+
+_CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file.',
+                                          lock_config=True)
+_WINDOWS = flags.DEFINE_integer('windows', 5, 'Timed windows per measurement.')
+_STEPS = flags.DEFINE_integer('steps', 10, 'Steps per timed window.')
+_WARMUP = flags.DEFINE_integer('warmup', 3, 'Untimed steps before the windows.')
+_TORCH = flags.DEFINE_bool('torch', False, 'Also run the PyTorch baseline.')
+flags.mark_flags_as_required(['config'])
+
+
+def _median_rate(run_window, images_per_window: int, windows: int) -> float:
+  rates = []
+  for _ in range(windows):
+    start = time.perf_counter()
+    run_window()
+    rates.append(images_per_window / (time.perf_counter() - start))
+  return statistics.median(rates)
+
+
+def synthetic_split(n: int, num_classes: int, seed: int = 0) -> input_pipeline.Split:
+  rng = np.random.default_rng(seed)
+  return input_pipeline.Split(
+      images=rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8),
+      labels=rng.integers(0, num_classes, n).astype(np.int32),
+      class_names=tuple(map(str, range(num_classes))))
+
+
+def run(config, windows: int = 5, steps: int = 10, warmup: int = 3) -> dict:
+  """Measures one config; returns the benchmark record."""
+  from resnet_jax import train  # Heavy.
+  dp = train.preflight(config)
+  num_classes = input_pipeline.NUM_CLASSES[config.dataset]
+  b = config.batch_size
+  split = synthetic_split(max(4 * b, 2048), num_classes, config.seed)
+  stream = input_pipeline.TrainStream(split, b, config.seed, config.augment,
+                                      jax.process_index(), jax.process_count())
+  model = train.create_model(config, num_classes, dp.axis_name)
+  tx = train.create_optimizer(config, train.create_learning_rate_fn(config, 10**6))
+  state = dp.place_state(train.create_train_state(jax.random.key(config.seed), model, tx))
+  dtype = train.compute_dtype(config)
+  step_fn = dp.compile(functools.partial(train.train_step, dataset=config.dataset,
+                                         dtype=dtype, seed=config.seed,
+                                         axis_name=dp.axis_name))
+  eval_fn = dp.compile(functools.partial(train.eval_step, dataset=config.dataset,
+                                         dtype=dtype, num_classes=num_classes,
+                                         axis_name=dp.axis_name), donate_state=False)
+  batch = dp.put_batch(stream.batch(0))
+  start = time.perf_counter()
+  step_fn = step_fn.lower(state, batch).compile()
+  compile_s = time.perf_counter() - start
+
+  # Train: a fixed device batch, so only the step is timed.
+  for _ in range(warmup):
+    state, metrics = step_fn(state, batch)
+  jax.block_until_ready(metrics)
+  holder = {'state': state}
+
+  def train_window():
+    s = holder['state']
+    for _ in range(steps):
+      s, m = step_fn(s, batch)
+    jax.block_until_ready(m)
+    holder['state'] = s
+  train_rate = _median_rate(train_window, steps * b, windows)
+
+  eval_batch = dp.put_batch({**stream.batch(1), 'mask': np.ones(
+      b // jax.process_count(), bool)})
+  jax.block_until_ready(eval_fn(holder['state'], eval_batch))
+
+  def eval_window():
+    for _ in range(steps):
+      out = eval_fn(holder['state'], eval_batch)
+    jax.block_until_ready(out)
+  eval_rate = _median_rate(eval_window, steps * b, windows)
+
+  # Host pipeline alone: batch assembly + augmentation, no device.
+  counter = iter(range(10**9))
+
+  def input_window():
+    for _ in range(steps):
+      stream.batch(next(counter))
+  input_rate = _median_rate(input_window, steps * b, windows)
+
+  # The real loop: prefetching pipeline feeding the step; time spent waiting.
+  waited, total_start = 0.0, time.perf_counter()
+  s = holder['state']
+  batches = input_pipeline.prefetch(stream.batch, dp.put_batch,
+                                    range(steps * windows))
+  while True:
+    t = time.perf_counter()
+    try:
+      nxt = next(batches)
+    except StopIteration:
+      break
+    waited += time.perf_counter() - t
+    s, m = step_fn(s, nxt)
+  jax.block_until_ready(m)
+  total = time.perf_counter() - total_start
+
+  device = jax.devices()[0]
+  return {
+      'device_kind': device.device_kind, 'platform': device.platform,
+      'device_count': len(dp.devices), 'process_count': jax.process_count(),
+      'model': config.model, 'batch_size': b,
+      'dtype': 'bfloat16' if config.half_precision else 'float32',
+      'parallelism': config.parallelism,
+      'compile_seconds': round(compile_s, 2),
+      'train_images_per_sec': round(train_rate, 1),
+      'eval_images_per_sec': round(eval_rate, 1),
+      'input_pipeline_images_per_sec': round(input_rate, 1),
+      'input_wait_fraction': round(waited / total, 4),
+      'jax_version': jax.__version__, 'python': platform.python_version(),
+      'cpu_count': os.cpu_count(),
+  }
+
+
+def _torch_baseline(config, windows, steps, warmup) -> dict:
+  here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  sys.path.insert(0, os.path.join(here, 'benchmarks'))
+  try:
+    import torch_baseline
+  except ImportError as e:
+    raise errors.UserError(f'--torch needs PyTorch ({e}); pip install -e ".[torch]"') from e
+  return torch_baseline.run(config.model, config.batch_size, windows, steps, warmup)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise errors.UserError(f'unexpected arguments {argv[1:]}')
+  logs.setup()
+  config = _CONFIG.value
+  record = run(config, _WINDOWS.value, _STEPS.value, _WARMUP.value)
+  if _TORCH.value:
+    torch = _torch_baseline(config, _WINDOWS.value, _STEPS.value, _WARMUP.value)
+    record['torch'] = torch
+    record['train_ratio_vs_torch'] = round(
+        record['train_images_per_sec'] / torch['train_images_per_sec'], 3)
+    record['eval_ratio_vs_torch'] = round(
+        record['eval_images_per_sec'] / torch['eval_images_per_sec'], 3)
+  print(json.dumps(record, indent=1))
+
+
+if __name__ == '__main__':
+  errors.run_cli(main)
