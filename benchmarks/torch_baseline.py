@@ -10,9 +10,8 @@ timed windows after warm-up, as for the JAX side.
 
 import argparse
 import json
-import statistics
-import time
 
+from resnet_jax import timing
 import torch
 from torch import nn
 import torch.nn.functional as F
@@ -57,15 +56,6 @@ class CifarResNet(nn.Module):
     return self.fc(x.mean((2, 3)))
 
 
-def _median_rate(window, images, windows):
-  rates = []
-  for _ in range(windows):
-    start = time.perf_counter()
-    window()
-    rates.append(images / (time.perf_counter() - start))
-  return statistics.median(rates)
-
-
 def run(model: str, batch_size: int, windows: int = 5, steps: int = 10,
         warmup: int = 3) -> dict:
   """Train and eval images/s of the CIFAR ResNet `model` (e.g. 'resnet20')."""
@@ -96,9 +86,9 @@ def run(model: str, batch_size: int, windows: int = 5, steps: int = 10,
         net(x)
 
   train_window(warmup)
-  train_rate = _median_rate(train_window, steps * batch_size, windows)
+  train_rate = timing.median_rate(train_window, steps * batch_size, windows)
   eval_window()
-  eval_rate = _median_rate(eval_window, steps * batch_size, windows)
+  eval_rate = timing.median_rate(eval_window, steps * batch_size, windows)
   return {'framework': f'torch {torch.__version__} eager', 'threads': torch.get_num_threads(),
           'model': model, 'batch_size': batch_size,
           'train_images_per_sec': round(train_rate, 1),

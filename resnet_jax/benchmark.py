@@ -14,7 +14,6 @@ import functools
 import json
 import os
 import platform
-import statistics
 import sys
 import time
 
@@ -26,6 +25,7 @@ from ml_collections import config_flags
 from resnet_jax import errors
 from resnet_jax import input_pipeline
 from resnet_jax import logs
+from resnet_jax import timing
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file.',
                                           lock_config=True)
@@ -34,15 +34,6 @@ _STEPS = flags.DEFINE_integer('steps', 10, 'Steps per timed window.')
 _WARMUP = flags.DEFINE_integer('warmup', 3, 'Untimed steps before the windows.')
 _TORCH = flags.DEFINE_bool('torch', False, 'Also run the PyTorch baseline.')
 flags.mark_flags_as_required(['config'])
-
-
-def _median_rate(run_window, images_per_window: int, windows: int) -> float:
-  rates = []
-  for _ in range(windows):
-    start = time.perf_counter()
-    run_window()
-    rates.append(images_per_window / (time.perf_counter() - start))
-  return statistics.median(rates)
 
 
 def synthetic_split(n: int, num_classes: int, seed: int = 0) -> input_pipeline.Split:
@@ -89,7 +80,7 @@ def run(config, windows: int = 5, steps: int = 10, warmup: int = 3) -> dict:
       s, m = step_fn(s, batch)
     jax.block_until_ready(m)
     holder['state'] = s
-  train_rate = _median_rate(train_window, steps * b, windows)
+  train_rate = timing.median_rate(train_window, steps * b, windows)
 
   eval_batch = dp.put_batch({**stream.batch(1), 'mask': np.ones(
       b // jax.process_count(), bool)})
@@ -99,7 +90,7 @@ def run(config, windows: int = 5, steps: int = 10, warmup: int = 3) -> dict:
     for _ in range(steps):
       out = eval_fn(holder['state'], eval_batch)
     jax.block_until_ready(out)
-  eval_rate = _median_rate(eval_window, steps * b, windows)
+  eval_rate = timing.median_rate(eval_window, steps * b, windows)
 
   # Host pipeline alone: batch assembly + augmentation, no device.
   counter = iter(range(10**9))
@@ -107,7 +98,7 @@ def run(config, windows: int = 5, steps: int = 10, warmup: int = 3) -> dict:
   def input_window():
     for _ in range(steps):
       stream.batch(next(counter))
-  input_rate = _median_rate(input_window, steps * b, windows)
+  input_rate = timing.median_rate(input_window, steps * b, windows)
 
   # The real loop: prefetching pipeline feeding the step; time spent waiting.
   waited, total_start = 0.0, time.perf_counter()

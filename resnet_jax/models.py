@@ -42,13 +42,18 @@ def _shortcut_a(x: jnp.ndarray, out_features: int, strides: int) -> jnp.ndarray:
   return jnp.pad(x, ((0, 0), (0, 0), (0, 0), (0, extra)))
 
 
-class BasicBlock(nn.Module):
-  """Two 3x3 convolutions, post-activation (He et al. 2015)."""
+class _Block(nn.Module):
+  """Fields every block has: inner width, injected conv and norm, stride,
+  and the shortcut kind used where the shape changes."""
   filters: int
   conv: ModuleDef
   norm: ModuleDef
   strides: int = 1
   shortcut: str = 'B'
+
+
+class BasicBlock(_Block):
+  """Two 3x3 convolutions, post-activation (He et al. 2015)."""
   zero_init_residual: bool = False
   expansion = 1
 
@@ -63,17 +68,12 @@ class BasicBlock(nn.Module):
     return nn.relu(y + _project(self, x, out_features))
 
 
-class BottleneckBlock(nn.Module):
+class BottleneckBlock(_Block):
   """1x1 -> 3x3 (stride, groups) -> 1x1, post-activation (torchvision v1.5).
 
   `filters` is the inner width; the output has `out_filters` channels
   (default `filters * 4`, as ResNet-50; ResNeXt sets both).
   """
-  filters: int
-  conv: ModuleDef
-  norm: ModuleDef
-  strides: int = 1
-  shortcut: str = 'B'
   zero_init_residual: bool = False
   groups: int = 1
   out_filters: Optional[int] = None
@@ -93,13 +93,8 @@ class BottleneckBlock(nn.Module):
     return nn.relu(y + _project(self, x, out_features))
 
 
-class PreActBasicBlock(nn.Module):
+class PreActBasicBlock(_Block):
   """BN-ReLU-conv twice (He et al. 2016); dropout between convs (WRN)."""
-  filters: int
-  conv: ModuleDef
-  norm: ModuleDef
-  strides: int = 1
-  shortcut: str = 'B'
   dropout_rate: float = 0.0
   expansion = 1
 
@@ -115,13 +110,8 @@ class PreActBasicBlock(nn.Module):
     return y + _preact_project(self, x, pre, out_features)
 
 
-class PreActBottleneckBlock(nn.Module):
+class PreActBottleneckBlock(_Block):
   """BN-ReLU-conv 1x1 / 3x3 / 1x1 (He et al. 2016), output `filters * 4`."""
-  filters: int
-  conv: ModuleDef
-  norm: ModuleDef
-  strides: int = 1
-  shortcut: str = 'B'
   expansion = 4
 
   @nn.compact
