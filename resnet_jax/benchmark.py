@@ -133,14 +133,15 @@ def run(config, windows: int = 5, steps: int = 10, warmup: int = 3) -> dict:
   }
 
 
-def _torch_baseline(config, windows, steps, warmup) -> dict:
+def _import_torch_baseline():
+  """benchmarks/torch_baseline.py, checked before any JAX work starts."""
   here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   sys.path.insert(0, os.path.join(here, 'benchmarks'))
   try:
     import torch_baseline
   except ImportError as e:
     raise errors.UserError(f'--torch needs PyTorch ({e}); pip install -e ".[torch]"') from e
-  return torch_baseline.run(config.model, config.batch_size, windows, steps, warmup)
+  return torch_baseline
 
 
 def main(argv):
@@ -148,9 +149,11 @@ def main(argv):
     raise errors.UserError(f'unexpected arguments {argv[1:]}')
   logs.setup()
   config = _CONFIG.value
+  baseline = _import_torch_baseline() if _TORCH.value else None
   record = run(config, _WINDOWS.value, _STEPS.value, _WARMUP.value)
-  if _TORCH.value:
-    torch = _torch_baseline(config, _WINDOWS.value, _STEPS.value, _WARMUP.value)
+  if baseline:
+    torch = baseline.run(config.model, config.batch_size, _WINDOWS.value, _STEPS.value,
+                         _WARMUP.value)
     record['torch'] = torch
     record['train_ratio_vs_torch'] = round(
         record['train_images_per_sec'] / torch['train_images_per_sec'], 3)
