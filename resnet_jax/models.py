@@ -150,6 +150,21 @@ def _preact_project(block: nn.Module, x, pre, out_features: int):
   return _conv(block.conv, out_features, 1, block.strides, name='downsample_conv')(pre)
 
 
+# Nets with more blocks than this scan over each stage's repeated blocks.
+SCAN_ABOVE_BLOCKS = 100
+
+
+class _Repeat(nn.Module):
+  """One block as a scan body: (x, _) -> (block(x), None)."""
+  block_cls: Any
+  fields: Any
+  train: bool
+
+  @nn.compact
+  def __call__(self, x, _):
+    return self.block_cls(name='block', **self.fields)(x, train=self.train), None
+
+
 class ResNet(nn.Module):
   """A residual network: stem, stages of blocks, global pool, classifier.
 
@@ -216,14 +231,24 @@ class ResNet(nn.Module):
     kwargs = dict(self.block_kwargs)
     if not self.preact:
       kwargs['zero_init_residual'] = self.zero_init_residual
+    # Very deep nets (resnet1202, preact_resnet1001) scan over the identical
+    # blocks of a stage: an unrolled program of hundreds of blocks takes XLA
+    # many minutes and tens of GB to compile.
+    scan = sum(self.stage_sizes) > SCAN_ABOVE_BLOCKS
     for i, (size, width) in enumerate(zip(self.stage_sizes, self.widths)):
       if self.out_widths is not None:
         kwargs['out_filters'] = self.out_widths[i]
-      for j in range(size):
+      fields = dict(filters=width, conv=conv, norm=norm, shortcut=self.shortcut,
+                    **kwargs)
+      for j in range(1 if scan else size):
         strides = 2 if i > 0 and j == 0 else 1
-        x = self.block_cls(width, conv=conv, norm=norm, strides=strides,
-                           shortcut=self.shortcut, name=f'layer{i + 1}_{j}',
-                           **kwargs)(x, train=train)
+        x = self.block_cls(strides=strides, name=f'layer{i + 1}_{j}',
+                           **fields)(x, train=train)
+      if scan and size > 1:
+        repeat = nn.scan(_Repeat, variable_axes={'params': 0, 'batch_stats': 0},
+                         split_rngs={'params': True, 'dropout': True},
+                         length=size - 1)
+        x, _ = repeat(self.block_cls, fields, train, name=f'layer{i + 1}_rest')(x, None)
     if self.preact:
       x = nn.relu(norm(name='bn_final')(x))
     x = jnp.mean(x, axis=(1, 2))

@@ -53,6 +53,9 @@ def _macs(jaxpr) -> int:
       lhs = eqn.invars[0].aval
       k = int(np.prod([lhs.shape[d] for d in lhs_contract]))
       total += int(np.prod(eqn.outvars[0].aval.shape)) * k
+    if name == 'scan':  # The body runs `length` times (scanned deep stages).
+      total += eqn.params['length'] * _macs(eqn.params['jaxpr'].jaxpr)
+      continue
     for param in eqn.params.values():
       for sub in (param if isinstance(param, (tuple, list)) else (param,)):
         if isinstance(sub, jex_core.ClosedJaxpr):

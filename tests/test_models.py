@@ -78,6 +78,22 @@ def test_macs_match_known_figures():
   assert round(summary.count_macs(r50, image_size=224) / 1e9, 2) == 4.09
 
 
+def test_scanned_stages_match_unrolled_ones(monkeypatch):
+  # resnet1202 and preact_resnet1001 scan their repeated blocks; forcing the
+  # scan on resnet20 must leave parameters, MACs and BatchNorm behaviour alone.
+  monkeypatch.setattr(models, 'SCAN_ABOVE_BLOCKS', 0)
+  model = models.create_model('resnet20')
+  n, shapes = _num_params(model)
+  assert n == 269_722 and 'layer1_rest' in shapes['params']
+  assert summary.count_macs(model) == 40_551_040
+  assert summary.params_per_stage(shapes['params'])['layer3'] == 203_520
+  x = jax.random.normal(jax.random.key(1), (4, 32, 32, 3))
+  variables = model.init(jax.random.key(0), x)
+  _, updates = model.apply(variables, x, train=True, mutable=['batch_stats'])
+  stacked = updates['batch_stats']['layer1_rest']['block']['bn1']['mean']
+  assert stacked.shape == (2, 16) and not np.allclose(stacked, 0)
+
+
 @pytest.mark.parametrize('name', ['resnet8', 'preact_resnet110', 'wrn16_8'])
 def test_output_shapes_and_variable_collections(name):
   model = models.create_model(name, num_classes=7)
