@@ -75,6 +75,8 @@ PRESETS = {
     # "0.01 to warm up ... until the training error is below 80% (about 400
     # iterations)", then the same schedule.
     'resnet110': dict(model='resnet110', warmup_steps=400),
+    # "n = 200 ... trained as described above" (the 110-layer recipe).
+    'resnet1202': dict(model='resnet1202', warmup_steps=400),
     # He et al. 2016 (Identity Mappings): 64k steps, batch 128, same schedule,
     # warm-up at 0.01 for 400 steps for the 164/1001-layer nets.
     'preact_resnet110': dict(model='preact_resnet110', warmup_steps=400),
