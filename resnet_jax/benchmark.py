@@ -10,7 +10,6 @@ after warm-up. With `--torch`, the PyTorch baseline of `benchmarks/` (the same
 network and recipe) runs in the same process and the ratios are added.
 """
 
-import functools
 import json
 import os
 import platform
@@ -56,13 +55,7 @@ def run(config, windows: int = 5, steps: int = 10, warmup: int = 3) -> dict:
   model = train.create_model(config, num_classes, dp.axis_name)
   tx = train.create_optimizer(config, train.create_learning_rate_fn(config, 10**6))
   state = dp.place_state(train.create_train_state(jax.random.key(config.seed), model, tx))
-  dtype = train.compute_dtype(config)
-  step_fn = dp.compile(functools.partial(train.train_step, dataset=config.dataset,
-                                         dtype=dtype, seed=config.seed,
-                                         axis_name=dp.axis_name))
-  eval_fn = dp.compile(functools.partial(train.eval_step, dataset=config.dataset,
-                                         dtype=dtype, num_classes=num_classes,
-                                         axis_name=dp.axis_name), donate_state=False)
+  step_fn, eval_fn = train.compile_steps(dp, config, num_classes)
   batch = dp.put_batch(stream.batch(0))
   start = time.perf_counter()
   step_fn = step_fn.lower(state, batch).compile()

@@ -193,6 +193,26 @@ def preflight(config: ml_collections.ConfigDict) -> parallel.DataParallel:
   return dp
 
 
+def compile_steps(dp: parallel.DataParallel, config: ml_collections.ConfigDict,
+                  num_classes: int):
+  """The compiled (train_step, eval_step) of `config` under `dp`."""
+  dtype = compute_dtype(config)
+  p_train = dp.compile(functools.partial(
+      train_step, dataset=config.dataset, dtype=dtype, seed=config.seed,
+      axis_name=dp.axis_name))
+  p_eval = dp.compile(functools.partial(
+      eval_step, dataset=config.dataset, dtype=dtype, num_classes=num_classes,
+      axis_name=dp.axis_name), donate_state=False)
+  return p_train, p_eval
+
+
+def abstract_state(init_fn: Callable[[], TrainState], dp: parallel.DataParallel):
+  """Shapes, dtypes and replicated shardings of the state, for restoring."""
+  return jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=dp.replicated),
+      jax.eval_shape(init_fn))
+
+
 class _Run:
   """What train and eval modes share: validated config, data, model, steps."""
 
@@ -213,25 +233,15 @@ class _Run:
     self.num_steps = total_steps(config, len(self.train) if need_train else 1)
     self.lr_fn = create_learning_rate_fn(config, self.num_steps)
     self.tx = create_optimizer(config, self.lr_fn)
-    dtype = compute_dtype(config)
-    self.p_train_step = self.dp.compile(functools.partial(
-        train_step, dataset=config.dataset, dtype=dtype, seed=config.seed,
-        axis_name=self.dp.axis_name))
-    self.p_eval_step = self.dp.compile(functools.partial(
-        eval_step, dataset=config.dataset, dtype=dtype,
-        num_classes=self.num_classes, axis_name=self.dp.axis_name),
-        donate_state=False)
+    self.p_train_step, self.p_eval_step = compile_steps(self.dp, config,
+                                                       self.num_classes)
 
   def init_state(self) -> TrainState:
     return create_train_state(jax.random.key(self.config.seed), self.model, self.tx)
 
   def restore(self, step: Optional[int] = None):
     """The checkpointed state at `step` (default latest), placed for the step."""
-    abstract = jax.eval_shape(self.init_state)
-    abstract = jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=self.dp.replicated),
-        abstract)
-    state = self.ckpt.restore(abstract, step)
+    state = self.ckpt.restore(abstract_state(self.init_state, self.dp), step)
     return self.dp.place_state(state)
 
   def meta(self) -> dict:
@@ -383,11 +393,8 @@ def load_for_inference(workdir: str, step: Optional[int] = None):
   dp = parallel.DataParallel('jit', 1)
   model = create_model(config, meta['num_classes'])
   tx = create_optimizer(config, create_learning_rate_fn(config, 1))
-  abstract = jax.eval_shape(
-      lambda: create_train_state(jax.random.key(0), model, tx))
-  abstract = jax.tree.map(
-      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=dp.replicated), abstract)
-  state = ckpt.restore(abstract, step)
+  state = ckpt.restore(abstract_state(
+      lambda: create_train_state(jax.random.key(0), model, tx), dp), step)
   ckpt.close()
   variables = {'params': state.params, 'batch_stats': state.batch_stats}
   names = meta.get('class_names') or [str(i) for i in range(meta['num_classes'])]
