@@ -7,7 +7,6 @@ import ml_collections
 from resnet_jax import errors
 from resnet_jax import input_pipeline
 from resnet_jax import models
-from resnet_jax import parallel
 
 
 # One line per config field: the public interface of a run (see --help).
@@ -77,9 +76,6 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if not all(0 < f < 1 for f in config.lr_boundaries):
     raise errors.UserError('lr_boundaries are fractions of the run, each in (0, 1); '
                            f'got {tuple(config.lr_boundaries)}')
-  if config.parallelism not in parallel.STRATEGIES:
-    raise errors.UserError(f'parallelism {config.parallelism!r} is not one of '
-                           f'{parallel.STRATEGIES}; set --config.parallelism')
   if config.init_from:
     if config.model not in models.IMAGENET_FAMILY:
       raise errors.UserError(f'init_from loads torchvision-layout weights, which '

@@ -54,7 +54,8 @@ class MetricsWriter:
     self._tb = None
     if self.enabled and os.path.exists(self.path):
       with open(self.path) as f:
-        lines = [l for l in f if _step_of(l) is not None and _step_of(l) <= resume_step]
+        kept = [(l, _step_of(l)) for l in f]
+      lines = [l for l, step in kept if step is not None and step <= resume_step]
       tmp = self.path + '.tmp'
       with open(tmp, 'w') as f:
         f.writelines(lines)

@@ -315,62 +315,59 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   result = None
   batches = input_pipeline.prefetch(stream.batch, dp.put_batch,
                                     range(start, run.num_steps))
-  with preemption.Guard(ckpt) as guard:
-    for step, batch in zip(range(start, run.num_steps), batches):
-      state, metrics = run.p_train_step(state, batch)
-      pending.append(metrics)  # Read at log time: the host never waits per step.
-      done = step + 1
-      bar.step(done)
-      stop = guard.should_stop(done)
-      log_now = done % config.log_every_steps == 0 or done == run.num_steps
-      eval_now = done in eval_at
-      save_now = (done % config.checkpoint_every_steps == 0 or done == run.num_steps
-                  or eval_now or stop)
-      if log_now or save_now:
-        # Never log or checkpoint past a diverged step.
-        fetched = dp.fetch(pending)
-        bad = metrics_io.first_nonfinite(range(last_step + 1, done + 1),
-                                         [m['train_loss'] for m in fetched])
-        if bad:
-          bar.close()
-          writer.close()
-          ckpt.close()
-          raise errors.Stopped(
-              f'training loss is {bad[1]} at step {bad[0]}; the last good '
-              f'checkpoint (step {ckpt.latest_step()}) is kept. Lower '
-              '--config.learning_rate or check the data, then start a new workdir '
-              'or resume from it', exit_code=3)
-      if log_now:
-        logged = metrics_io.mean_metrics(fetched)
-        now = time.perf_counter()
-        logged['learning_rate'] = float(f'{float(run.lr_fn(step)):.6g}')
-        logged['images_per_sec'] = ((done - last_step) * config.batch_size
-                                    / (now - last_time - eval_seconds))
-        logged['epoch'] = stream.epoch_at(done)
-        writer.write(done, logged, total=run.num_steps)
-        pending, last_time, last_step, eval_seconds = [], now, done, 0.0
-      if eval_now:
-        eval_start = time.perf_counter()
-        result = evaluate(dp, run.p_eval_step, state, run.test, config)
-        writer.write(done, {**metrics_io.scalars(result),
-                            'epoch': stream.epoch_at(done)}, total=run.num_steps)
-        # Evaluation time is not billed to training speed.
-        eval_seconds += time.perf_counter() - eval_start
-      if save_now:
-        ckpt.save(done, dp.canonical_state(state), run.meta(),
-                  eval_accuracy=result['eval_accuracy'] if eval_now else None)
-      if stop:
-        bar.close()
-        writer.close()
-        ckpt.close()
-        name = signal.Signals(guard.signum).name
-        log.info('Received %s: saved the checkpoint of step %d; run the same '
-                 'command to resume', name, done)
-        raise errors.Stopped(f'{name} at step {done}; checkpoint saved, run the '
-                             'same command to resume', exit_code=128 + guard.signum)
-  bar.close()
-  writer.close()
-  ckpt.close()
+  try:
+    with preemption.Guard(ckpt) as guard:
+      for step, batch in zip(range(start, run.num_steps), batches):
+        state, metrics = run.p_train_step(state, batch)
+        pending.append(metrics)  # Read at log time: the host never waits per step.
+        done = step + 1
+        bar.step(done)
+        stop = guard.should_stop(done)
+        log_now = done % config.log_every_steps == 0 or done == run.num_steps
+        eval_now = done in eval_at
+        save_now = (done % config.checkpoint_every_steps == 0 or done == run.num_steps
+                    or eval_now or stop)
+        if log_now or save_now:
+          # Never log or checkpoint past a diverged step.
+          fetched = dp.fetch(pending)
+          bad = metrics_io.first_nonfinite(range(last_step + 1, done + 1),
+                                           [m['train_loss'] for m in fetched])
+          if bad:
+            raise errors.Stopped(
+                f'training loss is {bad[1]} at step {bad[0]}; the last good '
+                f'checkpoint (step {ckpt.latest_step()}) is kept. Lower '
+                '--config.learning_rate or check the data, then start a new workdir '
+                'or resume from it', exit_code=3)
+        if log_now:
+          logged = metrics_io.mean_metrics(fetched)
+          now = time.perf_counter()
+          logged['learning_rate'] = float(f'{float(run.lr_fn(step)):.6g}')
+          logged['images_per_sec'] = ((done - last_step) * config.batch_size
+                                      / (now - last_time - eval_seconds))
+          logged['epoch'] = stream.epoch_at(done)
+          writer.write(done, logged, total=run.num_steps)
+          pending, last_time, last_step, eval_seconds = [], now, done, 0.0
+        if eval_now:
+          eval_start = time.perf_counter()
+          result = evaluate(dp, run.p_eval_step, state, run.test, config)
+          writer.write(done, {**metrics_io.scalars(result),
+                              'epoch': stream.epoch_at(done)}, total=run.num_steps)
+          # Evaluation time is not billed to training speed.
+          eval_seconds += time.perf_counter() - eval_start
+        if save_now:
+          ckpt.save(done, dp.canonical_state(state), run.meta(),
+                    eval_accuracy=result['eval_accuracy'] if eval_now else None)
+        if stop:
+          ckpt.wait()
+          name = signal.Signals(guard.signum).name
+          log.info('Received %s: saved the checkpoint of step %d; run the same '
+                   'command to resume', name, done)
+          raise errors.Stopped(f'{name} at step {done}; checkpoint saved, run the '
+                               'same command to resume', exit_code=128 + guard.signum)
+  finally:  # Also on a stop: bars ended, events flushed, saves finished.
+    bar.close()
+    writer.close()
+    ckpt.close()
   if result is None:  # Resumed at the end: evaluate what is there.
     result = evaluate(dp, run.p_eval_step, state, run.test, config)
   return result
