@@ -10,6 +10,7 @@ timed windows after warm-up, as for the JAX side.
 
 import argparse
 import json
+import platform
 
 from resnet_jax import timing
 import torch
@@ -90,6 +91,7 @@ def run(model: str, batch_size: int, windows: int = 5, steps: int = 10,
   eval_window()
   eval_rate = timing.median_rate(eval_window, steps * batch_size, windows)
   return {'framework': f'torch {torch.__version__} eager', 'threads': torch.get_num_threads(),
+          'python': platform.python_version(),
           'model': model, 'batch_size': batch_size,
           'train_images_per_sec': round(train_rate, 1),
           'eval_images_per_sec': round(eval_rate, 1)}

@@ -31,6 +31,7 @@ def get_config(preset: str = '') -> ml_collections.ConfigDict:
   c.bn_momentum = 0.9
   c.bn_epsilon = 1e-5
   c.half_precision = False
+  c.store_conv_inputs = 'auto'
   c.init_from = ''
   # Data.
   c.dataset = 'cifar10'

@@ -2,17 +2,21 @@ r"""Throughput benchmark of the train step, eval step and input pipeline.
 
   python -m resnet_jax.benchmark --config configs/cifar.py
   python -m resnet_jax.benchmark --config configs/cifar.py --torch   # + PyTorch
+  python -m resnet_jax.benchmark --config configs/cifar.py --torch_python=PY
 
 Prints one JSON object. Inputs are synthetic (random uint8 images), so no
 dataset is needed; the model, optimizer, step functions and input pipeline
 are the ones training uses. Throughputs are medians over several timed windows
 after warm-up. With `--torch`, the PyTorch baseline of `benchmarks/` (the same
-network and recipe) runs in the same process and the ratios are added.
+network and recipe) runs in the same process and the ratios are added;
+`--torch_python` runs it, after the JAX measurements, with another interpreter
+(PyTorch may have no wheel for this one).
 """
 
 import json
 import os
 import platform
+import subprocess
 import sys
 import time
 
@@ -32,6 +36,9 @@ _WINDOWS = flags.DEFINE_integer('windows', 5, 'Timed windows per measurement.')
 _STEPS = flags.DEFINE_integer('steps', 10, 'Steps per timed window.')
 _WARMUP = flags.DEFINE_integer('warmup', 3, 'Untimed steps before the windows.')
 _TORCH = flags.DEFINE_bool('torch', False, 'Also run the PyTorch baseline.')
+_TORCH_PYTHON = flags.DEFINE_string(
+    'torch_python', None, 'Run the PyTorch baseline (implies --torch) with this '
+    'Python interpreter, e.g. one where PyTorch installs when this one has none.')
 flags.mark_flags_as_required(['config'])
 
 
@@ -43,8 +50,13 @@ def synthetic_split(n: int, num_classes: int, seed: int = 0) -> input_pipeline.S
       class_names=tuple(map(str, range(num_classes))))
 
 
-def run(config, windows: int = 5, steps: int = 10, warmup: int = 3) -> dict:
-  """Measures one config; returns the benchmark record."""
+def compiled_train_step(config):
+  """What the train benchmarks time: the real step compiled for `config`.
+
+  Returns:
+    (data parallelism, train stream, placed state, compiled train step, eval
+    step, device batch, compile seconds of the train step).
+  """
   from resnet_jax import train  # Heavy.
   dp = train.preflight(config)
   num_classes = input_pipeline.NUM_CLASSES[config.dataset]
@@ -59,7 +71,14 @@ def run(config, windows: int = 5, steps: int = 10, warmup: int = 3) -> dict:
   batch = dp.put_batch(stream.batch(0))
   start = time.perf_counter()
   step_fn = step_fn.lower(state, batch).compile()
-  compile_s = time.perf_counter() - start
+  return dp, stream, state, step_fn, eval_fn, batch, time.perf_counter() - start
+
+
+def run(config, windows: int = 5, steps: int = 10, warmup: int = 3) -> dict:
+  """Measures one config; returns the benchmark record."""
+  from resnet_jax import train  # Heavy.
+  dp, stream, state, step_fn, eval_fn, batch, compile_s = compiled_train_step(config)
+  b = config.batch_size
 
   # Train: a fixed device batch, so only the step is timed.
   for _ in range(warmup):
@@ -116,6 +135,7 @@ def run(config, windows: int = 5, steps: int = 10, warmup: int = 3) -> dict:
       'model': config.model, 'batch_size': b,
       'dtype': 'bfloat16' if config.half_precision else 'float32',
       'parallelism': config.parallelism,
+      'store_conv_inputs': train.store_conv_inputs(config),
       'compile_seconds': round(compile_s, 2),
       'train_images_per_sec': round(train_rate, 1),
       'eval_images_per_sec': round(eval_rate, 1),
@@ -126,15 +146,30 @@ def run(config, windows: int = 5, steps: int = 10, warmup: int = 3) -> dict:
   }
 
 
+_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
 def _import_torch_baseline():
   """benchmarks/torch_baseline.py, checked before any JAX work starts."""
-  here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  sys.path.insert(0, os.path.join(here, 'benchmarks'))
+  sys.path.insert(0, os.path.join(_REPO, 'benchmarks'))
   try:
     import torch_baseline
   except ImportError as e:
-    raise errors.UserError(f'--torch needs PyTorch ({e}); pip install -e ".[torch]"') from e
+    raise errors.UserError(f'--torch needs PyTorch ({e}); pip install -e ".[torch]" '
+                           'or pass --torch_python=PYTHON_WITH_TORCH') from e
   return torch_baseline
+
+
+def _torch_in(python: str, model: str, batch_size: int, windows: int, steps: int) -> dict:
+  """Runs the baseline's command line with another interpreter; its record."""
+  result = subprocess.run(
+      [python, os.path.join(_REPO, 'benchmarks', 'torch_baseline.py'), '--model', model,
+       '--batch_size', str(batch_size), '--windows', str(windows), '--steps', str(steps)],
+      capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=_REPO), check=False)
+  if result.returncode != 0:
+    last = (result.stderr.strip().splitlines() or ['no output'])[-1]
+    raise errors.UserError(f'the PyTorch baseline failed under {python}: {last}')
+  return json.loads(result.stdout)
 
 
 def main(argv):
@@ -142,11 +177,19 @@ def main(argv):
     raise errors.UserError(f'unexpected arguments {argv[1:]}')
   logs.setup()
   config = _CONFIG.value
-  baseline = _import_torch_baseline() if _TORCH.value else None
+  python = _TORCH_PYTHON.value
+  if python and not (os.path.isfile(python) and os.access(python, os.X_OK)):
+    raise errors.UserError(f'--torch_python {python} is not an executable; pass the '
+                           'path of a Python that has PyTorch')
+  baseline = _import_torch_baseline() if _TORCH.value and not python else None
   record = run(config, _WINDOWS.value, _STEPS.value, _WARMUP.value)
-  if baseline:
-    torch = baseline.run(config.model, config.batch_size, _WINDOWS.value, _STEPS.value,
-                         _WARMUP.value)
+  if baseline or python:
+    if python:
+      torch = _torch_in(python, config.model, config.batch_size, _WINDOWS.value,
+                        _STEPS.value)
+    else:
+      torch = baseline.run(config.model, config.batch_size, _WINDOWS.value, _STEPS.value,
+                           _WARMUP.value)
     record['torch'] = torch
     record['train_ratio_vs_torch'] = round(
         record['train_images_per_sec'] / torch['train_images_per_sec'], 3)

@@ -20,6 +20,8 @@ FIELDS = {
     'bn_momentum': "BatchNorm running-average decay (PyTorch's momentum 0.1 = 0.9 here)",
     'bn_epsilon': 'BatchNorm epsilon',
     'half_precision': 'bfloat16 computation; parameters and statistics stay float32',
+    'store_conv_inputs': "'auto' (on for CPU), 'on' or 'off': keep conv inputs for "
+                         'the backward pass instead of recomputing them; same numbers',
     'init_from': 'torchvision-layout .pth state dict to start from (resnet18..152)',
     'dataset': "'cifar10' or 'cifar100'",
     'data_dir': 'tfds data directory; unset = tfds default (see prepare_data)',
@@ -76,6 +78,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if not all(0 < f < 1 for f in config.lr_boundaries):
     raise errors.UserError('lr_boundaries are fractions of the run, each in (0, 1); '
                            f'got {tuple(config.lr_boundaries)}')
+  if config.store_conv_inputs not in ('auto', 'on', 'off'):
+    raise errors.UserError(f'store_conv_inputs must be auto, on or off, got '
+                           f'{config.store_conv_inputs!r}; set --config.store_conv_inputs')
   if config.init_from:
     if config.model not in models.IMAGENET_FAMILY:
       raise errors.UserError(f'init_from loads torchvision-layout weights, which '

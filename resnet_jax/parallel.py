@@ -14,7 +14,7 @@ leaf), so a checkpoint from either strategy, on any device count, restores
 into either.
 """
 
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import jax
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
@@ -99,12 +99,18 @@ class DataParallel:
         lambda x: jax.device_put(x.reshape((n, -1) + x.shape[1:]), self._stacked),
         batch)
 
-  def compile(self, step: Callable, donate_state: bool = True) -> Callable:
-    """Compiles `step(state, batch) -> (state or None, outputs)`."""
+  def compile(self, step: Callable, donate_state: bool = True,
+              compiler_options: Optional[dict] = None) -> Callable:
+    """Compiles `step(state, batch) -> (state or None, outputs)`.
+
+    `compiler_options` (XLA debug options) reach the jit strategy only:
+    `jax.pmap` takes none.
+    """
     donate = (0,) if donate_state else ()
     if self.strategy == 'jit':
       return jax.jit(step, in_shardings=(self.replicated, self.sharded),
-                     out_shardings=self.replicated, donate_argnums=donate)
+                     out_shardings=self.replicated, donate_argnums=donate,
+                     compiler_options=compiler_options)
     return jax.pmap(step, axis_name=AXIS, donate_argnums=donate,
                     devices=self.devices)
 

@@ -57,7 +57,18 @@ def create_model(config: ml_collections.ConfigDict, num_classes: int,
       shortcut=config.shortcut or None, dropout_rate=config.dropout_rate,
       zero_init_residual=config.zero_init_residual,
       bn_momentum=config.bn_momentum, bn_epsilon=config.bn_epsilon,
-      dtype=compute_dtype(config), axis_name=axis_name)
+      dtype=compute_dtype(config), axis_name=axis_name,
+      store_conv_inputs=store_conv_inputs(config))
+
+
+def store_conv_inputs(config: ml_collections.ConfigDict) -> bool:
+  """Resolves `store_conv_inputs`: 'auto' turns it on where it was measured
+  to help (XLA:CPU, see BENCHMARKS.md) and leaves other backends alone."""
+  # .get: configs saved by checkpoints before this field existed lack it.
+  value = config.get('store_conv_inputs', 'auto')
+  if value == 'auto':
+    return jax.default_backend() == 'cpu'
+  return value == 'on'
 
 
 def total_steps(config: ml_collections.ConfigDict, num_train_examples: int) -> int:
@@ -199,11 +210,24 @@ def compile_steps(dp: parallel.DataParallel, config: ml_collections.ConfigDict,
   dtype = compute_dtype(config)
   p_train = dp.compile(functools.partial(
       train_step, dataset=config.dataset, dtype=dtype, seed=config.seed,
-      axis_name=dp.axis_name))
+      axis_name=dp.axis_name), compiler_options=_train_compiler_options(config))
   p_eval = dp.compile(functools.partial(
       eval_step, dataset=config.dataset, dtype=dtype, num_classes=num_classes,
       axis_name=dp.axis_name), donate_state=False)
   return p_train, p_eval
+
+
+def _train_compiler_options(config: ml_collections.ConfigDict) -> Optional[dict]:
+  """XLA options of the train step.
+
+  XLA:CPU in JAX 0.10 expands optimization barriers before fusion, which
+  undoes `store_conv_inputs` (ResNet-20: 1.0x with the pass, 1.27x without,
+  benchmarks/store_conv_inputs.py); JAX 0.12 expands them after fusion, where
+  skipping the pass is harmless. `jax.pmap` takes no options.
+  """
+  if store_conv_inputs(config) and jax.default_backend() == 'cpu':
+    return {'xla_disable_hlo_passes': 'cse_barrier_expander'}
+  return None
 
 
 def abstract_state(init_fn: Callable[[], TrainState], dp: parallel.DataParallel):

@@ -32,19 +32,29 @@ def test_benchmark_record_has_every_field(half):
   assert 0 <= record['input_wait_fraction'] < 1
 
 
-def test_cli_with_torch_baseline_prints_both_and_ratios():
+@pytest.mark.parametrize('torch_flag', ['--torch', f'--torch_python={sys.executable}'])
+def test_cli_with_torch_baseline_prints_both_and_ratios(torch_flag):
   pytest.importorskip('torch')
   env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8')
   result = subprocess.run(
       [sys.executable, '-m', 'resnet_jax.benchmark', '--config', 'configs/cifar.py',
        '--config.model=resnet8', '--config.batch_size=16', '--windows=2', '--steps=2',
-       '--torch'], capture_output=True, text=True, cwd=REPO, env=env, timeout=300)
+       torch_flag], capture_output=True, text=True, cwd=REPO, env=env, timeout=300)
   assert result.returncode == 0, result.stderr[-3000:]
   record = json.loads(result.stdout)
   assert FIELDS <= set(record)
   assert record['torch']['train_images_per_sec'] > 0
   assert record['train_ratio_vs_torch'] == pytest.approx(
       record['train_images_per_sec'] / record['torch']['train_images_per_sec'], rel=1e-2)
+
+
+def test_torch_python_that_is_not_an_interpreter_is_one_error_line(tmp_path):
+  result = subprocess.run(
+      [sys.executable, '-m', 'resnet_jax.benchmark', '--config', 'configs/cifar.py',
+       f'--torch_python={tmp_path}/nothing'], capture_output=True, text=True, cwd=REPO,
+      timeout=300)
+  assert result.returncode == 2 and 'Traceback' not in result.stderr
+  assert f'--torch_python {tmp_path}/nothing is not an executable' in result.stderr
 
 
 def test_half_precision_keeps_parameters_optimizer_and_stats_float32(tiny_data):
@@ -60,3 +70,12 @@ def test_half_precision_keeps_parameters_optimizer_and_stats_float32(tiny_data):
                                               state.batch_stats))
             if jnp.issubdtype(x.dtype, jnp.floating)}
   assert dtypes == {jnp.dtype('float32')} and jnp.isfinite(metrics['train_loss'])
+
+
+def test_store_conv_inputs_is_on_for_cpu_under_auto():
+  config = tiny_config(None)
+  assert config.store_conv_inputs == 'auto' and jax.default_backend() == 'cpu'
+  assert train.store_conv_inputs(config)
+  config.store_conv_inputs = 'off'
+  assert not train.store_conv_inputs(config)
+  assert not train.create_model(config, 10).store_conv_inputs

@@ -196,6 +196,7 @@ def test_bad_input_is_refused_leaving_the_workdir_as_it_was(tiny_data, reference
       (['--config.learning_rate=-0.1'], 'learning_rate must be positive', 2),
       (['--config.no_such_field=1'], "the config has no field 'no_such_field'", 2),
       (['--config.batch_size=abc'], 'batch_size', 2),
+      (['--config.store_conv_inputs=yes'], 'store_conv_inputs must be auto, on or off', 2),
   ]
   for extra, message, code in cases:
     result = subprocess.run(

@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from resnet_jax import models
@@ -158,3 +159,41 @@ def test_bad_names_and_options_are_refused():
     models.create_model('resnet20', dropout_rate=0.3)
   with pytest.raises(ValueError, match='pre-activation'):
     models.create_model('preact_resnet164', zero_init_residual=True)
+
+
+@pytest.mark.parametrize('name', ['resnet8', 'preact_resnet164'])
+def test_stored_conv_inputs_give_the_plain_gradients(name):
+  """`store_conv_inputs` only changes what XLA keeps in memory: the loss,
+  the gradients and the BatchNorm updates equal the plain model's."""
+  x = jax.random.normal(jax.random.key(1), (8, 32, 32, 3))
+  labels = jnp.arange(8) % 10
+
+  def run(store):
+    # One block per stage keeps the pre-activation bottleneck net small.
+    model = models.ResNet(**{**models.MODELS[name], 'stage_sizes': (1, 1, 1)},
+                          store_conv_inputs=store)
+    variables = model.init(jax.random.key(0), x)
+
+    def loss(params):
+      logits, updates = model.apply({**variables, 'params': params}, x, train=True,
+                                    mutable=['batch_stats'])
+      return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean(), updates
+    # The XLA option the train step compiles with when inputs are stored.
+    options = {'xla_disable_hlo_passes': 'cse_barrier_expander'} if store else None
+    (value, updates), grads = jax.jit(jax.value_and_grad(loss, has_aux=True),
+                                      compiler_options=options)(variables['params'])
+    barriers = {train: jax.jit(lambda p, train=train: model.apply(
+        {**variables, 'params': p}, x, train=train, mutable=['batch_stats'])).lower(
+            variables['params']).as_text().count('optimization_barrier')
+                for train in (True, False)}
+    num_convs = sum(leaf.ndim == 4 for leaf in jax.tree.leaves(variables['params']))
+    return value, (grads, updates), barriers, num_convs
+
+  plain_loss, plain, plain_barriers, num_convs = run(False)
+  loss, stored, barriers, _ = run(True)
+  # One barrier per convolution in training, none in evaluation or when off.
+  assert barriers == {True: num_convs, False: 0}
+  assert plain_barriers == {True: 0, False: 0}
+  np.testing.assert_allclose(loss, plain_loss, rtol=1e-6)
+  for a, b in zip(jax.tree.leaves(stored), jax.tree.leaves(plain)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)

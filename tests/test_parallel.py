@@ -26,9 +26,9 @@ LR = 0.005
 BATCH = 16
 
 
-def _trajectory(tiny_data, tmp_path, strategy, num_devices, steps=20):
+def _trajectory(tiny_data, tmp_path, strategy, num_devices, steps=20, **overrides):
   config = tiny_config(tiny_data['data_dir'], parallelism=strategy, learning_rate=LR, batch_size=BATCH,
-                       num_devices=num_devices, num_train_steps=steps)
+                       num_devices=num_devices, num_train_steps=steps, **overrides)
   run = train._Run(config, str(tmp_path / f'{strategy}{num_devices}'), need_train=True)
   state = run.dp.place_state(run.init_state())
   stream = input_pipeline.TrainStream(run.train, config.batch_size, config.seed)
@@ -72,6 +72,15 @@ def test_device_count_is_invisible(tiny_data, tmp_path, jit8, strategy, num_devi
   print(f'{strategy} {num_devices} vs jit 8 devices: max |loss diff| '
         f'{np.abs(jit8[0] - other[0]).max():.2e}, max |state diff| {_max_diff(jit8, other):.2e}')
   _assert_close(jit8, other)
+
+
+def test_stored_conv_inputs_leave_the_trajectory_unchanged(tiny_data, tmp_path, jit8):
+  # jit8 ran with store_conv_inputs='auto', on for CPU (barriers + the XLA
+  # option that keeps them); the plain program must train to the same state.
+  plain = _trajectory(tiny_data, tmp_path, 'jit', 8, store_conv_inputs='off')
+  print(f'store_conv_inputs on vs off, jit 8 devices: max |loss diff| '
+        f'{np.abs(jit8[0] - plain[0]).max():.2e}, max |state diff| {_max_diff(jit8, plain):.2e}')
+  _assert_close(jit8, plain)
 
 
 def test_pmap_replicas_hold_identical_batch_stats(tiny_data, tmp_path):
