@@ -35,13 +35,13 @@ def main(argv):
     for _ in range(2):  # Warm-up.
       state, metrics = step(state, batch)
     jax.block_until_ready(metrics)
-    runs[setting] = {'state': state, 'step': step, 'rates': []}
+    runs[setting] = {'state': state, 'step': step, 'batch': batch, 'rates': []}
   for _ in range(FLAGS.windows):
     for run in runs.values():
       start = time.perf_counter()
       state = run['state']
       for _ in range(FLAGS.steps):
-        state, metrics = run['step'](state, batch)
+        state, metrics = run['step'](state, run['batch'])
       jax.block_until_ready(metrics)
       run['state'] = state
       run['rates'].append(FLAGS.steps * config.batch_size / (time.perf_counter() - start))

@@ -103,5 +103,7 @@ if __name__ == '__main__':
   parser.add_argument('--batch_size', type=int, default=128)
   parser.add_argument('--windows', type=int, default=5)
   parser.add_argument('--steps', type=int, default=10)
+  parser.add_argument('--warmup', type=int, default=3)
   args = parser.parse_args()
-  print(json.dumps(run(args.model, args.batch_size, args.windows, args.steps), indent=1))
+  print(json.dumps(run(args.model, args.batch_size, args.windows, args.steps, args.warmup),
+                   indent=1))

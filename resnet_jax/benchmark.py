@@ -160,11 +160,13 @@ def _import_torch_baseline():
   return torch_baseline
 
 
-def _torch_in(python: str, model: str, batch_size: int, windows: int, steps: int) -> dict:
+def _torch_in(python: str, model: str, batch_size: int, windows: int, steps: int,
+              warmup: int) -> dict:
   """Runs the baseline's command line with another interpreter; its record."""
   result = subprocess.run(
       [python, os.path.join(_REPO, 'benchmarks', 'torch_baseline.py'), '--model', model,
-       '--batch_size', str(batch_size), '--windows', str(windows), '--steps', str(steps)],
+       '--batch_size', str(batch_size), '--windows', str(windows), '--steps', str(steps),
+       '--warmup', str(warmup)],
       capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=_REPO), check=False)
   if result.returncode != 0:
     last = (result.stderr.strip().splitlines() or ['no output'])[-1]
@@ -186,7 +188,7 @@ def main(argv):
   if baseline or python:
     if python:
       torch = _torch_in(python, config.model, config.batch_size, _WINDOWS.value,
-                        _STEPS.value)
+                        _STEPS.value, _WARMUP.value)
     else:
       torch = baseline.run(config.model, config.batch_size, _WINDOWS.value, _STEPS.value,
                            _WARMUP.value)
