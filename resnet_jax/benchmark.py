@@ -185,13 +185,14 @@ def main(argv):
                            'path of a Python that has PyTorch')
   baseline = _import_torch_baseline() if _TORCH.value and not python else None
   record = run(config, _WINDOWS.value, _STEPS.value, _WARMUP.value)
-  if baseline or python:
-    if python:
-      torch = _torch_in(python, config.model, config.batch_size, _WINDOWS.value,
-                        _STEPS.value, _WARMUP.value)
-    else:
-      torch = baseline.run(config.model, config.batch_size, _WINDOWS.value, _STEPS.value,
-                           _WARMUP.value)
+  torch = None
+  if python:
+    torch = _torch_in(python, config.model, config.batch_size, _WINDOWS.value,
+                      _STEPS.value, _WARMUP.value)
+  elif baseline:
+    torch = baseline.run(config.model, config.batch_size, _WINDOWS.value, _STEPS.value,
+                         _WARMUP.value)
+  if torch:
     record['torch'] = torch
     record['train_ratio_vs_torch'] = round(
         record['train_images_per_sec'] / torch['train_images_per_sec'], 3)

@@ -44,11 +44,17 @@ class StoredInputConv(nn.Conv):
   the weight-gradient convolution; on ResNet-20 that was half of the train
   step. An optimization barrier makes the forward value the one the backward
   pass reads. The arithmetic is unchanged. (JAX 0.10's XLA:CPU drops barriers
-  before fusion unless told not to; the train step is compiled so.)
+  before fusion unless compiled with `KEEP_BARRIERS_OPTIONS`, as the train
+  step is.)
   """
 
   def __call__(self, inputs):
     return super().__call__(jax.lax.optimization_barrier(inputs))
+
+
+# XLA options under which JAX 0.10's XLA:CPU keeps the barriers above until
+# after fusion (later versions keep them there anyway).
+KEEP_BARRIERS_OPTIONS = {'xla_disable_hlo_passes': 'cse_barrier_expander'}
 
 
 def _shortcut_a(x: jnp.ndarray, out_features: int, strides: int) -> jnp.ndarray:

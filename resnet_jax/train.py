@@ -226,7 +226,7 @@ def _train_compiler_options(config: ml_collections.ConfigDict) -> Optional[dict]
   skipping the pass is harmless. `jax.pmap` takes no options.
   """
   if store_conv_inputs(config) and jax.default_backend() == 'cpu':
-    return {'xla_disable_hlo_passes': 'cse_barrier_expander'}
+    return models.KEEP_BARRIERS_OPTIONS
   return None
 
 

@@ -178,8 +178,8 @@ def test_stored_conv_inputs_give_the_plain_gradients(name):
       logits, updates = model.apply({**variables, 'params': params}, x, train=True,
                                     mutable=['batch_stats'])
       return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean(), updates
-    # The XLA option the train step compiles with when inputs are stored.
-    options = {'xla_disable_hlo_passes': 'cse_barrier_expander'} if store else None
+    # The XLA options the train step compiles with when inputs are stored.
+    options = models.KEEP_BARRIERS_OPTIONS if store else None
     (value, updates), grads = jax.jit(jax.value_and_grad(loss, has_aux=True),
                                       compiler_options=options)(variables['params'])
     barriers = {train: jax.jit(lambda p, train=train: model.apply(
