@@ -1,17 +1,38 @@
-"""PyTorch baseline for `python -m resnet_jax.benchmark --torch`.
+"""PyTorch baseline: throughput for `python -m resnet_jax.benchmark --torch`,
+and full training runs on an image-folder dataset.
 
-The same CIFAR ResNet (6n+2 layers, option-A shortcuts, BatchNorm) and recipe
-(SGD, momentum 0.9, weight decay 1e-4, cross-entropy) in PyTorch eager,
-float32, on synthetic batches held in memory; throughput is the median over
-timed windows after warm-up, as for the JAX side.
+The same CIFAR ResNet (6n+2 layers, option-A shortcuts, BatchNorm, He-normal
+fan-out convolutions) and recipe (SGD, momentum 0.9, weight decay 1e-4 on the
+kernels, cross-entropy) in PyTorch eager, float32.
+
+Throughput, on synthetic batches held in memory (the median over timed
+windows after warm-up, as for the JAX side):
 
   python benchmarks/torch_baseline.py --model resnet20 --batch_size 128
+
+Training, with `--data` (an image-folder dataset, `NAME/train/<class>/*`):
+
+  python benchmarks/torch_baseline.py --data DIR/cifar10-jpeg --workdir runs/torch_r20 \
+      --epochs 10
+
+The training images are decoded by resnet_jax's own reader and batched by its
+`TrainStream` (same seed: the same example order and the same crop and flip
+draws as `python -m resnet_jax.main`), normalised with the mean/std measured on
+the training split, and the learning rate is divided by 10 at 50% and 75% of
+the run. So the two frameworks see identical pixels and batches; only the
+initial weights and the arithmetic differ. The workdir gets `metrics.jsonl` and
+`run.json` in resnet_jax's format, which `python -m resnet_jax.results` reads.
 """
 
 import argparse
 import json
+import math
+import os
 import platform
+import sys
+import time
 
+import numpy as np
 from resnet_jax import timing
 import torch
 from torch import nn
@@ -51,6 +72,14 @@ class CifarResNet(nn.Module):
         cin = width
     self.blocks = nn.Sequential(*blocks)
     self.fc = nn.Linear(64, num_classes)
+    # The JAX model's initialisers: He normal (fan-out) convolutions, LeCun
+    # normal classifier, zero bias; BatchNorm scale 1, offset 0.
+    for m in self.modules():
+      if isinstance(m, nn.Conv2d):
+        nn.init.kaiming_normal_(m.weight, mode='fan_out', nonlinearity='relu')
+    std = 1 / math.sqrt(64) / .87962566103423978  # flax's truncated-normal scale
+    nn.init.trunc_normal_(self.fc.weight, std=std, a=-2 * std, b=2 * std)
+    nn.init.zeros_(self.fc.bias)
 
   def forward(self, x):
     x = self.blocks(F.relu(self.bn1(self.conv1(x))))
@@ -60,16 +89,9 @@ class CifarResNet(nn.Module):
 def run(model: str, batch_size: int, windows: int = 5, steps: int = 10,
         warmup: int = 3) -> dict:
   """Train and eval images/s of the CIFAR ResNet `model` (e.g. 'resnet20')."""
-  depth = int(model.removeprefix('resnet')) if model.removeprefix('resnet').isdigit() else 0
-  if not depth or (depth - 2) % 6:
-    raise ValueError(f'the PyTorch baseline has the CIFAR ResNets (resnet20, 32, ...), '
-                     f'not {model!r}')
   torch.manual_seed(0)
-  net = CifarResNet(depth)
-  decay = [p for p in net.parameters() if p.ndim > 1]
-  rest = [p for p in net.parameters() if p.ndim <= 1]
-  opt = torch.optim.SGD([{'params': decay, 'weight_decay': 1e-4},
-                         {'params': rest, 'weight_decay': 0.0}], lr=0.1, momentum=0.9)
+  net = CifarResNet(_depth(model))
+  opt = _optimizer(net, 0.1, 1e-4)
   x = torch.randn(batch_size, 3, 32, 32)
   y = torch.randint(0, 10, (batch_size,))
 
@@ -97,13 +119,131 @@ def run(model: str, batch_size: int, windows: int = 5, steps: int = 10,
           'eval_images_per_sec': round(eval_rate, 1)}
 
 
+def _depth(model: str) -> int:
+  depth = int(model.removeprefix('resnet')) if model.removeprefix('resnet').isdigit() else 0
+  if not depth or (depth - 2) % 6:
+    raise ValueError(f'the PyTorch baseline has the CIFAR ResNets (resnet20, 32, ...), '
+                     f'not {model!r}')
+  return depth
+
+
+def _optimizer(net, lr, weight_decay):
+  decay = [p for p in net.parameters() if p.ndim > 1]
+  rest = [p for p in net.parameters() if p.ndim <= 1]
+  return torch.optim.SGD([{'params': decay, 'weight_decay': weight_decay},
+                          {'params': rest, 'weight_decay': 0.0}], lr=lr, momentum=0.9)
+
+
+def train(data: str, workdir: str, model: str = 'resnet20', epochs: float = 10.0,
+          batch_size: int = 128, lr: float = 0.1, weight_decay: float = 1e-4,
+          seed: int = 0, eval_batch_size: int = 500, log_every: int = 100) -> dict:
+  """Trains on the image-folder dataset `data` and tests after every epoch.
+
+  Returns:
+    The last evaluation: eval_loss, eval_accuracy, eval_examples.
+  """
+  from resnet_jax import image_folder, input_pipeline, metrics_io, run_record
+  if os.path.exists(os.path.join(workdir, 'metrics.jsonl')):
+    raise SystemExit(f'error: {workdir} already holds a run; pass a new --workdir')
+  _depth(model)  # A bad name fails before the data is read.
+  started = time.perf_counter()
+  train_split = image_folder.load_split(data, 'train')
+  test = image_folder.load_split(data, 'test')
+  mean, std = image_folder.mean_std(train_split.images)
+  to_tensor = lambda images: ((torch.from_numpy(images).permute(0, 3, 1, 2).float()
+                               - torch.tensor(mean).view(1, 3, 1, 1) * 255)
+                              / (torch.tensor(std).view(1, 3, 1, 1) * 255))
+  n = len(train_split)
+  steps = max(1, round(epochs * n / batch_size))
+  boundaries = [round(0.5 * steps), round(0.75 * steps)]
+  stream = input_pipeline.TrainStream(train_split, batch_size, seed, True)
+  torch.manual_seed(seed)
+  net = CifarResNet(_depth(model), len(train_split.class_names))
+  opt = _optimizer(net, lr, weight_decay)
+  os.makedirs(workdir, exist_ok=True)
+  config = dict(model=model, dataset=os.path.basename(os.path.normpath(data)),
+                data_dir=os.path.dirname(os.path.normpath(data)), batch_size=batch_size,
+                num_epochs=epochs, num_train_steps=steps, learning_rate=lr,
+                lr_boundaries=[0.5, 0.75], lr_decay_factor=0.1, momentum=0.9,
+                weight_decay=weight_decay, augment=True, seed=seed, mean=mean, std=std)
+  run_record.start_session(
+      workdir, config, f'torch {torch.__version__} eager',
+      {'device_kind': 'cpu', 'platform': 'cpu', 'device_count': 1,
+       'process_count': 1, 'threads': torch.get_num_threads()},
+      packages=('torch', 'numpy', 'pillow'))
+  writer = metrics_io.JsonlWriter(os.path.join(workdir, 'metrics.jsonl'))
+
+  def evaluate():
+    net.eval()
+    loss = correct = 0.0
+    with torch.no_grad():
+      for i in range(0, len(test), eval_batch_size):
+        logits = net(to_tensor(test.images[i:i + eval_batch_size]))
+        labels = torch.from_numpy(test.labels[i:i + eval_batch_size]).long()
+        loss += F.cross_entropy(logits, labels, reduction='sum').item()
+        correct += (logits.argmax(1) == labels).sum().item()
+    net.train()
+    return {'eval_loss': loss / len(test), 'eval_accuracy': correct / len(test),
+            'eval_examples': len(test)}
+
+  net.train()
+  window, window_start, result = [], time.perf_counter(), None
+  eval_seconds = 0.0
+  for step in range(steps):
+    rate = lr * 0.1 ** sum(step >= b for b in boundaries)
+    for group in opt.param_groups:
+      group['lr'] = rate
+    batch = stream.batch(step)
+    x, y = to_tensor(batch['image']), torch.from_numpy(batch['label']).long()
+    opt.zero_grad(set_to_none=True)
+    logits = net(x)
+    loss = F.cross_entropy(logits, y)
+    loss.backward()
+    opt.step()
+    window.append((loss.item(), (logits.argmax(1) == y).float().mean().item()))
+    done = step + 1
+    if done % log_every == 0 or done == steps:
+      now = time.perf_counter()
+      writer.write({'step': done, 'train_loss': float(np.mean([w[0] for w in window])),
+                    'train_accuracy': float(np.mean([w[1] for w in window])),
+                    'learning_rate': rate,
+                    'images_per_sec': len(window) * batch_size / (now - window_start
+                                                                  - eval_seconds),
+                    'epoch': stream.epoch_at(done)})
+      window, window_start, eval_seconds = [], now, 0.0
+    if (done * batch_size) // n > (step * batch_size) // n or done == steps:
+      eval_start = time.perf_counter()
+      result = evaluate()
+      writer.write({'step': done, **result, 'epoch': stream.epoch_at(done)})
+      eval_seconds += time.perf_counter() - eval_start
+      print(f'step {done}/{steps}: test accuracy {100 * result["eval_accuracy"]:.2f}%',
+            file=sys.stderr, flush=True)
+  run_record.end_session(workdir, {'final_step': steps,
+                                   'eval_accuracy': result['eval_accuracy']})
+  print(f'{time.perf_counter() - started:.0f} s', file=sys.stderr)
+  return result
+
+
 if __name__ == '__main__':
-  parser = argparse.ArgumentParser(description=__doc__)
+  parser = argparse.ArgumentParser(description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument('--model', default='resnet20')
   parser.add_argument('--batch_size', type=int, default=128)
   parser.add_argument('--windows', type=int, default=5)
   parser.add_argument('--steps', type=int, default=10)
   parser.add_argument('--warmup', type=int, default=3)
+  parser.add_argument('--data', help='image-folder dataset to train on (NAME/train, '
+                      'NAME/test); without it, time synthetic batches')
+  parser.add_argument('--workdir', help='where a training run writes (with --data)')
+  parser.add_argument('--epochs', type=float, default=10.0)
+  parser.add_argument('--learning_rate', type=float, default=0.1)
+  parser.add_argument('--seed', type=int, default=0)
   args = parser.parse_args()
-  print(json.dumps(run(args.model, args.batch_size, args.windows, args.steps, args.warmup),
-                   indent=1))
+  if args.data:
+    if not args.workdir:
+      parser.error('--data needs --workdir')
+    print(json.dumps(train(args.data, args.workdir, args.model, args.epochs,
+                           args.batch_size, args.learning_rate, seed=args.seed)))
+  else:
+    print(json.dumps(run(args.model, args.batch_size, args.windows, args.steps,
+                         args.warmup), indent=1))

@@ -25,6 +25,7 @@ import jax
 import numpy as np
 from ml_collections import config_flags
 
+from resnet_jax import datasets
 from resnet_jax import errors
 from resnet_jax import input_pipeline
 from resnet_jax import logs
@@ -58,8 +59,8 @@ def compiled_train_step(config):
     step, device batch, compile seconds of the train step).
   """
   from resnet_jax import train  # Heavy.
-  dp = train.preflight(config)
-  num_classes = input_pipeline.NUM_CLASSES[config.dataset]
+  dp, source = train.preflight(config)
+  num_classes = source.num_classes
   b = config.batch_size
   split = synthetic_split(max(4 * b, 2048), num_classes, config.seed)
   stream = input_pipeline.TrainStream(split, b, config.seed, config.augment,
@@ -67,7 +68,9 @@ def compiled_train_step(config):
   model = train.create_model(config, num_classes, dp.axis_name)
   tx = train.create_optimizer(config, train.create_learning_rate_fn(config, 10**6))
   state = dp.place_state(train.create_train_state(jax.random.key(config.seed), model, tx))
-  step_fn, eval_fn = train.compile_steps(dp, config, num_classes)
+  # Synthetic images: any normalisation times the same.
+  step_fn, eval_fn = train.compile_steps(dp, config, num_classes,
+                                         datasets.MEAN_STD['cifar10'])
   batch = dp.put_batch(stream.batch(0))
   start = time.perf_counter()
   step_fn = step_fn.lower(state, batch).compile()

@@ -23,26 +23,39 @@ _TMP_MARK = '.orbax-checkpoint-tmp'
 class Checkpoints:
   """The `checkpoints/` folder of a workdir.
 
-  Saves are asynchronous (training goes on while orbax writes) and atomic: a
-  step folder appears under its final name only once complete; an interrupted
-  save leaves a `*.orbax-checkpoint-tmp*` folder, which is removed at start.
+  Opened read-only: reading metadata and restoring change nothing on disk, so
+  a run that is then refused leaves the folder as it was (another run may be
+  writing it). `open_for_writing` switches to a manager that saves, once the
+  run holds its workdir. Saves are asynchronous (training goes on while orbax
+  writes) and atomic: a step folder appears under its final name only once
+  complete; an interrupted save leaves a `*.orbax-checkpoint-tmp*` folder,
+  which `open_for_writing` removes.
   """
 
-  def __init__(self, directory: str, keep: int = 3, create: bool = True):
+  def __init__(self, directory: str, keep: int = 3):
     self.directory = os.path.abspath(directory)
+    self.keep = keep
     self.restored_step = None
     self._manager = None
-    if not (create or os.path.isdir(self.directory)):
-      return
+    self._saving = []  # Steps whose asynchronous save may not be finished.
+    if os.path.isdir(self.directory):
+      self._manager = ocp.CheckpointManager(
+          self.directory, options=ocp.CheckpointManagerOptions(
+              read_only=True, create=False, enable_async_checkpointing=False))
+
+  def open_for_writing(self) -> None:
+    """Creates the folder if needed and removes unfinished saves."""
+    if self._manager is not None:
+      self._manager.close()
     self._report_leftovers()
     policy = pp.AnyPreservationPolicy([
-        pp.LatestN(n=keep),
+        pp.LatestN(n=self.keep),
         pp.BestN(get_metric_fn=lambda m: m['eval_accuracy'], reverse=False, n=1,
                  keep_checkpoints_without_metrics=False)])
     self._manager = ocp.CheckpointManager(
         self.directory,
         options=ocp.CheckpointManagerOptions(
-            create=create, preservation_policy=policy,
+            create=True, preservation_policy=policy,
             cleanup_tmp_directories=True, enable_async_checkpointing=True))
 
   def _report_leftovers(self) -> None:
@@ -62,18 +75,56 @@ class Checkpoints:
 
   def save(self, step: int, state: Any, meta: dict,
            eval_accuracy: Optional[float] = None) -> None:
-    """Starts an asynchronous save; `eval_accuracy` ranks it for retention."""
+    """Starts an asynchronous save; `eval_accuracy` ranks it for retention.
+
+    Raises:
+      errors.Stopped: this save or an earlier one still in flight failed
+        (disk full, permissions, a lost network file system).
+    """
     metrics = None if eval_accuracy is None else {'eval_accuracy': eval_accuracy}
-    self._manager.save(step, metrics=metrics, force=True, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)))
+    self._saving.append(step)
+    try:
+      self._manager.save(step, metrics=metrics, force=True, args=ocp.args.Composite(
+          state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)))
+    except Exception as e:  # orbax surfaces background failures in many kinds.
+      raise self._failed(e) from e
+    self._saving = self._saving[-1:]  # Earlier saves have finished if this started.
 
   def reached_preemption(self, step: int) -> bool:
     """Whether the distributed runtime has a preemption notice (all processes)."""
     return self._manager.reached_preemption(step)
 
   def wait(self) -> None:
+    """Blocks until every save is on disk.
+
+    Raises:
+      errors.Stopped: a save failed.
+    """
     if self._manager:
-      self._manager.wait_until_finished()
+      try:
+        self._manager.wait_until_finished()
+      except Exception as e:  # See `save`.
+        raise self._failed(e) from e
+      self._saving = []
+
+  def _failed(self, error: Exception) -> errors.Stopped:
+    """The stop of a failed save: which step, why, and what is intact."""
+    failed, self._saving = self._saving, []
+    intact = [s for s in self._finished_steps() if s not in failed]
+    kept = (f'the checkpoint of step {intact[-1]} is intact' if intact
+            else 'no earlier checkpoint exists')
+    cause = str(error) or type(error).__name__
+    cause = f'{type(error).__name__}: {cause[:300]}' if cause != type(error).__name__ else cause
+    return errors.Stopped(
+        f'saving the checkpoint of step {failed[0] if failed else "?"} failed ({cause}); '
+        f'{kept}. Fix the cause (free disk space, permissions, the file system) '
+        'and run the same command to resume', exit_code=4)
+
+  def _finished_steps(self) -> list:
+    """Step folders on disk that are complete (no orbax temporary mark)."""
+    if not os.path.isdir(self.directory):
+      return []
+    return sorted(int(n) for n in os.listdir(self.directory) if n.isdigit())
 
   def read_meta(self, step: Optional[int] = None) -> Optional[dict]:
     """The metadata of `step` (default: the newest readable), or None."""
@@ -127,19 +178,28 @@ class Checkpoints:
     self._manager.reload()
 
   def close(self) -> None:
+    """Finishes pending saves and closes; a failure here was already
+    reported by `wait` or `save`, or is reported now as a warning."""
     if self._manager:
-      self._manager.wait_until_finished()
-      self._manager.close()
+      try:
+        self._manager.wait_until_finished()
+        self._manager.close()
+      except Exception as e:  # Never mask the error that ended the run.
+        log.warning('Closing the checkpoints failed: %s', self._failed(e))
+      self._manager = None
 
 
-def check_compatible(ckpt: Checkpoints, config: ml_collections.ConfigDict) -> None:
-  """Refuses a config whose model or dataset differs from the workdir's run."""
-  meta = ckpt.read_meta()
+def check_compatible(ckpt: Checkpoints, meta: Optional[dict],
+                     config: ml_collections.ConfigDict, num_classes: int) -> None:
+  """Refuses a config whose model, dataset or class count differs from the
+  workdir's run (`meta`: its checkpoints' metadata, None for a new run)."""
   if not meta:
     return
-  for field in ('model', 'dataset'):
-    if meta.get(field) != config[field]:
+  wanted = {'model': config.model, 'dataset': config.dataset, 'num_classes': num_classes}
+  for field, value in wanted.items():
+    if field in meta and meta[field] != value:
+      fix = (f'--config.{field}={meta[field]} to continue this one'
+             if field != 'num_classes' else 'the dataset it was trained on to continue it')
       raise errors.UserError(
-          f'{ckpt.directory} holds a {field} {meta.get(field)!r} run but the config '
-          f'asks for {config[field]!r}; use a new --workdir for a new run, or '
-          f'--config.{field}={meta.get(field)} to continue this one')
+          f'{ckpt.directory} holds a {field} {meta[field]!r} run but the config '
+          f'asks for {value!r}; use a new --workdir for a new run, or {fix}')

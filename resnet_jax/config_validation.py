@@ -4,8 +4,8 @@ import os
 
 import ml_collections
 
+from resnet_jax import datasets
 from resnet_jax import errors
-from resnet_jax import input_pipeline
 from resnet_jax import models
 
 
@@ -23,8 +23,10 @@ FIELDS = {
     'store_conv_inputs': "'auto' (on for CPU), 'on' or 'off': keep conv inputs for "
                          'the backward pass instead of recomputing them; same numbers',
     'init_from': 'torchvision-layout .pth state dict to start from (resnet18..152)',
-    'dataset': "'cifar10' or 'cifar100'",
-    'data_dir': 'tfds data directory; unset = tfds default (see prepare_data)',
+    'dataset': "'cifar10' or 'cifar100' (tfds), or the name of an image-folder "
+               'dataset in data_dir (NAME/train/<class>/*, NAME/test/<class>/*)',
+    'data_dir': 'tfds data directory, or the folder holding image-folder datasets; '
+                'unset = tfds default (see prepare_data)',
     'augment': 'pad 4 + random 32x32 crop + horizontal flip on training images',
     'batch_size': 'global training batch, over all devices and processes',
     'eval_batch_size': 'global evaluation batch; the last batch is padded and masked',
@@ -50,8 +52,15 @@ FIELDS = {
 
 
 
-def validate(config: ml_collections.ConfigDict) -> None:
-  """Raises `errors.UserError` naming the first bad field and its fix."""
+def validate(config: ml_collections.ConfigDict) -> datasets.Source:
+  """Checks every field; reads no images and writes nothing.
+
+  Returns:
+    The dataset the config names.
+
+  Raises:
+    errors.UserError: naming the first bad field and its fix.
+  """
   unknown = sorted(set(config.keys()) - set(FIELDS))
   if unknown:
     raise errors.UserError(f'config fields {unknown} are not known to this version; '
@@ -59,9 +68,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if config.model not in models.MODELS:
     raise errors.UserError(f'unknown model {config.model!r}; set --config.model '
                            f'to one of: {", ".join(models.MODELS)}')
-  if config.dataset not in input_pipeline.NUM_CLASSES:
-    raise errors.UserError(f'unknown dataset {config.dataset!r}; set '
-                           '--config.dataset to cifar10 or cifar100')
+  source = datasets.resolve(config.dataset, config.data_dir)
   for field in ('batch_size', 'eval_batch_size', 'log_every_steps',
                 'checkpoint_every_steps', 'keep_checkpoints'):
     value = config[field]
@@ -89,10 +96,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
       raise errors.UserError(f'init_from file {config.init_from} does not exist; '
                              'pass the path of a .pth state dict')
   try:
-    models.create_model(config.model, input_pipeline.NUM_CLASSES[config.dataset],
+    models.create_model(config.model, source.num_classes,
                         stem=config.stem, shortcut=config.shortcut or None,
                         dropout_rate=config.dropout_rate,
                         zero_init_residual=config.zero_init_residual)
   except ValueError as e:
     raise errors.UserError(f'{e} (check --config.stem, shortcut, dropout_rate, '
                            'zero_init_residual)') from e
+  return source

@@ -1,7 +1,7 @@
-"""CIFAR input pipeline: tfds split -> in-memory arrays -> per-step batches.
+"""Input pipeline: an in-memory split -> per-step augmented batches.
 
 CIFAR is small (150 MB of uint8 for the train split), so the split is read
-once from tfds into host memory and every batch is a pure function of
+once into host memory (`datasets` says from where) and every batch is a pure function of
 `(seed, step)`: the example order is a fresh permutation per epoch and the
 augmentation draws come from a generator seeded by the step. That makes runs
 reproducible, lets a resumed run continue at the exact example it stopped at,
@@ -14,8 +14,6 @@ step) converts to float and applies the per-channel mean/std.
 
 import concurrent.futures
 import dataclasses
-import os
-import socket
 from typing import Callable, Iterator, Optional
 
 import jax.numpy as jnp
@@ -23,12 +21,6 @@ import numpy as np
 
 from resnet_jax import errors
 
-# Per-channel statistics of the training splits, on the [0, 1] scale.
-MEAN_STD = {
-    'cifar10': ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
-    'cifar100': ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
-}
-NUM_CLASSES = {'cifar10': 10, 'cifar100': 100}
 PAD = 4
 
 
@@ -43,63 +35,15 @@ class Split:
     return len(self.labels)
 
 
-def load_split(dataset: str, split: str, data_dir: Optional[str]) -> Split:
-  """Reads a whole tfds split into memory, preparing the dataset if needed.
+def normalize(images: jnp.ndarray, mean_std: tuple, dtype=jnp.float32) -> jnp.ndarray:
+  """uint8 NHWC -> float, per-channel mean/std (runs inside the compiled step).
 
   Args:
-    dataset: 'cifar10' or 'cifar100'.
-    split: 'train' or 'test'.
-    data_dir: tfds data directory; None for tfds's default.
-
-  Returns:
-    The split's images and labels.
-
-  Raises:
-    errors.UserError: the dataset is not there and cannot be downloaded.
+    images: uint8 [..., C].
+    mean_std: (mean, std), per channel on the [0, 1] scale.
+    dtype: the result's dtype.
   """
-  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
-  import tensorflow_datasets as tfds  # Heavy import, only where data is read.
-  import tensorflow as tf
-  # tf.data must not grab an accelerator that JAX owns.
-  tf.config.set_visible_devices([], 'GPU')
-
-  builder = tfds.builder(dataset, data_dir=data_dir)
-  if not builder.is_prepared():
-    where = data_dir or tfds.core.constants.DATA_DIR
-    advice = (f'dataset {dataset} is not in {where} and could not be downloaded '
-              '({}); without internet, build it from the official archive: '
-              'python -m resnet_jax.prepare_data --archive '
-              f'{dataset.replace("cifar", "cifar-")}-binary.tar.gz --data_dir DIR, '
-              'then pass --config.data_dir=DIR')
-    # tfds retries a failed download for minutes; a closed network is told
-    # in seconds.
-    if not _reachable(_DOWNLOAD_HOST):
-      raise errors.UserError(advice.format(f'{_DOWNLOAD_HOST} is unreachable'))
-    try:
-      builder.download_and_prepare()
-    except Exception as e:  # tfds raises many kinds on a failed download.
-      raise errors.UserError(advice.format(type(e).__name__)) from e
-  data = tfds.as_numpy(builder.as_dataset(split=split, batch_size=-1))
-  names = tuple(builder.info.features['label'].names)
-  return Split(images=np.asarray(data['image'], np.uint8),
-               labels=np.asarray(data['label'], np.int32),
-               class_names=names)
-
-
-_DOWNLOAD_HOST = 'www.cs.toronto.edu'
-
-
-def _reachable(host: str, timeout: float = 5.0) -> bool:
-  try:
-    socket.create_connection((host, 443), timeout=timeout).close()
-    return True
-  except OSError:
-    return False
-
-
-def normalize(images: jnp.ndarray, dataset: str, dtype=jnp.float32) -> jnp.ndarray:
-  """uint8 NHWC -> float, per-channel mean/std (runs inside the compiled step)."""
-  mean, std = (np.asarray(v, np.float32) * 255.0 for v in MEAN_STD[dataset])
+  mean, std = (np.asarray(v, np.float32) * 255.0 for v in mean_std)
   return ((images.astype(jnp.float32) - mean) / std).astype(dtype)
 
 

@@ -62,14 +62,8 @@ def main(argv):
                  result['step'], 100 * result['eval_accuracy'],
                  result['eval_examples'], os.path.join(workdir, 'eval.json'))
     return
-  try:
-    os.makedirs(workdir, exist_ok=True)
-  except OSError as e:
-    raise errors.UserError(f'cannot create workdir {workdir} ({e.strerror}); '
-                           'choose a writable --workdir') from e
-  if not os.access(workdir, os.W_OK):
-    raise errors.UserError(f'workdir {workdir} is not writable; choose a '
-                           'writable --workdir')
+  # Creates the workdir only once the run is accepted; refused while another
+  # run holds it.
   train.train_and_evaluate(_CONFIG.value, workdir)
 
 

@@ -3,6 +3,8 @@
 import json
 import math
 import os
+import socket
+import time
 from typing import Iterable, Optional
 
 import jax
@@ -39,6 +41,48 @@ def write_json(path: str, obj: dict) -> None:
   os.replace(tmp, path)
 
 
+class EventFile:
+  """A TensorBoard event file of scalars, written with the `tensorboard`
+  package's own record writer: no TensorFlow needed."""
+
+  def __init__(self, logdir: str):
+    from tensorboard.compat.proto import event_pb2
+    from tensorboard.summary.writer import record_writer
+    self._event_pb2 = event_pb2
+    os.makedirs(logdir, exist_ok=True)
+    name = (f'events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}.'
+            f'{os.getpid()}')
+    self._file = open(os.path.join(logdir, name), 'wb')
+    self._records = record_writer.RecordWriter(self._file)
+    self._add(event_pb2.Event(wall_time=time.time(), file_version='brain.Event:2'))
+
+  def _add(self, event) -> None:
+    self._records.write(event.SerializeToString())
+    self._records.flush()
+
+  def scalars(self, step: int, values: dict) -> None:
+    """One event holding `{tag: value}` at `step`."""
+    from tensorboard.compat.proto import summary_pb2
+    summary = summary_pb2.Summary(value=[
+        summary_pb2.Summary.Value(tag=tag, simple_value=float(value))
+        for tag, value in values.items()])
+    self._add(self._event_pb2.Event(wall_time=time.time(), step=step, summary=summary))
+
+  def close(self) -> None:
+    self._records.close()
+
+
+class JsonlWriter:
+  """Appends one JSON object per line to a file (flushed at once)."""
+
+  def __init__(self, path: str):
+    self.path = path
+
+  def write(self, record: dict) -> None:
+    with open(self.path, 'a') as f:
+      f.write(json.dumps(record) + '\n')
+
+
 class MetricsWriter:
   """Appends one JSON object per line to `metrics.jsonl` (process 0 only).
 
@@ -52,6 +96,7 @@ class MetricsWriter:
     self.enabled = jax.process_index() == 0
     self.progress = progress
     self._tb = None
+    self._jsonl = JsonlWriter(self.path)
     if self.enabled and os.path.exists(self.path):
       with open(self.path) as f:
         kept = [(l, _step_of(l)) for l in f]
@@ -61,9 +106,7 @@ class MetricsWriter:
         f.writelines(lines)
       os.replace(tmp, self.path)
     if self.enabled:
-      import tensorflow as tf  # Already loaded by tfds; writes the event files.
-      self._tf = tf
-      self._tb = tf.summary.create_file_writer(os.path.join(workdir, 'tensorboard'))
+      self._tb = EventFile(os.path.join(workdir, 'tensorboard'))
 
   def write(self, step: int, metrics: dict, total: Optional[int] = None) -> None:
     """One record: metrics.jsonl, TensorBoard, the console, and after an
@@ -71,12 +114,8 @@ class MetricsWriter:
     if not self.enabled:
       return
     record = {'step': step, **metrics}
-    with open(self.path, 'a') as f:
-      f.write(json.dumps(record) + '\n')
-    with self._tb.as_default(step=step):
-      for key, value in metrics.items():
-        self._tf.summary.scalar(_tb_name(key), value)
-    self._tb.flush()
+    self._jsonl.write(record)
+    self._tb.scalars(step, {_tb_name(k): v for k, v in metrics.items()})
     if self.progress is not None and 'train_loss' in metrics:
       self.progress.set_metrics(metrics)
     log.info('%s', format_line(record, total))

@@ -51,7 +51,7 @@ def load_image(path: str) -> np.ndarray:
 
 def predict(workdir: str, paths: List[str], top_k: int = 5, step=None) -> List[dict]:
   """Top-k classes and probabilities per file; unreadable files get 'error'."""
-  config, model, variables, names, step = _load(workdir, step)
+  _, model, variables, names, step, mean_std = _load(workdir, step)
   results, images, index = [], [], []
   for path in paths:
     try:
@@ -61,7 +61,7 @@ def predict(workdir: str, paths: List[str], top_k: int = 5, step=None) -> List[d
     except errors.UserError as e:
       results.append({'file': path, 'error': str(e)})
   if images:
-    x = input_pipeline.normalize(np.stack(images), config.dataset)
+    x = input_pipeline.normalize(np.stack(images), mean_std)
     probs = np.asarray(jax.nn.softmax(model.apply(variables, x, train=False)))
     k = min(top_k, len(names))
     for i, p in zip(index, probs):

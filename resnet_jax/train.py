@@ -24,6 +24,7 @@ import optax
 from resnet_jax import checkpointing
 from resnet_jax import config_validation
 from resnet_jax import convert
+from resnet_jax import datasets
 from resnet_jax import errors
 from resnet_jax import input_pipeline
 from resnet_jax import metrics_io
@@ -32,7 +33,9 @@ from resnet_jax import parallel
 from resnet_jax import plots
 from resnet_jax import preemption
 from resnet_jax import progress
+from resnet_jax import run_record
 from resnet_jax import summary
+from resnet_jax import workdir_lock
 from resnet_jax.logs import log
 
 
@@ -125,10 +128,10 @@ def create_train_state(rng: jax.Array, model: models.ResNet,
 # Steps. Pure functions of (state, batch); `axis_name` is set under pmap only.
 # ----------------------------------------------------------------------------
 
-def train_step(state: TrainState, batch: dict, *, dataset: str, dtype: Any,
+def train_step(state: TrainState, batch: dict, *, mean_std: tuple, dtype: Any,
                seed: int, axis_name: Optional[str] = None):
   """One SGD step on a batch of uint8 images; returns (state, metrics)."""
-  images = input_pipeline.normalize(batch['image'], dataset, dtype)
+  images = input_pipeline.normalize(batch['image'], mean_std, dtype)
   # Dropout keys follow the step, so a resumed run draws the same masks.
   dropout_rng = jax.random.fold_in(jax.random.key(seed), state.step)
 
@@ -151,10 +154,10 @@ def train_step(state: TrainState, batch: dict, *, dataset: str, dtype: Any,
   return state, metrics
 
 
-def eval_step(state: TrainState, batch: dict, *, dataset: str, dtype: Any,
+def eval_step(state: TrainState, batch: dict, *, mean_std: tuple, dtype: Any,
               num_classes: int, axis_name: Optional[str] = None) -> dict:
   """Sums over the real (unmasked) examples of a padded eval batch."""
-  images = input_pipeline.normalize(batch['image'], dataset, dtype)
+  images = input_pipeline.normalize(batch['image'], mean_std, dtype)
   logits = state.apply_fn({'params': state.params, 'batch_stats': state.batch_stats},
                           images, train=False)
   labels, mask = batch['label'], batch['mask'].astype(jnp.float32)
@@ -195,24 +198,30 @@ def evaluate(dp: parallel.DataParallel, p_eval_step: Callable, state: TrainState
 # A run.
 # ----------------------------------------------------------------------------
 
-def preflight(config: ml_collections.ConfigDict) -> parallel.DataParallel:
-  """Checks the config against itself and the devices, before any work."""
-  config_validation.validate(config)
+def preflight(config: ml_collections.ConfigDict):
+  """Checks the config against itself, the data and the devices, before any
+  work; reads no images and writes nothing.
+
+  Returns:
+    (data parallelism, dataset source).
+  """
+  source = config_validation.validate(config)
   dp = parallel.DataParallel(config.parallelism, config.num_devices)
   dp.check_batch(config.batch_size, 'batch_size')
   dp.check_batch(config.eval_batch_size, 'eval_batch_size')
-  return dp
+  return dp, source
 
 
 def compile_steps(dp: parallel.DataParallel, config: ml_collections.ConfigDict,
-                  num_classes: int):
+                  num_classes: int, mean_std: tuple):
   """The compiled (train_step, eval_step) of `config` under `dp`."""
   dtype = compute_dtype(config)
+  mean_std = tuple(tuple(v) for v in mean_std)
   p_train = dp.compile(functools.partial(
-      train_step, dataset=config.dataset, dtype=dtype, seed=config.seed,
+      train_step, mean_std=mean_std, dtype=dtype, seed=config.seed,
       axis_name=dp.axis_name), compiler_options=_train_compiler_options(config))
   p_eval = dp.compile(functools.partial(
-      eval_step, dataset=config.dataset, dtype=dtype, num_classes=num_classes,
+      eval_step, mean_std=mean_std, dtype=dtype, num_classes=num_classes,
       axis_name=dp.axis_name), donate_state=False)
   return p_train, p_eval
 
@@ -238,27 +247,45 @@ def abstract_state(init_fn: Callable[[], TrainState], dp: parallel.DataParallel)
 
 
 class _Run:
-  """What train and eval modes share: validated config, data, model, steps."""
+  """What train and eval modes share: validated config, data, model, steps.
+
+  Constructing it reads (config, checkpoints, data) and writes nothing, so
+  every refusal leaves the workdir as it was; `hold()` then takes the workdir.
+  """
 
   def __init__(self, config: ml_collections.ConfigDict, workdir: str,
                need_train: bool):
     self.config = config
     self.workdir = workdir
-    self.dp = preflight(config)
+    self.dp, self.source = preflight(config)
+    workdir_lock.check_free(workdir)  # Refuse a busy workdir before reading data.
     self.ckpt = checkpointing.Checkpoints(os.path.join(workdir, 'checkpoints'),
-                                          keep=config.keep_checkpoints,
-                                          create=need_train)
-    checkpointing.check_compatible(self.ckpt, config)
-    self.test = input_pipeline.load_split(config.dataset, 'test', config.data_dir)
-    self.train = (input_pipeline.load_split(config.dataset, 'train', config.data_dir)
-                  if need_train else None)
-    self.num_classes = input_pipeline.NUM_CLASSES[config.dataset]
+                                          keep=config.keep_checkpoints)
+    stored = self.ckpt.read_meta()
+    checkpointing.check_compatible(self.ckpt, stored, config, self.source.num_classes)
+    self.test = datasets.load_split(self.source, 'test')
+    self.train = datasets.load_split(self.source, 'train') if need_train else None
+    self.num_classes = self.source.num_classes
+    self.mean_std = _mean_std(stored, self.source, self.train)
     self.model = create_model(config, self.num_classes, self.dp.axis_name)
     self.num_steps = total_steps(config, len(self.train) if need_train else 1)
     self.lr_fn = create_learning_rate_fn(config, self.num_steps)
     self.tx = create_optimizer(config, self.lr_fn)
-    self.p_train_step, self.p_eval_step = compile_steps(self.dp, config,
-                                                       self.num_classes)
+    self.p_train_step, self.p_eval_step = compile_steps(
+        self.dp, config, self.num_classes, self.mean_std)
+    self.lock = None
+
+  def hold(self, write_checkpoints: bool) -> None:
+    """Takes the workdir (refusing if another run holds it) and, for
+    training, opens the checkpoints for writing."""
+    self.lock = workdir_lock.Lock(self.workdir)
+    if write_checkpoints:
+      self.ckpt.open_for_writing()
+
+  def release(self) -> None:
+    self.ckpt.close()
+    if self.lock:
+      self.lock.release()
 
   def init_state(self) -> TrainState:
     return create_train_state(jax.random.key(self.config.seed), self.model, self.tx)
@@ -271,7 +298,26 @@ class _Run:
   def meta(self) -> dict:
     return {'model': self.config.model, 'dataset': self.config.dataset,
             'num_classes': self.num_classes, 'config': self.config.to_json(),
-            'class_names': list(self.test.class_names)}
+            'class_names': list(self.test.class_names),
+            'mean': list(self.mean_std[0]), 'std': list(self.mean_std[1])}
+
+
+def _mean_std(meta: Optional[dict], source: datasets.Source, train_split) -> tuple:
+  """The normalisation a run uses: its checkpoints' (so a resumed run, eval
+  and predict use what training used), else the dataset's."""
+  if meta:
+    return stored_mean_std(meta, source.name)
+  if train_split is None and source.kind == 'image_folder':
+    train_split = datasets.load_split(source, 'train')
+  return datasets.normalization(source, train_split)
+
+
+def stored_mean_std(meta: dict, dataset: str) -> tuple:
+  """(mean, std) of a checkpoint's metadata; checkpoints written before
+  image-folder datasets existed are tfds CIFAR runs with the published values."""
+  if 'mean' in meta:
+    return tuple(meta['mean']), tuple(meta['std'])
+  return datasets.MEAN_STD[dataset]
 
 
 def init_from_torch(state: TrainState, config: ml_collections.ConfigDict,
@@ -310,17 +356,46 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     The last evaluation's metrics.
   """
   run = _Run(config, workdir, need_train=True)
-  dp, ckpt = run.dp, run.ckpt
+  initial = None
+  if config.init_from and run.ckpt.latest_step() is None:
+    # Read (and maybe refused) before the workdir is touched.
+    initial = init_from_torch(run.init_state(), config, run.num_classes)
+  run.hold(write_checkpoints=True)
+  outcome = {}
+  try:
+    result = _train(run, initial)
+    outcome.update(final_step=run.num_steps, eval_accuracy=result['eval_accuracy'])
+    return result
+  except errors.Stopped as e:
+    outcome['stopped'] = str(e)
+    raise
+  finally:
+    run.release()
+    if jax.process_index() == 0:
+      run_record.end_session(workdir, outcome)
+
+
+def _devices(dp: parallel.DataParallel, config: ml_collections.ConfigDict) -> dict:
+  device = dp.devices[0]
+  return {'device_kind': device.device_kind, 'platform': device.platform,
+          'device_count': len(dp.devices), 'process_count': jax.process_count(),
+          'parallelism': config.parallelism}
+
+
+def _train(run: _Run, initial: Optional[TrainState]) -> dict:
+  """The loop of `train_and_evaluate`, on a held workdir."""
+  config, workdir, dp, ckpt = run.config, run.workdir, run.dp, run.ckpt
   if ckpt.latest_step() is not None:
     state = run.restore()  # The newest intact checkpoint.
     start = ckpt.restored_step
     log.info('Resuming from the checkpoint at step %d in %s', start, ckpt.directory)
   else:
-    start, state = 0, run.init_state()
-    if config.init_from:
-      state = init_from_torch(state, config, run.num_classes)
-    state = dp.place_state(state)
+    start = 0
+    state = dp.place_state(initial if initial is not None else run.init_state())
   if jax.process_index() == 0:
+    run_record.start_session(workdir, json.loads(config.to_json()),
+                             f'jax {jax.__version__}', {**_devices(dp, config),
+                                                        'start_step': start})
     for line in summary.describe(run.model, config.model):
       log.info('%s', line)
   stream = input_pipeline.TrainStream(
@@ -388,10 +463,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                    'command to resume', name, done)
           raise errors.Stopped(f'{name} at step {done}; checkpoint saved, run the '
                                'same command to resume', exit_code=128 + guard.signum)
-  finally:  # Also on a stop: bars ended, events flushed, saves finished.
+    ckpt.wait()  # A failed last save stops the run here, not silently.
+  finally:  # Also on a stop: bars ended, events flushed.
     bar.close()
     writer.close()
-    ckpt.close()
   if result is None:  # Resumed at the end: evaluate what is there.
     result = evaluate(dp, run.p_eval_step, state, run.test, config)
   return result
@@ -403,9 +478,9 @@ def load_for_inference(workdir: str, step: Optional[int] = None):
   Reads the run's own config from the checkpoint, so no config is needed.
 
   Returns:
-    (config, model, {'params', 'batch_stats'}, class_names, step)
+    (config, model, {'params', 'batch_stats'}, class_names, step, (mean, std))
   """
-  ckpt = checkpointing.Checkpoints(os.path.join(workdir, 'checkpoints'), create=False)
+  ckpt = checkpointing.Checkpoints(os.path.join(workdir, 'checkpoints'))
   meta = ckpt.read_meta(step)
   if meta is None:
     raise errors.UserError(f'no checkpoint in {workdir}/checkpoints; pass the '
@@ -419,13 +494,23 @@ def load_for_inference(workdir: str, step: Optional[int] = None):
   ckpt.close()
   variables = {'params': state.params, 'batch_stats': state.batch_stats}
   names = meta.get('class_names') or [str(i) for i in range(meta['num_classes'])]
-  return config, model, variables, names, ckpt.restored_step
+  return (config, model, variables, names, ckpt.restored_step,
+          stored_mean_std(meta, config.dataset))
 
 
 def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
                         step: Optional[int] = None) -> dict:
   """Restores a checkpoint of `workdir`, evaluates the test split, writes eval.json."""
   run = _Run(config, workdir, need_train=False)
+  run.hold(write_checkpoints=False)  # eval.json and confusion.png are written.
+  try:
+    return _evaluate_checkpoint(run, step)
+  finally:
+    run.release()
+
+
+def _evaluate_checkpoint(run: _Run, step: Optional[int]) -> dict:
+  config, workdir = run.config, run.workdir
   state = run.restore(step)
   result = evaluate(run.dp, run.p_eval_step, state, run.test, config)
   confusion = result['confusion']
@@ -440,5 +525,4 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
     plots.draw_confusion(confusion, names, os.path.join(workdir, 'confusion.png'),
                          f"{config.model}, step {result['step']}: "
                          f"{100 * result['eval_accuracy']:.2f}% accuracy")
-  run.ckpt.close()
   return result

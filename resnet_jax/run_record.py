@@ -1,0 +1,123 @@
+"""`run.json`: what produced a workdir, readable without the checkpoints.
+
+Written by process 0 once a run is accepted: the config, and per session (the
+first start and every resume) the command line, versions, git commit, host,
+devices, start and end time. A resume appends its session; nothing earlier is
+rewritten. `python -m resnet_jax.results` reads it to build the README table.
+"""
+
+import datetime
+import importlib.metadata
+import json
+import os
+import platform
+import socket
+import subprocess
+import sys
+from typing import Optional
+
+FILE = 'run.json'
+PACKAGES = ('jax', 'jaxlib', 'flax', 'optax', 'orbax-checkpoint')
+
+
+def now() -> str:
+  return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')
+
+
+def versions(packages=PACKAGES) -> dict:
+  """Python and the installed versions of `packages` ('missing' if absent)."""
+  out = {'python': platform.python_version()}
+  for name in packages:
+    try:
+      out[name] = importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+      out[name] = 'missing'
+  return out
+
+
+def git_state() -> dict:
+  """The commit of this checkout and whether its tree had changes.
+
+  'unknown' when the package is not run from a git checkout.
+  """
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  try:
+    run = lambda *a: subprocess.run(['git', '-C', repo, *a], capture_output=True,
+                                    text=True, timeout=10, check=True).stdout.strip()
+    commit = run('rev-parse', 'HEAD')
+    dirty = bool(run('status', '--porcelain', '--untracked-files=no'))
+  except (OSError, subprocess.SubprocessError):
+    return {'commit': 'unknown', 'dirty': 'unknown'}
+  return {'commit': commit, 'dirty': dirty}
+
+
+def host_cpu() -> str:
+  """The CPU model, e.g. 'AMD EPYC 9B14' (JAX calls every CPU just 'cpu')."""
+  try:
+    with open('/proc/cpuinfo') as f:
+      for line in f:
+        if line.startswith('model name'):
+          return line.split(':', 1)[1].strip()
+  except OSError:
+    pass
+  return platform.processor() or platform.machine()
+
+
+def read(workdir: str) -> Optional[dict]:
+  path = os.path.join(workdir, FILE)
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    return json.load(f)
+
+
+def _write(workdir: str, record: dict) -> None:
+  path = os.path.join(workdir, FILE)
+  tmp = path + '.tmp'
+  with open(tmp, 'w') as f:
+    json.dump(record, f, indent=1)
+    f.write('\n')
+  os.replace(tmp, path)
+
+
+def start_session(workdir: str, config: dict, framework: str, devices: dict,
+                  changed: Optional[dict] = None,
+                  packages=PACKAGES) -> dict:
+  """Adds this session to the record (creating it for a new run).
+
+  Args:
+    workdir: the run's directory.
+    config: the full config, as a JSON-able dict.
+    framework: e.g. 'jax 0.12.0'.
+    devices: device kind, count, process count, ... of this session.
+    changed: config fields that differ from the stored config, if resuming.
+    packages: whose versions to record.
+
+  Returns:
+    The record as written.
+  """
+  record = read(workdir) or {'framework': framework, 'config': config,
+                             'created': now(), 'sessions': []}
+  session = {'started': now(), 'command': ' '.join([os.path.basename(sys.executable)]
+                                                     + sys.argv),
+             'host': socket.gethostname(), 'host_cpu': host_cpu(),
+             'versions': versions(packages), 'git': git_state(), **devices}
+  if changed:
+    session['changed'] = changed
+  record['sessions'].append(session)
+  record['config'] = config
+  _write(workdir, record)
+  return record
+
+
+def end_session(workdir: str, outcome: dict) -> None:
+  """Stamps the latest session with its end time, wall seconds and `outcome`."""
+  record = read(workdir)
+  if not record or not record['sessions']:
+    return
+  session = record['sessions'][-1]
+  started = datetime.datetime.fromisoformat(session['started'])
+  ended = datetime.datetime.now(datetime.timezone.utc)
+  session.update(ended=ended.isoformat(timespec='seconds'),
+                 wall_seconds=round((ended - started).total_seconds(), 1), **outcome)
+  _write(workdir, record)

@@ -1,0 +1,125 @@
+"""One run per workdir: an OS file lock that ends with the process holding it.
+
+Two runs on one workdir (a double submit, a requeue while the old job still
+runs) would delete each other's unfinished checkpoints. A run that writes to a
+workdir holds `flock` on `WORKDIR/run.lock`; a second run is refused with the
+holder's host, pid and start time. The kernel drops the lock when its holder
+exits in any way (kill -9 included), so a dead run never blocks the next one;
+on NFS, Linux maps `flock` to byte-range locks that the server releases when
+the client's lease ends (a lost node). The file itself stays, holding the
+last holder's description; only the lock matters.
+
+In a multi-process run, process 0 takes the lock and tells the others.
+"""
+
+import datetime
+import errno
+import fcntl
+import json
+import os
+import socket
+import sys
+from typing import Optional
+
+import jax
+from jax.experimental import multihost_utils
+import numpy as np
+
+from resnet_jax import errors
+
+FILE = 'run.lock'
+
+
+def _busy_error(workdir: str) -> errors.UserError:
+  try:
+    with open(os.path.join(workdir, FILE)) as f:
+      holder = json.load(f)
+    who = (f"pid {holder['pid']} on {holder['host']}, running since "
+           f"{holder['since']}")
+  except (OSError, ValueError, KeyError):
+    who = 'another process'
+  return errors.UserError(f'workdir {workdir} is in use by {who}; wait for that run '
+                          'to end (or stop it), or pass another --workdir')
+
+
+def _try_lock(path: str, create: bool) -> Optional[int]:
+  """An fd holding the lock on `path`, or None if another process holds it.
+
+  Without `create`, a missing file counts as free and nothing is created.
+  """
+  flags = os.O_RDWR | (os.O_CREAT if create else 0)
+  try:
+    fd = os.open(path, flags, 0o644)
+  except FileNotFoundError:
+    return -1
+  try:
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+  except OSError as e:
+    os.close(fd)
+    if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+      return None
+    raise
+  return fd
+
+
+def _agree(ok: bool) -> bool:
+  """Process 0's answer, on every process."""
+  if jax.process_count() == 1:
+    return ok
+  return bool(multihost_utils.broadcast_one_to_all(np.int32(ok)))
+
+
+def check_free(workdir: str) -> None:
+  """Refuses a workdir another run holds, changing nothing on disk.
+
+  Raises:
+    errors.UserError: naming the holder.
+  """
+  ok = True
+  if jax.process_index() == 0 and os.path.isdir(workdir):
+    fd = _try_lock(os.path.join(workdir, FILE), create=False)
+    ok = fd is not None
+    if fd is not None and fd >= 0:
+      os.close(fd)  # Closing drops the probe's lock.
+  if not _agree(ok):
+    raise _busy_error(workdir)
+
+
+class Lock:
+  """Holds `workdir` for this run; `release()` (or process exit) frees it."""
+
+  def __init__(self, workdir: str):
+    """Creates `workdir` if needed and locks it.
+
+    Raises:
+      errors.UserError: the workdir cannot be created or written, or another
+        run holds it.
+    """
+    self.workdir = workdir
+    self._fd = None
+    ok, problem = True, None
+    if jax.process_index() == 0:
+      try:
+        os.makedirs(workdir, exist_ok=True)
+        self._fd = _try_lock(os.path.join(workdir, FILE), create=True)
+        ok = self._fd is not None
+      except OSError as e:
+        ok, problem = False, e
+    if not _agree(ok):
+      if problem is not None or jax.process_index() != 0 and not os.path.isdir(workdir):
+        reason = problem.strerror if problem else 'see process 0'
+        raise errors.UserError(f'cannot write to workdir {workdir} ({reason}); '
+                               'choose a writable --workdir')
+      raise _busy_error(workdir)
+    if self._fd is not None:
+      since = datetime.datetime.now().astimezone().isoformat(timespec='seconds')
+      holder = {'host': socket.gethostname(), 'pid': os.getpid(), 'since': since,
+                'command': ' '.join(sys.argv)}
+      os.ftruncate(self._fd, 0)
+      os.pwrite(self._fd, (json.dumps(holder) + '\n').encode(), 0)
+
+  def release(self) -> None:
+    if self._fd is not None:
+      fcntl.flock(self._fd, fcntl.LOCK_UN)
+      os.close(self._fd)
+      self._fd = None
