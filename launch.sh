@@ -8,22 +8,30 @@
 #   srun ./launch.sh CONFIG WORKDIR [...]                     one process per SLURM
 #       task; SLURM's variables become the coordinator flags
 #
+# Options may come before, between or after CONFIG and WORKDIR; flags take
+# the --flag=value form (or --nproc N).
+#
 # The Python process replaces this shell (exec), so SIGTERM/SIGINT from a
 # scheduler reach it directly; with --nproc they are forwarded to every child.
 set -euo pipefail
-usage() { echo "usage: $0 CONFIG WORKDIR [--nproc N] [--config.FIELD=VALUE ...]" >&2; exit 2; }
-[[ $# -ge 2 ]] || usage
-config=$1 workdir=$2
-shift 2
+usage() {
+  echo "usage: $0 CONFIG WORKDIR [--nproc N] [--config.FIELD=VALUE ...]${1:+ ($1)}" >&2
+  exit 2
+}
 nproc=0
 args=()
+positional=()
 while [[ $# -gt 0 ]]; do
   case $1 in
-    --nproc) [[ $# -ge 2 ]] || usage; nproc=$2; shift 2 ;;
+    --nproc) [[ $# -ge 2 ]] || usage "--nproc needs a number"; nproc=$2; shift 2 ;;
     --nproc=*) nproc=${1#--nproc=}; shift ;;
-    *) args+=("$1"); shift ;;
+    -h|--help) usage ;;
+    -*) args+=("$1"); shift ;;
+    *) positional+=("$1"); shift ;;
   esac
 done
+[[ ${#positional[@]} -eq 2 ]] || usage "expected CONFIG and WORKDIR, got ${#positional[@]} positional argument(s): ${positional[*]:-none}"
+config=${positional[0]} workdir=${positional[1]}
 [[ $nproc =~ ^[0-9]+$ ]] || { echo "error: --nproc takes a whole number, got '$nproc'" >&2; exit 2; }
 PYTHON=${PYTHON:-python}
 main=("$PYTHON" -m resnet_jax.main --config "$config" --workdir "$workdir")

@@ -163,7 +163,7 @@ def train(data: str, workdir: str, model: str = 'resnet20', epochs: float = 10.0
   os.makedirs(workdir, exist_ok=True)
   config = dict(model=model, dataset=os.path.basename(os.path.normpath(data)),
                 data_dir=os.path.dirname(os.path.normpath(data)), batch_size=batch_size,
-                num_epochs=epochs, num_train_steps=steps, learning_rate=lr,
+                num_epochs=epochs, num_train_steps=-1, learning_rate=lr,
                 lr_boundaries=[0.5, 0.75], lr_decay_factor=0.1, momentum=0.9,
                 weight_decay=weight_decay, augment=True, seed=seed, mean=mean, std=std)
   run_record.start_session(

@@ -56,7 +56,7 @@ def get_config(preset: str = '') -> ml_collections.ConfigDict:
   c.seed = 0
   c.log_every_steps = 100
   c.checkpoint_every_steps = 1000
-  c.eval_every_epochs = 1
+  c.eval_every_epochs = 1.0
   c.keep_checkpoints = 3
   c.eval_step = -1
   if preset:

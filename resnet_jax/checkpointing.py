@@ -8,6 +8,7 @@ moved aside (renamed, never deleted) and the newest intact one is used.
 import os
 from typing import Any, Optional
 
+from absl import logging as absl_logging
 import jax
 from jax.experimental import multihost_utils
 import ml_collections
@@ -39,9 +40,16 @@ class Checkpoints:
     self._manager = None
     self._saving = []  # Steps whose asynchronous save may not be finished.
     if os.path.isdir(self.directory):
-      self._manager = ocp.CheckpointManager(
-          self.directory, options=ocp.CheckpointManagerOptions(
-              read_only=True, create=False, enable_async_checkpointing=False))
+      # orbax warns that a read-only manager is read-only: that is the point.
+      verbosity = absl_logging.get_verbosity()
+      absl_logging.set_verbosity(absl_logging.ERROR)
+      try:
+        self._manager = ocp.CheckpointManager(
+            self.directory, options=ocp.CheckpointManagerOptions(
+                read_only=True, create=False, save_interval_steps=0,
+                enable_async_checkpointing=False))
+      finally:
+        absl_logging.set_verbosity(verbosity)
 
   def open_for_writing(self) -> None:
     """Creates the folder if needed and removes unfinished saves."""

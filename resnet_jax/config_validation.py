@@ -1,5 +1,6 @@
 """Checks a config before anything is compiled, downloaded or written."""
 
+import json
 import os
 
 import ml_collections
@@ -22,7 +23,9 @@ FIELDS = {
     'half_precision': 'bfloat16 computation; parameters and statistics stay float32',
     'store_conv_inputs': "'auto' (on for CPU), 'on' or 'off': keep conv inputs for "
                          'the backward pass instead of recomputing them; same numbers',
-    'init_from': 'torchvision-layout .pth state dict to start from (resnet18..152)',
+    'init_from': 'weights to start from: a resnet_jax workdir or one of its '
+                 'checkpoints (WORKDIR/checkpoints/STEP), or a torchvision-layout .pth '
+                 '(resnet18..152)',
     'dataset': "'cifar10' or 'cifar100' (tfds), or the name of an image-folder "
                'dataset in data_dir (NAME/train/<class>/*, NAME/test/<class>/*)',
     'data_dir': 'tfds data directory, or the folder holding image-folder datasets; '
@@ -50,6 +53,55 @@ FIELDS = {
     'eval_step': 'checkpoint step that --mode=eval restores; -1 = latest',
 }
 
+
+# Resuming a workdir with a different value of one of these would blend two
+# recipes: refused. (store_conv_inputs is bitwise neutral, tested.)
+RECIPE_FIELDS = (
+    'model', 'stem', 'shortcut', 'zero_init_residual', 'dropout_rate', 'bn_momentum',
+    'bn_epsilon', 'half_precision', 'init_from', 'dataset', 'augment', 'batch_size',
+    'num_epochs', 'num_train_steps', 'learning_rate', 'lr_boundaries',
+    'lr_decay_factor', 'warmup_steps', 'warmup_lr', 'momentum', 'nesterov',
+    'weight_decay', 'seed')
+# These change where and how often things happen, never the numbers (device
+# count and jit/pmap: only by float rounding): a resume may change them.
+RUNTIME_FIELDS = (
+    'store_conv_inputs', 'data_dir', 'eval_batch_size', 'parallelism', 'num_devices',
+    'log_every_steps', 'checkpoint_every_steps', 'eval_every_epochs',
+    'keep_checkpoints', 'eval_step')
+
+
+def config_changes(stored: dict, config: ml_collections.ConfigDict) -> tuple:
+  """(recipe changes, runtime changes): {field: (stored, requested)} of the
+  fields whose value differs from the stored run's config (a JSON dict).
+  Fields the stored config lacks (written by an older version) are skipped."""
+  requested = json.loads(config.to_json())
+  recipe, runtime = {}, {}
+  for field, value in requested.items():
+    if field in stored and stored[field] != value:
+      (recipe if field in RECIPE_FIELDS else runtime)[field] = (stored[field], value)
+  return recipe, runtime
+
+
+def check_resume(stored: dict, config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Refuses a resume whose recipe differs from the run in `workdir`.
+
+  Returns:
+    The runtime fields that differ, {field: (stored, requested)}.
+
+  Raises:
+    errors.UserError: naming each differing recipe field and both values.
+  """
+  recipe, runtime = config_changes(stored, config)
+  if recipe:
+    listed = '; '.join(f'{k} {a!r} -> {b!r}' for k, (a, b) in sorted(recipe.items()))
+    hint = ''
+    if {'num_epochs', 'num_train_steps'} & set(recipe):
+      hint = (' To train longer, start a new workdir from this one: '
+              f'--config.init_from={workdir}.')
+    raise errors.UserError(
+        f'{workdir} holds a run with a different recipe ({listed}); pass a new '
+        '--workdir for a new run, or drop those flags to resume this one.' + hint)
+  return runtime
 
 
 def validate(config: ml_collections.ConfigDict) -> datasets.Source:
@@ -88,13 +140,15 @@ def validate(config: ml_collections.ConfigDict) -> datasets.Source:
   if config.store_conv_inputs not in ('auto', 'on', 'off'):
     raise errors.UserError(f'store_conv_inputs must be auto, on or off, got '
                            f'{config.store_conv_inputs!r}; set --config.store_conv_inputs')
-  if config.init_from:
+  if config.init_from and os.path.isdir(config.init_from):
+    pass  # A resnet_jax run: its model is checked when it is read.
+  elif config.init_from:
     if config.model not in models.IMAGENET_FAMILY:
       raise errors.UserError(f'init_from loads torchvision-layout weights, which '
                              f'exist for {models.IMAGENET_FAMILY}, not {config.model!r}')
     if not os.path.isfile(config.init_from):
-      raise errors.UserError(f'init_from file {config.init_from} does not exist; '
-                             'pass the path of a .pth state dict')
+      raise errors.UserError(f'init_from {config.init_from} does not exist; pass a '
+                             'resnet_jax workdir, one of its checkpoints, or a .pth file')
   try:
     models.create_model(config.model, source.num_classes,
                         stem=config.stem, shortcut=config.shortcut or None,

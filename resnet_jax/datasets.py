@@ -71,6 +71,24 @@ def normalization(source: Source, train_split) -> tuple:
   return image_folder.mean_std(train_split.images)
 
 
+def import_tfds():
+  """(tensorflow_datasets, tensorflow), imported only on the tfds path.
+
+  Raises:
+    errors.UserError: they are not installed.
+  """
+  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+  try:
+    import tensorflow_datasets as tfds  # Heavy: only where tfds data is read.
+    import tensorflow as tf
+  except ImportError as e:
+    raise errors.UserError(
+        f'the tfds datasets (cifar10, cifar100) need tensorflow-datasets and '
+        f'TensorFlow ({e}); pip install -e ".[tfds]", or train on an image-folder '
+        'dataset, which needs neither') from e
+  return tfds, tf
+
+
 def _load_tfds(dataset: str, split: str, data_dir: Optional[str]):
   """Reads a whole tfds split into memory, preparing the dataset if needed.
 
@@ -78,10 +96,8 @@ def _load_tfds(dataset: str, split: str, data_dir: Optional[str]):
     errors.UserError: the dataset is not there and cannot be downloaded.
   """
   from resnet_jax import input_pipeline
-  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
-  import tensorflow_datasets as tfds  # Heavy import, only where data is read.
-  import tensorflow as tf
   import numpy as np
+  tfds, tf = import_tfds()
   # tf.data must not grab an accelerator that JAX owns.
   tf.config.set_visible_devices([], 'GPU')
 

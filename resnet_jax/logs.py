@@ -5,6 +5,7 @@ a run wants the run's own lines, so those go through a separate logger.
 """
 
 import logging
+import os
 import sys
 
 from absl import logging as absl_logging
@@ -23,12 +24,25 @@ class _AboveProgressBars(logging.Handler):
       self.handleError(record)
 
 
+class _OrbaxFailures(logging.Filter):
+  """Drops orbax's error logs: a failed background save is logged there with
+  tracebacks from several threads, and `checkpointing` reports the same
+  failure as one `stopped:` line naming the step and the cause."""
+
+  def filter(self, record):
+    return not (record.levelno >= logging.ERROR and
+                f'{os.sep}orbax{os.sep}' in record.pathname)
+
+
 def setup() -> None:
   """Routes `log` to stderr with a short format; quiets library INFO logs.
 
   Call after `distributed.initialize` (it asks JAX for the process index).
   """
   absl_logging.set_verbosity(absl_logging.WARNING)
+  handler = absl_logging.get_absl_handler()
+  if not any(isinstance(f, _OrbaxFailures) for f in handler.filters):
+    handler.addFilter(_OrbaxFailures())
   if not log.handlers:
     handler = _AboveProgressBars()
     handler.setFormatter(logging.Formatter('%(asctime)s %(message)s', '%H:%M:%S'))

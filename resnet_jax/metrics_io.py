@@ -33,6 +33,15 @@ def first_nonfinite(steps, losses) -> Optional[tuple]:
   return None
 
 
+def read_lines(workdir: str) -> list:
+  """The records of a workdir's metrics.jsonl ([] if it has none)."""
+  path = os.path.join(workdir, 'metrics.jsonl')
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    return [json.loads(l) for l in f if l.endswith('\n') and l.strip()]
+
+
 def write_json(path: str, obj: dict) -> None:
   """Writes `obj` as JSON atomically (a reader never sees half a file)."""
   tmp = path + '.tmp'

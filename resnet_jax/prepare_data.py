@@ -1,17 +1,25 @@
-r"""Builds the tfds CIFAR dataset from a local archive, with no network.
+r"""Builds a dataset from a local archive or folder, with no network.
 
   python -m resnet_jax.prepare_data --archive cifar-10-binary.tar.gz --data_dir DIR
+  python -m resnet_jax.prepare_data --archive cifar10-jpeg.tar.gz --data_dir DIR
 
 Accepts the official archives of https://www.cs.toronto.edu/~kriz/cifar.html
 in either layout (binary `*-binary.tar.gz` or python `*-python.tar.gz`), for
-CIFAR-10 and CIFAR-100. The result is tfds's own `cifar10` / `cifar100`
-dataset (same version, features and example order as a download would give),
-so `--config.data_dir=DIR` trains and evaluates from it.
+CIFAR-10 and CIFAR-100: the result is tfds's own `cifar10` / `cifar100`
+dataset (same version, features and example order as a download would give).
+
+Also accepts an image-folder dataset, as a `.tar.gz` or a directory holding
+`NAME/train/<class>/*` and `NAME/test/<class>/*` (PNG or JPEG, 32x32): every
+image is decoded and checked, then the folder is placed at `DIR/NAME`, and
+`--config.dataset=NAME --config.data_dir=DIR` trains from it (no TensorFlow
+needed).
 """
 
 import hashlib
+import io
 import os
 import pickle
+import shutil
 import tarfile
 import tempfile
 from typing import NamedTuple
@@ -21,10 +29,13 @@ from absl import flags
 import numpy as np
 
 from resnet_jax import errors
+from resnet_jax import image_folder
 from resnet_jax import logs
 from resnet_jax.logs import log
 
-_ARCHIVE = flags.DEFINE_string('archive', None, 'Path of the CIFAR .tar.gz archive.')
+_ARCHIVE = flags.DEFINE_string(
+    'archive', None, 'Path of the CIFAR .tar.gz archive, or of an image-folder '
+    'dataset (a directory or .tar.gz holding NAME/train and NAME/test).')
 _DATA_DIR = flags.DEFINE_string('data_dir', None, 'tfds data_dir to build into.')
 
 
@@ -76,8 +87,69 @@ def detect_layout(archive: str) -> Layout:
     if top == layout.folder:
       return layout
   raise errors.UserError(
-      f'archive {archive} is not a CIFAR archive (top folder {top!r}); expected '
-      'one of: ' + ', '.join(l.folder for l in LAYOUTS))
+      f'archive {archive} is neither a CIFAR archive (top folder {top!r}; expected '
+      'one of: ' + ', '.join(l.folder for l in LAYOUTS) + ') nor an image-folder '
+      'dataset (NAME/train/<class>/*, NAME/test/<class>/*)')
+
+
+def _image_folder_name(archive: str):
+  """NAME if `archive` is a directory or .tar.gz holding NAME/train/, else None."""
+  if os.path.isdir(archive):
+    return os.path.basename(os.path.normpath(archive))
+  if not os.path.isfile(archive):
+    return None
+  try:
+    with tarfile.open(archive, 'r:*') as tar:
+      first = tar.next()
+      top = first.name.strip('./').split('/')[0] if first else ''
+      if not top or any(top == l.folder for l in LAYOUTS):
+        return None
+      for member in [first] + list(iter(tar.next, None)):
+        parts = member.name.strip('./').split('/')
+        if len(parts) > 2 and parts[0] == top and parts[1] in image_folder.SPLITS:
+          return top
+  except (tarfile.TarError, EOFError, OSError):
+    return None  # `detect_layout` says what is wrong with it.
+  return None
+
+
+def prepare_image_folder(source: str, name: str, data_dir: str) -> dict:
+  """Checks every image of an image-folder dataset and places it at
+  `data_dir/name`.
+
+  Args:
+    source: a directory (`name/train`, `name/test`) or a .tar.gz holding one.
+    name: the dataset's name (its top folder).
+    data_dir: where datasets live; `--config.data_dir` for training.
+
+  Returns:
+    {'dataset', 'path', 'train', 'test', 'classes'}: what was built.
+
+  Raises:
+    errors.UserError: naming the file or folder at fault and the fix.
+  """
+  target = os.path.join(data_dir, name)
+  if os.path.exists(target):
+    raise errors.UserError(f'{target} already exists; it was left as it is. Use '
+                           'another --data_dir, or delete that folder to rebuild')
+  os.makedirs(data_dir, exist_ok=True)
+  with tempfile.TemporaryDirectory(dir=data_dir, prefix='.extract-') as tmp:
+    if os.path.isdir(source):
+      root, shown = source, source
+    else:
+      _extract(source, tmp)
+      root, shown = os.path.join(tmp, name), f'{source}:{name}'
+    try:
+      names = image_folder.class_names(root)
+      splits = {split: image_folder.load_split(root, split)
+                for split in image_folder.SPLITS}
+    except errors.UserError as e:  # Name files as the user knows them.
+      raise errors.UserError(str(e).replace(root, shown)) from e
+    if os.path.isdir(source):
+      shutil.copytree(source, os.path.join(tmp, name))
+    os.rename(os.path.join(tmp, name), target)
+  return dict(dataset=name, path=target, classes=len(names),
+              **{split: len(s) for split, s in splits.items()})
 
 
 def _extract(archive: str, dest: str) -> None:
@@ -118,13 +190,41 @@ def _python_to_binary(layout: Layout, src: str, dst: str) -> None:
       f.write('\n'.join(names) + '\n')
 
 
+# Everything the official CIFAR pickles (Python 2, numpy arrays) and this
+# project's test archives need; any other global would be a crafted pickle's
+# way to run code.
+_PICKLE_GLOBALS = {
+    ('numpy.core.multiarray', '_reconstruct'), ('numpy._core.multiarray', '_reconstruct'),
+    ('numpy', 'ndarray'), ('numpy', 'dtype'),
+    ('numpy.core.multiarray', 'scalar'), ('numpy._core.multiarray', 'scalar'),
+    ('numpy.core.numeric', '_frombuffer'), ('numpy._core.numeric', '_frombuffer'),
+    ('_codecs', 'encode'),
+}
+
+
+class _CifarUnpickler(pickle.Unpickler):
+  """Loads dicts, lists, strings, bytes, numbers and numpy arrays only."""
+
+  def find_class(self, module, name):
+    if (module, name) in _PICKLE_GLOBALS:
+      return super().find_class(module, name)
+    raise pickle.UnpicklingError(
+        f'it asks for {module}.{name}, which CIFAR pickles never hold (a crafted '
+        'archive can run code this way); nothing was run')
+
+
 def _unpickle(path: str) -> dict:
   try:
     with open(path, 'rb') as f:
-      return pickle.load(f, encoding='bytes')
-  except (OSError, pickle.UnpicklingError, EOFError) as e:
-    raise errors.UserError(f'{os.path.basename(path)} is missing or damaged in '
-                           f'the archive ({e})') from e
+      data = f.read()
+  except OSError as e:
+    raise errors.UserError(f'{os.path.basename(path)} is missing from the '
+                           f'archive ({e.strerror}); download it again') from e
+  try:
+    return _CifarUnpickler(io.BytesIO(data), encoding='bytes').load()
+  except (pickle.UnpicklingError, EOFError, ValueError, TypeError) as e:
+    raise errors.UserError(f'{os.path.basename(path)} in the archive is not a '
+                           f'CIFAR pickle ({e}); use the official archive') from e
 
 
 def _check_binary(dataset: str, folder: str) -> dict:
@@ -182,8 +282,8 @@ def prepare(archive: str, data_dir: str) -> dict:
   if not official:
     log.warning('%s is not the official %s archive (its MD5 differs); '
                     'building from it anyway', archive, layout.dataset)
-  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
-  import tensorflow_datasets as tfds  # Heavy import, after the cheap checks.
+  from resnet_jax import datasets
+  tfds, _ = datasets.import_tfds()  # Heavy import, after the cheap checks.
 
   os.makedirs(data_dir, exist_ok=True)
   builder = tfds.builder(layout.dataset, data_dir=data_dir)
@@ -212,6 +312,13 @@ def main(argv):
   logs.setup()
   if not _ARCHIVE.value or not _DATA_DIR.value:
     raise errors.UserError('both --archive and --data_dir are required')
+  name = _image_folder_name(_ARCHIVE.value)
+  if name:
+    info = prepare_image_folder(_ARCHIVE.value, name, _DATA_DIR.value)
+    print(f"Built image-folder dataset {name} in {info['path']}: {info['train']} train "
+          f"and {info['test']} test images of {info['classes']} classes.\n"
+          f"Train with --config.dataset={name} --config.data_dir={_DATA_DIR.value}")
+    return
   info = prepare(_ARCHIVE.value, _DATA_DIR.value)
   print(f"Built {info['dataset']} in {info['path']}: {info['train']} train and "
         f"{info['test']} test images"

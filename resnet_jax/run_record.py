@@ -51,6 +51,13 @@ def git_state() -> dict:
   return {'commit': commit, 'dirty': dirty}
 
 
+def command_line() -> str:
+  """This process's command, as typed: `python -m resnet_jax.main --config ...`."""
+  spec = getattr(sys.modules.get('__main__'), '__spec__', None)
+  program = ['-m', spec.name] if spec is not None and spec.name else sys.argv[:1]
+  return ' '.join(['python', *program, *sys.argv[1:]])
+
+
 def host_cpu() -> str:
   """The CPU model, e.g. 'AMD EPYC 9B14' (JAX calls every CPU just 'cpu')."""
   try:
@@ -61,6 +68,13 @@ def host_cpu() -> str:
   except OSError:
     pass
   return platform.processor() or platform.machine()
+
+
+def cpu_cores() -> int:
+  """The cores this process may run on (fewer than the machine's when pinned)."""
+  if hasattr(os, 'sched_getaffinity'):
+    return len(os.sched_getaffinity(0))
+  return os.cpu_count() or 1
 
 
 def read(workdir: str) -> Optional[dict]:
@@ -98,9 +112,9 @@ def start_session(workdir: str, config: dict, framework: str, devices: dict,
   """
   record = read(workdir) or {'framework': framework, 'config': config,
                              'created': now(), 'sessions': []}
-  session = {'started': now(), 'command': ' '.join([os.path.basename(sys.executable)]
-                                                     + sys.argv),
+  session = {'started': now(), 'command': command_line(),
              'host': socket.gethostname(), 'host_cpu': host_cpu(),
+             'cpu_cores': cpu_cores(),
              'versions': versions(packages), 'git': git_state(), **devices}
   if changed:
     session['changed'] = changed

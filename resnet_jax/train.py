@@ -263,6 +263,10 @@ class _Run:
                                           keep=config.keep_checkpoints)
     stored = self.ckpt.read_meta()
     checkpointing.check_compatible(self.ckpt, stored, config, self.source.num_classes)
+    # Resuming must not blend two recipes (eval needs only the model).
+    self.runtime_changes = (config_validation.check_resume(
+        json.loads(stored['config']), config, workdir)
+                            if stored and need_train else {})
     self.test = datasets.load_split(self.source, 'test')
     self.train = datasets.load_split(self.source, 'train') if need_train else None
     self.num_classes = self.source.num_classes
@@ -320,6 +324,45 @@ def stored_mean_std(meta: dict, dataset: str) -> tuple:
   return datasets.MEAN_STD[dataset]
 
 
+def _report_resume(run: _Run, devices: dict) -> None:
+  """One line for what a resume changes: runtime fields and devices."""
+  if run.runtime_changes:
+    log.info('Resuming with changed settings that leave the numbers alone: %s',
+             ', '.join(f'{k} {a!r} -> {b!r}' for k, (a, b)
+                       in sorted(run.runtime_changes.items())))
+  record = run_record.read(run.workdir) if jax.process_index() == 0 else None
+  before = record['sessions'][-1] if record and record.get('sessions') else None
+  if before and (before.get('device_count'), before.get('parallelism')) != (
+      devices['device_count'], devices['parallelism']):
+    log.info('Resuming on %d device(s) with %s; the checkpoint was written on %s '
+             'with %s. The numbers differ only by float rounding.',
+             devices['device_count'], devices['parallelism'],
+             before.get('device_count'), before.get('parallelism'))
+
+
+def init_from_run(state: TrainState, config: ml_collections.ConfigDict,
+                  num_classes: int) -> TrainState:
+  """Starts from a resnet_jax run: `init_from` is a workdir (its latest
+  checkpoint) or `WORKDIR/checkpoints/STEP`. Loads parameters and BatchNorm
+  statistics, not the optimizer state or the step; a classifier whose class
+  count differs is replaced by the fresh one (e.g. CIFAR-10 -> CIFAR-100)."""
+  path = os.path.normpath(config.init_from)
+  step = None
+  if os.path.basename(path).isdigit() and os.path.basename(
+      os.path.dirname(path)) == 'checkpoints':
+    step, path = int(os.path.basename(path)), os.path.dirname(os.path.dirname(path))
+  try:
+    source, _, variables, _, restored, _ = load_for_inference(path, step)
+  except errors.UserError as e:
+    raise errors.UserError(f'init_from {config.init_from}: {e}') from e
+  if source.model != config.model:
+    raise errors.UserError(f'init_from {config.init_from} is a {source.model} run but '
+                           f'the config asks for {config.model}; set '
+                           f'--config.model={source.model}')
+  log.info('Initialised %s from step %d of %s', config.model, restored, path)
+  return _start_from(state, variables, config, num_classes)
+
+
 def init_from_torch(state: TrainState, config: ml_collections.ConfigDict,
                     num_classes: int) -> TrainState:
   """Starts from a torchvision-layout `.pth`, replacing a classifier whose
@@ -330,13 +373,26 @@ def init_from_torch(state: TrainState, config: ml_collections.ConfigDict,
     raise errors.UserError(f'{config.init_from} has the {stem} stem but the config '
                            f'has {config.stem!r}; set --config.stem={stem}')
   variables = convert.from_torch(config.model, state_dict, stem=stem)
+  log.info('Initialised %s from %s', config.model, config.init_from)
+  return _start_from(state, variables, config, num_classes)
+
+
+def _start_from(state: TrainState, variables: dict, config: ml_collections.ConfigDict,
+                num_classes: int) -> TrainState:
+  """`state` with loaded parameters and BatchNorm statistics and a fresh
+  optimizer; the fresh classifier replaces one whose class count differs."""
   params = variables['params']
   source_classes = params['fc']['kernel'].shape[-1]
   if source_classes != num_classes:
     log.info('Replacing the %d-class classifier of %s with a new %d-class one',
              source_classes, config.init_from, num_classes)
     params = {**params, 'fc': state.params['fc']}
-  log.info('Initialised %s from %s', config.model, config.init_from)
+  shapes = lambda tree: {jax.tree_util.keystr(k): np.shape(x)
+                         for k, x in jax.tree_util.tree_leaves_with_path(tree)}
+  if shapes(params) != shapes(state.params):
+    raise errors.UserError(f'init_from {config.init_from} holds a {config.model} of '
+                           'another shape; check --config.stem and --config.shortcut '
+                           "against the run it came from (its run.json)")
   return state.replace(params=params, batch_stats=variables['batch_stats'],
                        opt_state=state.tx.init(params))
 
@@ -356,10 +412,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     The last evaluation's metrics.
   """
   run = _Run(config, workdir, need_train=True)
+  if run.ckpt.latest_step() == run.num_steps:
+    return _finished(run)  # Nothing to do, nothing written.
   initial = None
   if config.init_from and run.ckpt.latest_step() is None:
     # Read (and maybe refused) before the workdir is touched.
-    initial = init_from_torch(run.init_state(), config, run.num_classes)
+    init = init_from_run if os.path.isdir(config.init_from) else init_from_torch
+    initial = init(run.init_state(), config, run.num_classes)
   run.hold(write_checkpoints=True)
   outcome = {}
   try:
@@ -373,6 +432,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     run.release()
     if jax.process_index() == 0:
       run_record.end_session(workdir, outcome)
+
+
+def _finished(run: _Run) -> dict:
+  """A complete run started again: says so and returns its last evaluation."""
+  evals = [l for l in metrics_io.read_lines(run.workdir) if 'eval_accuracy' in l]
+  last = evals[-1] if evals else {}
+  accuracy = (f"test accuracy {100 * last['eval_accuracy']:.2f}% at step {last['step']}"
+              if last else 'no evaluation recorded')
+  log.info('%s holds a complete run (step %d of %d, %s); nothing to do. '
+           '--mode=eval evaluates it; a new --workdir starts a new run.',
+           run.workdir, run.num_steps, run.num_steps, accuracy)
+  run.release()
+  return {k: v for k, v in last.items() if k.startswith('eval_')}
 
 
 def _devices(dp: parallel.DataParallel, config: ml_collections.ConfigDict) -> dict:
@@ -392,10 +464,14 @@ def _train(run: _Run, initial: Optional[TrainState]) -> dict:
   else:
     start = 0
     state = dp.place_state(initial if initial is not None else run.init_state())
+  devices = _devices(dp, config)
+  if start:
+    _report_resume(run, devices)
   if jax.process_index() == 0:
     run_record.start_session(workdir, json.loads(config.to_json()),
-                             f'jax {jax.__version__}', {**_devices(dp, config),
-                                                        'start_step': start})
+                             f'jax {jax.__version__}', {**devices, 'start_step': start},
+                             changed={k: {'stored': a, 'now': b} for k, (a, b)
+                                      in run.runtime_changes.items()})
     for line in summary.describe(run.model, config.model):
       log.info('%s', line)
   stream = input_pipeline.TrainStream(

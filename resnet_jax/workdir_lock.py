@@ -18,7 +18,6 @@ import fcntl
 import json
 import os
 import socket
-import sys
 from typing import Optional
 
 import jax
@@ -26,6 +25,7 @@ from jax.experimental import multihost_utils
 import numpy as np
 
 from resnet_jax import errors
+from resnet_jax import run_record
 
 FILE = 'run.lock'
 
@@ -114,7 +114,7 @@ class Lock:
     if self._fd is not None:
       since = datetime.datetime.now().astimezone().isoformat(timespec='seconds')
       holder = {'host': socket.gethostname(), 'pid': os.getpid(), 'since': since,
-                'command': ' '.join(sys.argv)}
+                'command': run_record.command_line()}
       os.ftruncate(self._fd, 0)
       os.pwrite(self._fd, (json.dumps(holder) + '\n').encode(), 0)
 

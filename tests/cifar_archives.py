@@ -10,17 +10,19 @@ CLASSES = ['airplane', 'automobile', 'bird', 'cat', 'deer', 'dog', 'frog',
            'horse', 'ship', 'truck']
 
 
-def random_cifar10(num_train: int, num_test: int, seed: int = 0) -> dict:
+def random_cifar10(num_train: int, num_test: int, seed: int = 0,
+                   balanced: bool = False) -> dict:
   """Learnable random data: each class a random template plus noise (uint8 NHWC).
 
   Structure in the data keeps training well-conditioned, so runs that differ
-  only in float rounding (device counts, strategies) stay close.
+  only in float rounding (device counts, strategies) stay close. `balanced`
+  gives every class the same share (each split then holds every class).
   """
   rng = np.random.default_rng(seed)
   templates = rng.integers(0, 256, (10, 32, 32, 3))
 
   def make(n):
-    labels = rng.integers(0, 10, n)
+    labels = rng.permutation(np.arange(n) % 10) if balanced else rng.integers(0, 10, n)
     noise = rng.normal(0, 40, (n, 32, 32, 3))
     return (np.clip(templates[labels] + noise, 0, 255).astype(np.uint8),
             labels.astype(np.int64))
@@ -70,3 +72,14 @@ def write_python(path, arrays):
       _add(tar, f'{top}data_batch_{i}', batch(im, lb, f'training batch {i} of 5'))
     _add(tar, top + 'test_batch', batch(*arrays['test'], 'testing batch 1 of 1'))
   return path
+
+
+def write_image_folder(root, arrays, name='tinyfolder', fmt='png'):
+  """root/name/{train,test}/<class>/NNNN.<fmt>: an image-folder dataset."""
+  from PIL import Image
+  for split, (images, labels) in arrays.items():
+    for i, (image, label) in enumerate(zip(images, labels)):
+      folder = root / name / split / CLASSES[label]
+      folder.mkdir(parents=True, exist_ok=True)
+      Image.fromarray(image).save(folder / f'{i:04d}.{fmt}')
+  return root / name

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import pytest
 
 from resnet_jax import benchmark
+from resnet_jax import datasets
 from resnet_jax import train
 from tests.conftest import tiny_config
 
@@ -65,7 +66,7 @@ def test_half_precision_keeps_parameters_optimizer_and_stats_float32(tiny_data):
   batch = {'image': jnp.zeros((4, 32, 32, 3), jnp.uint8) + 100,
            'label': jnp.arange(4) % 10}
   state, metrics = jax.jit(lambda s, b: train.train_step(
-      s, b, dataset='cifar10', dtype=jnp.bfloat16, seed=0))(state, batch)
+      s, b, mean_std=datasets.MEAN_STD['cifar10'], dtype=jnp.bfloat16, seed=0))(state, batch)
   dtypes = {x.dtype for x in jax.tree.leaves((state.params, state.opt_state,
                                               state.batch_stats))
             if jnp.issubdtype(x.dtype, jnp.floating)}

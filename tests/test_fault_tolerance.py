@@ -13,8 +13,8 @@ import jax
 import numpy as np
 import pytest
 
+from resnet_jax import datasets
 from resnet_jax import errors
-from resnet_jax import input_pipeline
 from resnet_jax import train
 from tests.conftest import tiny_config
 
@@ -31,7 +31,8 @@ def _flags(data_dir, workdir, *extra):
 
 
 def _start(args):
-  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8')
+  # os.environ holds conftest's 8-device flag and any ISA flag of the caller.
+  env = dict(os.environ)
   return subprocess.Popen([sys.executable, '-m', 'resnet_jax.main', *args], cwd=REPO,
                           env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                           text=True)
@@ -144,9 +145,11 @@ def test_damaged_latest_checkpoint_is_set_aside(tiny_data, reference, tmp_path,
   os.makedirs(workdir / 'checkpoints' / f'{latest + 5}.orbax-checkpoint-tmp-123')
   import logging
   with caplog.at_level(logging.WARNING, logger='resnet_jax'):
-    run = train._Run(config, str(workdir), need_train=False)
+    # What a resuming run does: take the workdir, open for writing, restore.
+    run = train._Run(config, str(workdir), need_train=True)
+    run.hold(write_checkpoints=True)
     run.restore()
-    run.ckpt.close()
+    run.release()
   assert run.ckpt.restored_step == previous
   assert f'Checkpoint {latest} is damaged' in caplog.text
   assert 'unfinished save of an interrupted run' in caplog.text
@@ -169,50 +172,129 @@ def test_diverged_loss_stops_naming_the_step(tiny_data, tmp_path):
   assert all(np.isfinite(l['train_loss']) for l in _metrics(workdir) if 'train_loss' in l)
 
 
-def _tree_digest(path):
-  h = hashlib.sha256()
-  for root, dirs, files in sorted(os.walk(path)):
+def _listing(path):
+  """Every path under `path` with a digest of each file's bytes."""
+  out = []
+  for root, dirs, files in os.walk(path):
     dirs.sort()
+    for name in sorted(dirs):
+      out.append(os.path.relpath(os.path.join(root, name), path) + '/')
     for name in sorted(files):
       p = os.path.join(root, name)
-      h.update(p.encode())
       with open(p, 'rb') as f:
-        h.update(f.read())
-  return h.hexdigest()
+        out.append((os.path.relpath(p, path), hashlib.sha256(f.read()).hexdigest()))
+  return out
 
 
-def test_bad_input_is_refused_leaving_the_workdir_as_it_was(tiny_data, reference,
-                                                           tmp_path):
-  workdir = tmp_path / 'w'
-  shutil.copytree(reference, workdir)
-  before = _tree_digest(workdir)
+def test_bad_input_is_refused_leaving_the_workdir_as_it_was(tiny_data, tiny_folder,
+                                                           reference, tmp_path):
+  existing = tmp_path / 'runs' / 'w'
+  shutil.copytree(reference, existing)
+  fresh = tmp_path / 'runs' / 'new'
+  # An image folder with one unreadable image: refused when the data is read.
+  shutil.copytree(os.path.join(tiny_folder['data_dir'], 'tinyfolder'),
+                  tmp_path / 'data' / 'broken')
+  (tmp_path / 'data' / 'broken' / 'test' / 'cat' / 'zz.png').write_bytes(b'not a png')
   blocker = tmp_path / 'a_file'
   blocker.write_text('')
-  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8')
   cases = [
-      (['--config.model=resnet20'], "holds a model 'resnet8' run", 2),
-      (['--config.dataset=cifar11'], 'unknown dataset', 2),
-      (['--config.batch_size=-16'], 'batch_size must be a positive integer', 2),
-      (['--config.learning_rate=-0.1'], 'learning_rate must be positive', 2),
-      (['--config.no_such_field=1'], "the config has no field 'no_such_field'", 2),
-      (['--config.batch_size=abc'], 'batch_size', 2),
-      (['--config.store_conv_inputs=yes'], 'store_conv_inputs must be auto, on or off', 2),
+      (['--config.model=resnet20'], "holds a model 'resnet8' run"),
+      (['--config.dataset=cifar11'], "unknown dataset 'cifar11'"),
+      (['--config.batch_size=-16'], 'batch_size must be a positive integer'),
+      (['--config.learning_rate=-0.1'], 'learning_rate must be positive'),
+      (['--config.no_such_field=1'], "the config has no field 'no_such_field'"),
+      (['--config.batch_size=abc'], 'batch_size'),
+      (['--config.store_conv_inputs=yes'], 'store_conv_inputs must be auto, on or off'),
+      ([f'--config.data_dir={tmp_path / "data"}', '--config.dataset=broken'],
+       'zz.png is not a readable image'),
   ]
-  for extra, message, code in cases:
-    result = subprocess.run(
-        [sys.executable, '-m', 'resnet_jax.main', *_flags(tiny_data['data_dir'], workdir),
-         *extra], capture_output=True, text=True, cwd=REPO, env=env, timeout=300)
-    assert result.returncode == code, (extra, result.stderr[-2000:])
-    assert message in result.stderr and 'Traceback' not in result.stderr, extra
-  assert _tree_digest(workdir) == before
+  before = _listing(tmp_path)
+  for workdir in (existing, fresh):
+    for extra, message in cases:
+      if workdir == fresh and 'holds a model' in message:
+        continue  # Only an existing run has a model to differ from.
+      if workdir == existing and 'zz.png' in message:
+        continue  # The existing run's dataset differs first (refused too).
+      flags = _flags(tiny_data['data_dir'], workdir) + extra
+      result = subprocess.run([sys.executable, '-m', 'resnet_jax.main', *flags],
+                              capture_output=True, text=True, cwd=REPO, timeout=300)
+      assert result.returncode == 2, (extra, result.stderr[-2000:])
+      last = result.stderr.strip().splitlines()[-1]
+      assert last.startswith('error: ') and message in last, (extra, last)
+      assert 'Traceback' not in result.stderr, extra
+      # Byte-identical, and nothing created anywhere under tmp_path.
+      assert _listing(tmp_path) == before, (workdir, extra)
   result = subprocess.run(
       [sys.executable, '-m', 'resnet_jax.main',
        *_flags(tiny_data['data_dir'], blocker / 'sub')],
-      capture_output=True, text=True, cwd=REPO, env=env, timeout=300)
+      capture_output=True, text=True, cwd=REPO, timeout=300)
   assert result.returncode == 2 and 'choose a writable --workdir' in result.stderr
+  assert _listing(tmp_path) == before
 
 
-def test_missing_dataset_without_network_says_how_to_prepare(tmp_path, monkeypatch):
-  monkeypatch.setattr(input_pipeline, '_reachable', lambda host: False)
-  with pytest.raises(errors.UserError, match='python -m resnet_jax.prepare_data'):
-    input_pipeline.load_split('cifar10', 'test', str(tmp_path / 'empty'))
+def test_a_busy_workdir_refuses_a_second_run(tiny_data, reference, tmp_path):
+  workdir = tmp_path / 'w'
+  first = _start(_flags(tiny_data['data_dir'], workdir))
+  _wait_for_step(workdir, 3, first)
+  first.send_signal(signal.SIGSTOP)  # Frozen mid-run, still holding the workdir.
+  try:
+    before = _listing(workdir)
+    for extra in ([], ['--mode=eval']):
+      second = subprocess.run([sys.executable, '-m', 'resnet_jax.main',
+                               *_flags(tiny_data['data_dir'], workdir), *extra],
+                              capture_output=True, text=True, cwd=REPO, timeout=300)
+      assert second.returncode == 2, second.stderr[-2000:]
+      last = second.stderr.strip().splitlines()[-1]
+      assert last.startswith(f'error: workdir {workdir} is in use by pid {first.pid} '
+                             'on '), last
+      assert 'running since' in last and 'Traceback' not in second.stderr
+      assert _listing(workdir) == before  # The holder's files untouched.
+  finally:
+    first.send_signal(signal.SIGCONT)
+  _, err = first.communicate(timeout=600)
+  assert first.returncode == 0, err[-3000:]
+  # The refused runs changed nothing the first one did.
+  _assert_bitwise_equal(tiny_config(tiny_data['data_dir']), reference, workdir)
+
+
+def test_a_failed_save_stops_and_the_same_command_resumes(tiny_data, reference,
+                                                         tmp_path, monkeypatch):
+  import errno
+  from orbax.checkpoint._src.handlers import json_checkpoint_handler as handler
+  calls = {'n': 0}
+  real = handler.JsonCheckpointHandler._save_fn
+
+  async def full_disk(self, x, directory):
+    calls['n'] += 1
+    if calls['n'] >= 3:  # The third save (step 8; 4 and 5 came first) hits a full disk.
+      raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(directory))
+    return await real(self, x, directory)
+  monkeypatch.setattr(handler.JsonCheckpointHandler, '_save_fn', full_disk)
+  workdir = tmp_path / 'w'
+  config = tiny_config(tiny_data['data_dir'], num_train_steps=STEPS, log_every_steps=1,
+                       checkpoint_every_steps=5)
+  with pytest.raises(errors.Stopped) as stopped:
+    train.train_and_evaluate(config, str(workdir))
+  message = str(stopped.value)
+  print(message)
+  assert stopped.value.exit_code == 4
+  assert 'saving the checkpoint of step 8 failed' in message
+  assert 'No space left on device' in message
+  assert 'the checkpoint of step 5 is intact' in message
+  assert sorted(int(n) for n in os.listdir(workdir / 'checkpoints') if n.isdigit()) == [4, 5]
+  monkeypatch.setattr(handler.JsonCheckpointHandler, '_save_fn', real)  # Disk freed.
+  train.train_and_evaluate(config, str(workdir))
+  _assert_bitwise_equal(config, reference, workdir)
+
+
+def test_missing_dataset_without_network_writes_nothing(tmp_path, monkeypatch):
+  monkeypatch.setattr(datasets, '_reachable', lambda host: False)
+  (tmp_path / 'empty').mkdir()
+  for workdir in (tmp_path / 'new', tmp_path / 'existing'):
+    if workdir.name == 'existing':
+      (workdir / 'notes').mkdir(parents=True)
+    before = _listing(tmp_path)
+    config = tiny_config(str(tmp_path / 'empty'))
+    with pytest.raises(errors.UserError, match='python -m resnet_jax.prepare_data'):
+      train.train_and_evaluate(config, str(workdir))
+    assert _listing(tmp_path) == before  # No checkpoints/, no lock, no workdir.

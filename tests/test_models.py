@@ -194,6 +194,8 @@ def test_stored_conv_inputs_give_the_plain_gradients(name):
   # One barrier per convolution in training, none in evaluation or when off.
   assert barriers == {True: num_convs, False: 0}
   assert plain_barriers == {True: 0, False: 0}
-  np.testing.assert_allclose(loss, plain_loss, rtol=1e-6)
+  # The same maths with another memory plan: identical bits (measured on JAX
+  # 0.10 with AVX-512 and AVX2, and on JAX 0.12).
+  np.testing.assert_array_equal(loss, plain_loss)
   for a, b in zip(jax.tree.leaves(stored), jax.tree.leaves(plain)):
-    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(a, b)

@@ -5,14 +5,21 @@ import os
 import subprocess
 import sys
 
+import jax
 import pytest
+
+from resnet_jax import train
+from tests.conftest import STEP_RTOL, relative_differences, tiny_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _run(cmd, devices, timeout=600):
+  # Keeps the caller's XLA flags (an ISA limit, say) but sets the device count.
+  flags = [f for f in os.environ.get('XLA_FLAGS', '').split()
+           if not f.startswith('--xla_force_host_platform_device_count')]
   env = dict(os.environ, PYTHON=sys.executable, JAX_PLATFORMS='cpu',
-             XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}')
+             XLA_FLAGS=' '.join(flags + [f'--xla_force_host_platform_device_count={devices}']))
   return subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env,
                         timeout=timeout)
 
@@ -22,11 +29,19 @@ def _lines(workdir):
     return [json.loads(l) for l in f]
 
 
+def _state_at(tiny_data, workdir, step):
+  config = tiny_config(tiny_data['data_dir'])
+  run = train._Run(config, workdir, need_train=False)
+  state = jax.device_get(run.restore(step))
+  run.release()
+  return state
+
+
 def test_two_processes_match_one_process(tiny_data, tmp_path):
   overrides = [f'--config.data_dir={tiny_data["data_dir"]}', '--config.model=resnet8',
                '--config.batch_size=16', '--config.eval_batch_size=16',
-               '--config.num_train_steps=6', '--config.log_every_steps=2',
-               '--config.checkpoint_every_steps=3', '--config.learning_rate=0.005']
+               '--config.num_train_steps=3', '--config.log_every_steps=1',
+               '--config.checkpoint_every_steps=1', '--config.eval_every_epochs=0.5']
   two, one = str(tmp_path / 'two'), str(tmp_path / 'one')
   result = _run(['./launch.sh', 'configs/cifar.py', two, '--nproc', '2', *overrides], 2)
   assert result.returncode == 0, result.stderr[-4000:]
@@ -36,13 +51,21 @@ def test_two_processes_match_one_process(tiny_data, tmp_path):
   assert result.returncode == 0, result.stderr[-4000:]
   got, want = _lines(two), _lines(one)
   print('two processes:', got, '\none process:', want, sep='\n')
-  assert [l['step'] for l in got] == [l['step'] for l in want] == [2, 4, 4, 6, 6]
-  for g, w in zip(got, want):
-    for key in ('train_loss', 'train_accuracy', 'eval_loss', 'eval_accuracy'):
-      if key in w:
-        assert g[key] == pytest.approx(w[key], rel=1e-4, abs=1e-5), (g['step'], key)
-  # Checkpoints were written collectively, once.
-  assert sorted(os.listdir(os.path.join(two, 'checkpoints'))) == ['3', '4', '6']
+  assert [l['step'] for l in got] == [l['step'] for l in want] == [1, 2, 2, 3, 3]
+  # Step 1 is fixed by the maths (same start, same batch): it agrees to
+  # rounding, as any two layouts do (tests/test_parallel.py). Later steps
+  # only amplify that rounding, so they are not compared.
+  assert got[0]['train_loss'] == pytest.approx(want[0]['train_loss'], rel=STEP_RTOL)
+  diffs = relative_differences(_state_at(tiny_data, one, 1), _state_at(tiny_data, two, 1))
+  print('state after step 1, two processes vs one:', diffs)
+  assert max(diffs.values()) <= STEP_RTOL, diffs
+  # Checkpoints were written collectively, once; one run record, by process 0.
+  assert sorted(os.listdir(os.path.join(two, 'checkpoints'))) == ['1', '2', '3']
+  with open(os.path.join(two, 'run.json')) as f:
+    record = json.load(f)
+  assert len(record['sessions']) == 1
+  assert record['sessions'][0]['process_count'] == 2
+  assert record['sessions'][0]['device_count'] == 4
 
 
 def test_inconsistent_process_flags_are_refused(tmp_path):
@@ -55,3 +78,47 @@ def test_inconsistent_process_flags_are_refused(tmp_path):
                  '--workdir', str(tmp_path / 'w'), '--num_processes=2'], 1, timeout=120)
   assert result.returncode == 2 and 'go together' in result.stderr
   assert not (tmp_path / 'w').exists()
+
+
+@pytest.mark.parametrize('args', [
+    ['--nproc', '2', 'configs/cifar.py', 'runs/x', '--config.seed=3'],
+    ['configs/cifar.py', '--nproc=2', '--config.seed=3', 'runs/x'],
+    ['configs/cifar.py', 'runs/x', '--config.seed=3', '--nproc', '2']])
+def test_launcher_takes_options_anywhere(args):
+  # PYTHON=echo prints the command each process would run.
+  result = subprocess.run(['./launch.sh', *args], capture_output=True, text=True,
+                          cwd=REPO, env=dict(os.environ, PYTHON='echo',
+                                             RESNET_JAX_PORT='1234'), timeout=60)
+  assert result.returncode == 0, result.stderr
+  assert sorted(result.stdout.strip().splitlines()) == [
+      f'-m resnet_jax.main --config configs/cifar.py --workdir runs/x '
+      f'--coordinator_address=localhost:1234 --num_processes=2 --process_id={i} '
+      '--config.seed=3' for i in (0, 1)]
+
+
+@pytest.mark.parametrize('args', [[], ['configs/cifar.py'], ['a', 'b', 'c'],
+                                  ['configs/cifar.py', 'runs/x', '--nproc']])
+def test_launcher_usage_errors_exit_2(args):
+  result = subprocess.run(['./launch.sh', *args], capture_output=True, text=True,
+                          cwd=REPO, env=dict(os.environ, PYTHON='echo'), timeout=60)
+  assert result.returncode == 2 and result.stdout == ''
+  assert result.stderr.startswith('usage: ./launch.sh CONFIG WORKDIR')
+
+
+def test_every_process_refuses_a_busy_workdir(tiny_data, tmp_path):
+  from resnet_jax import workdir_lock
+  workdir = tmp_path / 'w'
+  lock = workdir_lock.Lock(str(workdir))  # This test process holds it.
+  try:
+    result = _run(['./launch.sh', 'configs/cifar.py', str(workdir), '--nproc', '2',
+                   f'--config.data_dir={tiny_data["data_dir"]}', '--config.model=resnet8',
+                   '--config.batch_size=16', '--config.num_train_steps=2'], 2,
+                  timeout=300)
+  finally:
+    lock.release()
+  assert result.returncode == 2, result.stderr[-3000:]
+  # One refusal per process (their lines may interleave on the shared pipe).
+  assert result.stderr.count(f'error: workdir {workdir} is in use by pid '
+                             f'{os.getpid()} on ') == 2, result.stderr[-3000:]
+  assert 'Traceback' not in result.stderr
+  assert os.listdir(workdir) == ['run.lock']

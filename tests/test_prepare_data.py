@@ -2,13 +2,14 @@
 
 import logging
 import os
+import pickle
 import subprocess
 import sys
 
 import pytest
 
 from resnet_jax import errors
-from resnet_jax import input_pipeline
+from resnet_jax import datasets
 from resnet_jax import prepare_data
 from tests import cifar_archives
 
@@ -22,7 +23,7 @@ def test_both_layouts_build_the_same_examples(tmp_path, layout):
   assert (info['dataset'], info['train'], info['test']) == ('cifar10', 23, 7)
   assert not info['official']
   for split in ('train', 'test'):
-    got = input_pipeline.load_split('cifar10', split, str(tmp_path / 'tfds'))
+    got = datasets.load_split(datasets.resolve('cifar10', str(tmp_path / 'tfds')), split)
     images, labels = arrays[split]
     # tfds stores examples in file order; compare as sets of (label, image).
     assert len(got) == len(labels)
@@ -56,7 +57,7 @@ def test_missing_truncated_and_wrong_archives(tmp_path):
   cases = {tmp_path / 'nope.tar.gz': 'does not exist',
            truncated: 'truncated or damaged',
            garbage: 'not a readable',
-           other: 'not a CIFAR archive'}
+           other: 'neither a CIFAR archive'}
   for archive, message in cases.items():
     with pytest.raises(errors.UserError, match=message):
       prepare_data.prepare(str(archive), str(tmp_path / 'tfds'))
@@ -71,3 +72,29 @@ def test_cli_reports_one_line_and_exit_code(tmp_path):
   assert result.returncode == 2
   assert result.stderr.strip().splitlines()[-1].startswith('error: archive')
   assert 'Traceback' not in result.stderr
+
+
+def test_crafted_pickle_is_refused_and_runs_nothing(tmp_path):
+  """A python-layout archive whose pickle would run code if unpickled freely."""
+  import io
+  import tarfile
+  marker = tmp_path / 'pwned'
+
+  class Payload:
+    def __reduce__(self):
+      return (os.system, (f'touch {marker}',))
+  arrays = cifar_archives.random_cifar10(num_train=5, num_test=5)
+  good = cifar_archives.write_python(tmp_path / 'good.tar.gz', arrays)
+  crafted = tmp_path / 'cifar-10-python.tar.gz'
+  with tarfile.open(good) as src, tarfile.open(crafted, 'w:gz') as dst:
+    for member in src.getmembers():
+      data = src.extractfile(member).read()
+      if member.name.endswith('data_batch_1'):
+        data = pickle.dumps({b'data': Payload(), b'labels': [0]}, protocol=2)
+        member.size = len(data)
+      dst.addfile(member, io.BytesIO(data))
+  with pytest.raises(errors.UserError, match='CIFAR pickles never hold'):
+    prepare_data.prepare(str(crafted), str(tmp_path / 'tfds'))
+  assert not marker.exists()
+  # The official pickles (numpy arrays, Python 2 strings) still load.
+  prepare_data.prepare(str(good), str(tmp_path / 'tfds2'))

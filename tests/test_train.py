@@ -110,14 +110,14 @@ def test_eval_mode_restores_a_chosen_step(trained):
 
 def test_tensorboard_events_and_curves_are_written(trained):
   _, workdir, _ = trained
-  import tensorflow as tf
   from PIL import Image
+  from tensorboard.backend.event_processing import event_file_loader
   events = os.listdir(os.path.join(workdir, 'tensorboard'))
   assert events
   scalars = {}
   for name in events:
-    for event in tf.compat.v1.train.summary_iterator(
-        os.path.join(workdir, 'tensorboard', name)):
+    loader = event_file_loader.EventFileLoader(os.path.join(workdir, 'tensorboard', name))
+    for event in loader.Load():
       for value in event.summary.value:
         scalars.setdefault(value.tag, []).append(event.step)
   assert scalars['train/loss'] == [2, 4, 6, 8, 10, 12]

@@ -1,0 +1,118 @@
+r"""Rows of the README's Results table, read from run workdirs.
+
+  python -m resnet_jax.results runs/r20 runs/torch_r20
+  python -m resnet_jax.results --format=json runs/*
+
+Reads each workdir's `run.json` (config, devices, sessions) and
+`metrics.jsonl` (evaluations, training speed); works for resnet_jax runs and
+for the PyTorch baseline's (`benchmarks/torch_baseline.py --data`), which
+write the same two files. Prints one Markdown row per workdir:
+
+  model | framework | recipe | steps | final / best test accuracy | wall time |
+  train images/s | device | data | date
+
+Wall time is the sum of the run's sessions (start-up, compilation and
+evaluation included); images/s is the median of the logged training
+intervals (evaluation excluded).
+"""
+
+import json
+import os
+import statistics
+import sys
+
+from absl import flags
+
+from resnet_jax import errors
+from resnet_jax import run_record
+
+# Not --json: resnet_jax.predict defines that, and absl flags are global.
+_FORMAT = flags.DEFINE_enum('format', 'markdown', ['markdown', 'json'],
+                            'Markdown table rows, or one JSON record per workdir.')
+
+COLUMNS = ('model', 'framework', 'recipe', 'steps', 'test accuracy (final / best)',
+           'wall time', 'train img/s', 'device', 'data', 'date')
+
+
+def _recipe(c: dict) -> str:
+  length = (f"{c['num_train_steps']} steps" if c.get('num_train_steps', -1) > 0
+            else f"{c['num_epochs']:g} epochs")
+  parts = [length, f"batch {c['batch_size']}", f"SGD lr {c['learning_rate']:g}"]
+  bounds = c.get('lr_boundaries') or ()
+  if bounds:
+    parts.append(f"x{c.get('lr_decay_factor', 0.1):g} at "
+                 + '/'.join(f'{100 * b:g}%' for b in bounds))
+  parts.append(f"wd {c['weight_decay']:g}")
+  if c.get('augment', True):
+    parts.append('crop+flip')
+  return ', '.join(parts)
+
+
+def _device(session: dict) -> str:
+  if session.get('platform') == 'cpu' or session.get('device_kind') == 'cpu':
+    cores = session.get('cpu_cores')
+    return f"CPU {session.get('host_cpu', '?')}" + (f', {cores} core(s)' if cores else '')
+  return f"{session.get('device_count', 1)}x {session.get('device_kind', '?')}"
+
+
+def summarize(workdir: str) -> dict:
+  """The table's facts about one run.
+
+  Raises:
+    errors.UserError: `workdir` has no run.json or metrics.jsonl.
+  """
+  record = run_record.read(workdir)
+  path = os.path.join(workdir, 'metrics.jsonl')
+  if record is None or not os.path.exists(path):
+    raise errors.UserError(f'{workdir} has no run.json and metrics.jsonl; pass the '
+                           'workdir of a run')
+  with open(path) as f:
+    lines = [json.loads(l) for l in f if l.strip()]
+  evals = [l for l in lines if 'eval_accuracy' in l]
+  rates = [l['images_per_sec'] for l in lines if 'images_per_sec' in l]
+  sessions = record['sessions']
+  config = record['config']
+  finished = [s for s in sessions if 'final_step' in s]
+  return {
+      'workdir': workdir, 'model': config['model'], 'framework': record['framework'],
+      'recipe': _recipe(config),
+      'steps': max((l['step'] for l in lines), default=0),
+      'final_accuracy': evals[-1]['eval_accuracy'] if evals else None,
+      'best_accuracy': max(l['eval_accuracy'] for l in evals) if evals else None,
+      'wall_seconds': sum(s.get('wall_seconds', 0) for s in sessions),
+      'complete': bool(finished),
+      'images_per_sec': statistics.median(rates) if rates else None,
+      'device': _device(sessions[-1]), 'dataset': config['dataset'],
+      'date': sessions[0]['started'][:10], 'command': sessions[0]['command'],
+  }
+
+
+def markdown_row(s: dict) -> str:
+  pct = lambda v: '-' if v is None else f'{100 * v:.2f}%'
+  wall = f"{s['wall_seconds'] / 60:.1f} min" + ('' if s['complete'] else ' (unfinished)')
+  rate = '-' if s['images_per_sec'] is None else f"{s['images_per_sec']:.0f}"
+  cells = (s['model'], s['framework'], s['recipe'], str(s['steps']),
+           f"{pct(s['final_accuracy'])} / {pct(s['best_accuracy'])}", wall, rate,
+           s['device'], s['dataset'], s['date'])
+  return '| ' + ' | '.join(cells) + ' |'
+
+
+def main(argv):
+  workdirs = argv[1:]
+  if not workdirs:
+    raise errors.UserError('no workdirs given; usage: python -m resnet_jax.results '
+                           'WORKDIR...')
+  rows = [summarize(w) for w in workdirs]
+  if _FORMAT.value == 'json':
+    print(json.dumps(rows, indent=1))
+    return
+  print('| ' + ' | '.join(COLUMNS) + ' |')
+  print('|' + '---|' * len(COLUMNS))
+  for row in rows:
+    print(markdown_row(row))
+  for row in rows:
+    print(f"{row['workdir']}: {row['command']}", file=sys.stderr)
+
+
+if __name__ == '__main__':
+  errors.run_cli(main)

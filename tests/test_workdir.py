@@ -1,0 +1,208 @@
+"""One workdir, one run: the run record, resume checks, a finished run started
+again, device changes on resume, and starting from a run (`init_from`)."""
+
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import cifar
+from resnet_jax import config_validation
+from resnet_jax import errors
+from resnet_jax import run_record
+from resnet_jax import train
+from tests import cifar_archives
+from tests.conftest import tiny_config
+from tests.test_fault_tolerance import _listing
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope='module')
+def finished(tiny_data, tmp_path_factory):
+  """A complete 8-step run (checkpoints at 4 and 8)."""
+  workdir = str(tmp_path_factory.mktemp('fin') / 'w')
+  config = tiny_config(tiny_data['data_dir'])
+  train.train_and_evaluate(config, workdir)
+  return config, workdir
+
+
+def _train_cli(tiny_data, workdir, *extra):
+  """The command line of the `finished` fixture's run, plus `extra` flags."""
+  return subprocess.run(
+      [sys.executable, '-m', 'resnet_jax.main', '--config', 'configs/cifar.py',
+       '--workdir', str(workdir), f'--config.data_dir={tiny_data["data_dir"]}',
+       '--config.model=resnet8', '--config.batch_size=16', '--config.eval_batch_size=16',
+       '--config.num_train_steps=8', '--config.log_every_steps=2',
+       '--config.checkpoint_every_steps=4', *extra],
+      capture_output=True, text=True, cwd=REPO, timeout=300)
+
+
+def _final(config, workdir):
+  run = train._Run(config, workdir, need_train=False)
+  state = jax.device_get(run.restore())
+  run.release()
+  return state
+
+
+def test_every_config_field_is_sorted_into_recipe_or_runtime():
+  recipe, runtime = set(config_validation.RECIPE_FIELDS), set(config_validation.RUNTIME_FIELDS)
+  assert not recipe & runtime
+  assert recipe | runtime == set(cifar.get_config().keys()) == set(config_validation.FIELDS)
+
+
+def test_run_record_says_what_produced_the_workdir(finished):
+  config, workdir = finished
+  record = run_record.read(workdir)
+  assert record['config'] == json.loads(config.to_json())
+  assert record['framework'] == f'jax {jax.__version__}'
+  (session,) = record['sessions']
+  assert set(session['versions']) == {'python', 'jax', 'jaxlib', 'flax', 'optax',
+                                      'orbax-checkpoint'}
+  assert session['versions']['jax'] == jax.__version__
+  assert set(session['git']) == {'commit', 'dirty'}
+  assert session['git']['commit'] == 'unknown' or len(session['git']['commit']) == 40
+  assert (session['device_count'], session['process_count']) == (8, 1)
+  assert session['device_kind'] == jax.devices()[0].device_kind
+  assert session['host'] and session['command'] and session['start_step'] == 0
+  assert session['final_step'] == 8 and 0 <= session['eval_accuracy'] <= 1
+  assert session['wall_seconds'] > 0 and session['ended'] >= session['started']
+
+
+def test_a_changed_recipe_is_refused_leaving_the_workdir_as_it_was(tiny_data, finished,
+                                                                   tmp_path):
+  _, source = finished
+  workdir = tmp_path / 'w'
+  shutil.copytree(source, workdir)
+  shutil.rmtree(workdir / 'checkpoints' / '8')  # Unfinished: a resume would train.
+  before = _listing(tmp_path)
+  result = _train_cli(tiny_data, workdir, '--config.batch_size=32',
+                      '--config.learning_rate=0.05')
+  assert result.returncode == 2, result.stderr[-2000:]
+  last = result.stderr.strip().splitlines()[-1]
+  assert last.startswith('error: ') and 'Traceback' not in result.stderr
+  assert 'batch_size 16 -> 32' in last and 'learning_rate 0.1 -> 0.05' in last
+  assert 'new --workdir' in last and 'drop those flags' in last
+  assert _listing(tmp_path) == before
+
+
+def test_a_longer_schedule_is_refused_with_the_way_to_train_longer(tiny_data, finished):
+  _, workdir = finished
+  with pytest.raises(errors.UserError, match=f'num_train_steps 8 -> 12.*init_from={workdir}'):
+    train.train_and_evaluate(tiny_config(tiny_data['data_dir'], num_train_steps=12),
+                             workdir)
+
+
+def test_resume_with_new_cadence_and_fewer_devices_reaches_the_end(tiny_data, finished,
+                                                                  tmp_path, caplog):
+  config, source = finished
+  for change, line in [
+      (dict(log_every_steps=1, keep_checkpoints=5, checkpoint_every_steps=2),
+       'Resuming with changed settings that leave the numbers alone: '
+       'checkpoint_every_steps 4 -> 2, keep_checkpoints 3 -> 5, log_every_steps 2 -> 1'),
+      (dict(num_devices=4, parallelism='pmap'),
+       'Resuming on 4 device(s) with pmap; the checkpoint was written on 8 with jit')]:
+    workdir = tmp_path / str(len(change))
+    shutil.copytree(source, workdir)
+    shutil.rmtree(workdir / 'checkpoints' / '8')  # As if killed after step 4.
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger='resnet_jax'):
+      train.train_and_evaluate(tiny_config(tiny_data['data_dir'], **change), str(workdir))
+    assert line in caplog.text
+    record = run_record.read(str(workdir))
+    first, resumed = record['sessions']
+    assert resumed['start_step'] == 4 and resumed['final_step'] == 8
+    assert set(resumed.get('changed', {})) == set(change) - {'parallelism', 'num_devices'} \
+        | ({'parallelism', 'num_devices'} & set(change))
+    if 'num_devices' in change:
+      assert (first['device_count'], resumed['device_count']) == (8, 4)
+    else:  # Same program: bitwise the uninterrupted run.
+      a, b = _final(config, source), _final(config, str(workdir))
+      jax.tree.map(np.testing.assert_array_equal, a.params, b.params)
+
+
+def test_a_finished_run_started_again_says_so_and_writes_nothing(tiny_data, finished,
+                                                                tmp_path):
+  _, source = finished
+  workdir = tmp_path / 'w'
+  shutil.copytree(source, workdir)
+  before = _listing(tmp_path)
+  result = _train_cli(tiny_data, workdir)
+  assert result.returncode == 0, result.stderr[-2000:]
+  last = result.stderr.strip().splitlines()[-1]
+  assert 'holds a complete run (step 8 of 8, test accuracy' in last
+  assert '--mode=eval evaluates it' in last and 'new --workdir' in last
+  assert _listing(tmp_path) == before
+
+
+def _logits(model, variables, images):
+  return np.asarray(model.apply(variables, jnp.asarray(images, jnp.float32),
+                                train=False))
+
+
+def test_init_from_a_run_gives_its_logits_and_a_new_head_for_new_classes(
+    tiny_data, finished, tmp_path):
+  config, source = finished
+  images = np.random.default_rng(0).normal(size=(4, 32, 32, 3))
+  _, model, variables, *_ = train.load_for_inference(source)
+  want = _logits(model, variables, images)
+  for init_from in (source, os.path.join(source, 'checkpoints', '8')):
+    new = tiny_config(tiny_data['data_dir'], init_from=init_from)
+    run = train._Run(new, str(tmp_path / 'new'), need_train=True)
+    state = train.init_from_run(run.init_state(), new, run.num_classes)
+    got = _logits(run.model, {'params': state.params, 'batch_stats': state.batch_stats},
+                  images)
+    np.testing.assert_array_equal(got, want)
+    assert int(state.step) == 0  # Weights only: a fresh optimizer and schedule.
+    assert all(np.all(np.asarray(m) == 0) for m in jax.tree.leaves(state.opt_state))
+  # A 3-class dataset: everything but the classifier carries over.
+  arrays = cifar_archives.random_cifar10(num_train=12, num_test=6, seed=3, balanced=True)
+  three = {s: tuple(a[(l < 3)] for a in (im, l)) for s, (im, l) in
+           ((s, arrays[s]) for s in arrays) for l in [arrays[s][1]]}
+  cifar_archives.write_image_folder(tmp_path / 'data', three, 'three')
+  new = tiny_config(str(tmp_path / 'data'), dataset='three', init_from=source)
+  run = train._Run(new, str(tmp_path / 'three'), need_train=True)
+  state = train.init_from_run(run.init_state(), new, run.num_classes)
+  assert state.params['fc']['kernel'].shape == (64, 3)
+  for name in variables['params']:
+    if name != 'fc':
+      jax.tree.map(np.testing.assert_array_equal, state.params[name],
+                   variables['params'][name])
+  # And the whole run trains from it through the command line's path.
+  train.train_and_evaluate(tiny_config(str(tmp_path / 'data'), dataset='three',
+                                       init_from=source, num_train_steps=2),
+                           str(tmp_path / 'three'))
+  with pytest.raises(errors.UserError, match='is a resnet8 run but the config asks for '
+                                             'resnet20'):
+    bad = tiny_config(tiny_data['data_dir'], init_from=source, model='resnet20')
+    run = train._Run(bad, str(tmp_path / 'bad'), need_train=True)
+    train.init_from_run(run.init_state(), bad, run.num_classes)
+
+
+def test_results_rows_come_from_the_workdir(finished):
+  from resnet_jax import results
+  _, workdir = finished
+  row = results.summarize(workdir)
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    evals = [json.loads(l)['eval_accuracy'] for l in f if 'eval_accuracy' in l]
+  assert row['steps'] == 8 and row['complete']
+  assert (row['final_accuracy'], row['best_accuracy']) == (evals[-1], max(evals))
+  assert row['model'] == 'resnet8' and row['dataset'] == 'cifar10'
+  assert row['device'].startswith('CPU ') and row['wall_seconds'] > 0
+  assert row['recipe'] == ('8 steps, batch 16, SGD lr 0.1, x0.1 at 50%/75%, wd 0.0001, '
+                           'crop+flip')
+  result = subprocess.run([sys.executable, '-m', 'resnet_jax.results', workdir],
+                          capture_output=True, text=True, cwd=REPO, timeout=120)
+  assert result.returncode == 0, result.stderr
+  header, rule, line = result.stdout.strip().splitlines()
+  assert header.startswith('| model | framework |') and line == results.markdown_row(row)
+  result = subprocess.run([sys.executable, '-m', 'resnet_jax.results', REPO],
+                          capture_output=True, text=True, cwd=REPO, timeout=120)
+  assert result.returncode == 2 and 'has no run.json' in result.stderr
