@@ -121,8 +121,7 @@ class Checkpoints:
     intact = [s for s in self._finished_steps() if s not in failed]
     kept = (f'the checkpoint of step {intact[-1]} is intact' if intact
             else 'no earlier checkpoint exists')
-    cause = str(error) or type(error).__name__
-    cause = f'{type(error).__name__}: {cause[:300]}' if cause != type(error).__name__ else cause
+    cause = type(error).__name__ + (f': {str(error)[:300]}' if str(error) else '')
     return errors.Stopped(
         f'saving the checkpoint of step {failed[0] if failed else "?"} failed ({cause}); '
         f'{kept}. Fix the cause (free disk space, permissions, the file system) '

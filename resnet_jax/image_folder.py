@@ -100,14 +100,14 @@ def load_split(root: str, split: str):
   paths, labels = _files(root, split, names)
   # Pillow releases the GIL while decoding: threads use every core.
   with concurrent.futures.ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:
-    images = np.stack(list(pool.map(decode, paths, chunksize=256)))
+    images = np.stack(list(pool.map(decode, paths)))
   return input_pipeline.Split(images=images, labels=labels, class_names=names)
 
 
 def mean_std(images: np.ndarray) -> tuple:
   """Per-channel mean and standard deviation on the [0, 1] scale."""
   flat = images.reshape(-1, images.shape[-1])
-  total = np.zeros(flat.shape[-1]); squares = np.zeros(flat.shape[-1])
+  total, squares = np.zeros(flat.shape[-1]), np.zeros(flat.shape[-1])
   for start in range(0, len(flat), 1 << 22):  # Chunks: float64 copies stay small.
     chunk = flat[start:start + (1 << 22)].astype(np.float64) / 255.0
     total += chunk.sum(0)

@@ -1,9 +1,9 @@
 """Input pipeline: an in-memory split -> per-step augmented batches.
 
 CIFAR is small (150 MB of uint8 for the train split), so the split is read
-once into host memory (`datasets` says from where) and every batch is a pure function of
-`(seed, step)`: the example order is a fresh permutation per epoch and the
-augmentation draws come from a generator seeded by the step. That makes runs
+once into host memory (`datasets` says from where) and every batch is a pure
+function of `(seed, step)`: the example order is a fresh permutation per epoch
+and the augmentation draws come from a generator seeded by the step. That makes runs
 reproducible, lets a resumed run continue at the exact example it stopped at,
 and gives every process of a multi-host run the same global batch, of which it
 materialises only its own rows.
