@@ -13,6 +13,8 @@ import os
 import socket
 from typing import Optional
 
+import numpy as np
+
 from resnet_jax import errors
 from resnet_jax import image_folder
 
@@ -96,7 +98,6 @@ def _load_tfds(dataset: str, split: str, data_dir: Optional[str]):
     errors.UserError: the dataset is not there and cannot be downloaded.
   """
   from resnet_jax import input_pipeline
-  import numpy as np
   tfds, tf = import_tfds()
   # tf.data must not grab an accelerator that JAX owns.
   tf.config.set_visible_devices([], 'GPU')

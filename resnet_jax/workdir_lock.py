@@ -42,16 +42,10 @@ def _busy_error(workdir: str) -> errors.UserError:
                           'to end (or stop it), or pass another --workdir')
 
 
-def _try_lock(path: str, create: bool) -> Optional[int]:
-  """An fd holding the lock on `path`, or None if another process holds it.
-
-  Without `create`, a missing file counts as free and nothing is created.
-  """
-  flags = os.O_RDWR | (os.O_CREAT if create else 0)
-  try:
-    fd = os.open(path, flags, 0o644)
-  except FileNotFoundError:
-    return -1
+def _try_lock(path: str) -> Optional[int]:
+  """An fd holding the lock on `path` (created if missing), or None if
+  another process holds it."""
+  fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
   try:
     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
   except OSError as e:
@@ -76,10 +70,11 @@ def check_free(workdir: str) -> None:
     errors.UserError: naming the holder.
   """
   ok = True
-  if jax.process_index() == 0 and os.path.isdir(workdir):
-    fd = _try_lock(os.path.join(workdir, FILE), create=False)
+  path = os.path.join(workdir, FILE)
+  if jax.process_index() == 0 and os.path.exists(path):  # No file: nobody holds it.
+    fd = _try_lock(path)
     ok = fd is not None
-    if fd is not None and fd >= 0:
+    if ok:
       os.close(fd)  # Closing drops the probe's lock.
   if not _agree(ok):
     raise _busy_error(workdir)
@@ -101,7 +96,7 @@ class Lock:
     if jax.process_index() == 0:
       try:
         os.makedirs(workdir, exist_ok=True)
-        self._fd = _try_lock(os.path.join(workdir, FILE), create=True)
+        self._fd = _try_lock(os.path.join(workdir, FILE))
         ok = self._fd is not None
       except OSError as e:
         ok, problem = False, e
