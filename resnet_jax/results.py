@@ -17,13 +17,13 @@ intervals (evaluation excluded).
 """
 
 import json
-import os
 import statistics
 import sys
 
 from absl import flags
 
 from resnet_jax import errors
+from resnet_jax import metrics_io
 from resnet_jax import run_record
 
 # Not --json: resnet_jax.predict defines that, and absl flags are global.
@@ -62,12 +62,10 @@ def summarize(workdir: str) -> dict:
     errors.UserError: `workdir` has no run.json or metrics.jsonl.
   """
   record = run_record.read(workdir)
-  path = os.path.join(workdir, 'metrics.jsonl')
-  if record is None or not os.path.exists(path):
+  lines = metrics_io.read_lines(workdir)
+  if record is None or not lines:
     raise errors.UserError(f'{workdir} has no run.json and metrics.jsonl; pass the '
                            'workdir of a run')
-  with open(path) as f:
-    lines = [json.loads(l) for l in f if l.strip()]
   evals = [l for l in lines if 'eval_accuracy' in l]
   rates = [l['images_per_sec'] for l in lines if 'images_per_sec' in l]
   sessions = record['sessions']
