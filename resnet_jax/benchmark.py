@@ -13,6 +13,7 @@ network and recipe) runs in the same process and the ratios are added;
 (PyTorch may have no wheel for this one).
 """
 
+import dataclasses
 import json
 import os
 import platform
@@ -25,6 +26,7 @@ import jax
 import numpy as np
 from ml_collections import config_flags
 
+from resnet_jax import augmentations
 from resnet_jax import datasets
 from resnet_jax import errors
 from resnet_jax import input_pipeline
@@ -64,10 +66,12 @@ def compiled_train_step(config):
   b = config.batch_size
   split = synthetic_split(max(4 * b, 2048), num_classes, config.seed)
   stream = input_pipeline.TrainStream(split, b, config.seed, config.augment,
-                                      jax.process_index(), jax.process_count())
+                                      jax.process_index(), jax.process_count(),
+                                      augmentations.Options.from_config(config))
   model = train.create_model(config, num_classes, dp.axis_name)
   tx = train.create_optimizer(config, train.create_learning_rate_fn(config, 10**6))
-  state = dp.place_state(train.create_train_state(jax.random.key(config.seed), model, tx))
+  state = dp.place_state(train.create_train_state(jax.random.key(config.seed), model, tx,
+                                                 ema=config.ema_decay > 0))
   # Synthetic images: any normalisation times the same.
   step_fn, eval_fn = train.compile_steps(dp, config, num_classes,
                                          datasets.MEAN_STD['cifar10'])
@@ -143,6 +147,10 @@ def run(config, windows: int = 5, steps: int = 10, warmup: int = 3) -> dict:
       'train_images_per_sec': round(train_rate, 1),
       'eval_images_per_sec': round(eval_rate, 1),
       'input_pipeline_images_per_sec': round(input_rate, 1),
+      # How many times what training consumes the host pipeline delivers
+      # (one thread, this config's augmentations).
+      'input_vs_train': round(input_rate / train_rate, 1),
+      'augmentations': dataclasses.asdict(augmentations.Options.from_config(config)),
       'input_wait_fraction': round(waited / total, 4),
       'jax_version': jax.__version__, 'python': platform.python_version(),
       'cpu_count': os.cpu_count(),

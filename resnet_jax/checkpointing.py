@@ -39,6 +39,7 @@ class Checkpoints:
     self.restored_step = None
     self._manager = None
     self._saving = []  # Steps whose asynchronous save may not be finished.
+    self._writable = False
     if os.path.isdir(self.directory):
       # orbax warns that a read-only manager is read-only: that is the point.
       verbosity = absl_logging.get_verbosity()
@@ -56,6 +57,7 @@ class Checkpoints:
     if self._manager is not None:
       self._manager.close()
     self._report_leftovers()
+    self._writable = True
     policy = pp.AnyPreservationPolicy([
         pp.LatestN(n=self.keep),
         pp.BestN(get_metric_fn=lambda m: m['eval_accuracy'], reverse=False, n=1,
@@ -147,14 +149,18 @@ class Checkpoints:
   def restore(self, abstract_state: Any, step: Optional[int] = None) -> Any:
     """The state at `step`, or at the newest intact step when None.
 
-    A damaged newest checkpoint is reported in one warning line and moved
-    aside to `<step>.damaged`, and the next older one is tried.
+    A damaged newest checkpoint is reported in one warning line and, once
+    the checkpoints are open for writing (a run resuming), moved aside to
+    `<step>.damaged`; the next older one is tried. Opened read-only (eval,
+    predict, checks) nothing is moved: a checkpoint that only this reader
+    cannot restore (another version's layout, say) stays as it was.
     """
     if step is not None and step not in self.all_steps():
       raise errors.UserError(
           f'no checkpoint of step {step} in {self.directory}; it has steps '
           f'{self.all_steps()}')
     candidates = [step] if step is not None else self.all_steps()[::-1]
+    cause = ''
     for s in candidates:
       try:
         restored = self._manager.restore(s, args=ocp.args.Composite(
@@ -163,13 +169,18 @@ class Checkpoints:
         if step is not None:
           raise errors.UserError(f'checkpoint {s} in {self.directory} is damaged '
                                  f'({type(e).__name__}: {str(e)[:200]})') from e
-        self._set_aside(s, e)
+        cause = f' (the last: {type(e).__name__}: {str(e)[:200]})'
+        if self._writable:
+          self._set_aside(s, e)
+        else:
+          log.warning('Checkpoint %d cannot be restored (%s); left in place, trying '
+                      'the next older one', s, type(e).__name__)
         continue
       self.restored_step = s
       return restored['state']
     raise errors.UserError(
-        f'no intact checkpoint in {self.directory}; train first, or pass the '
-        '--workdir of a run that has one')
+        f'no checkpoint in {self.directory} could be restored{cause}; train first, '
+        'or pass the --workdir of a run that has one')
 
   def _set_aside(self, step: int, error: Exception) -> None:
     path = os.path.join(self.directory, str(step))

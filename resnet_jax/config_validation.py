@@ -5,6 +5,7 @@ import os
 
 import ml_collections
 
+from resnet_jax import augmentations
 from resnet_jax import datasets
 from resnet_jax import errors
 from resnet_jax import models
@@ -12,7 +13,7 @@ from resnet_jax import models
 
 # One line per config field: the public interface of a run (see --help).
 FIELDS = {
-    'model': 'network name: resnet20..1202, preact_resnet110/164/1001, '
+    'model': 'network name: resnet20..1202, preact_resnet18/110/164/1001, '
              'resnet18..152, resnext29_8x64d/16x64d, wrn28_10, wrn16_8, resnet8',
     'stem': "'cifar' (3x3 conv) or 'imagenet' (7x7/2 conv + max-pool); resnet18..152 only",
     'shortcut': "'' keeps the paper's shortcut; 'A' (zero-pad) or 'B' (1x1 projection)",
@@ -31,15 +32,31 @@ FIELDS = {
     'data_dir': 'tfds data directory, or the folder holding image-folder datasets; '
                 'unset = tfds default (see prepare_data)',
     'augment': 'pad 4 + random 32x32 crop + horizontal flip on training images',
+    'validation_size': 'training images held out (chosen by seed) and evaluated during '
+                       'training instead of the test split; 0 = none',
+    'augment_policy': "'' or 'trivialaugment' (one random operation per training "
+                      'image, after crop and flip)',
+    'cutout_size': 'side of the square Cutout sets to the mean pixel; 0 = off',
+    'mixup_alpha': 'mixup Beta(alpha, alpha) mixing weight; 0 = off',
+    'cutmix_alpha': 'CutMix Beta(alpha, alpha) box area; 0 = off (not with mixup)',
+    'label_smoothing': 'weight of the uniform distribution in the targets; 0 = off',
+    'ema_decay': 'decay of the moving average of parameters and BatchNorm statistics, '
+                 'evaluated beside the raw weights; 0 = off',
+    'flip_tta': 'evaluation also averages the class probabilities of each image '
+                'and its mirror image (reported beside the plain view)',
     'batch_size': 'global training batch, over all devices and processes',
     'eval_batch_size': 'global evaluation batch; the last batch is padded and masked',
     'num_epochs': 'run length in epochs (may be fractional), when num_train_steps is -1',
     'num_train_steps': 'run length in steps; -1 derives it from num_epochs',
     'learning_rate': 'peak learning rate (not rescaled with batch_size)',
-    'lr_boundaries': 'fractions of the run where the learning rate is multiplied',
-    'lr_decay_factor': 'the factor applied at each boundary',
-    'warmup_steps': 'steps at warmup_lr before learning_rate (0 = none)',
-    'warmup_lr': 'learning rate during warmup',
+    'lr_schedule': "'piecewise' (lr_boundaries) or 'cosine' (linear warm-up over "
+                   'warmup_steps, then cosine decay to 0)',
+    'lr_boundaries': 'piecewise: fractions of the run where the learning rate is '
+                     'multiplied',
+    'lr_decay_factor': 'piecewise: the factor applied at each boundary',
+    'warmup_steps': 'warm-up steps (0 = none): piecewise holds warmup_lr, cosine '
+                    'rises linearly from warmup_lr to learning_rate',
+    'warmup_lr': 'learning rate during (piecewise) or at the start of (cosine) warm-up',
     'momentum': 'SGD momentum',
     'nesterov': 'Nesterov momentum',
     'weight_decay': 'L2 coefficient added to the gradient of conv and dense kernels',
@@ -48,7 +65,8 @@ FIELDS = {
     'seed': 'initialisation, example order, augmentation and dropout seed',
     'log_every_steps': 'steps between training-metric lines',
     'checkpoint_every_steps': 'steps between checkpoints (also at evals and the end)',
-    'eval_every_epochs': 'epochs between evaluations on the whole test split',
+    'eval_every_epochs': 'epochs between evaluations on the whole test split (the '
+                         'validation split when validation_size > 0)',
     'keep_checkpoints': 'how many recent checkpoints to keep (the best is kept too)',
     'eval_step': 'checkpoint step that --mode=eval restores; -1 = latest',
 }
@@ -59,22 +77,32 @@ FIELDS = {
 RECIPE_FIELDS = (
     'model', 'stem', 'shortcut', 'zero_init_residual', 'dropout_rate', 'bn_momentum',
     'bn_epsilon', 'half_precision', 'init_from', 'dataset', 'augment', 'batch_size',
-    'num_epochs', 'num_train_steps', 'learning_rate', 'lr_boundaries',
-    'lr_decay_factor', 'warmup_steps', 'warmup_lr', 'momentum', 'nesterov',
-    'weight_decay', 'seed')
-# These change where and how often things happen, never the numbers (device
-# count and jit/pmap: only by float rounding): a resume may change them.
+    'validation_size', 'augment_policy', 'cutout_size', 'mixup_alpha', 'cutmix_alpha',
+    'label_smoothing', 'ema_decay', 'num_epochs', 'num_train_steps', 'learning_rate',
+    'lr_schedule', 'lr_boundaries', 'lr_decay_factor', 'warmup_steps', 'warmup_lr',
+    'momentum', 'nesterov', 'weight_decay', 'seed')
+# These change where and how often things happen, never the training numbers
+# (device count and jit/pmap: only by float rounding; flip_tta adds an
+# evaluation view): a resume may change them.
 RUNTIME_FIELDS = (
     'store_conv_inputs', 'data_dir', 'eval_batch_size', 'parallelism', 'num_devices',
     'log_every_steps', 'checkpoint_every_steps', 'eval_every_epochs',
-    'keep_checkpoints', 'eval_step')
+    'keep_checkpoints', 'eval_step', 'flip_tta')
+
+
+# Fields added after runs existed, with the value those runs had implicitly.
+ADDED_LATER = {'validation_size': 0, 'augment_policy': '', 'cutout_size': 0,
+               'mixup_alpha': 0.0, 'cutmix_alpha': 0.0, 'label_smoothing': 0.0,
+               'ema_decay': 0.0, 'lr_schedule': 'piecewise', 'flip_tta': False}
 
 
 def config_changes(stored: dict, config: ml_collections.ConfigDict) -> tuple:
   """(recipe changes, runtime changes): {field: (stored, requested)} of the
   fields whose value differs from the stored run's config (a JSON dict).
-  Fields the stored config lacks (written by an older version) are skipped."""
+  A field the stored config lacks (written by an older version) counts with
+  its `ADDED_LATER` value, or is skipped."""
   requested = json.loads(config.to_json())
+  stored = {**ADDED_LATER, **stored}
   recipe, runtime = {}, {}
   for field, value in requested.items():
     if field in stored and stored[field] != value:
@@ -102,6 +130,40 @@ def check_resume(stored: dict, config: ml_collections.ConfigDict, workdir: str) 
         f'{workdir} holds a run with a different recipe ({listed}); pass a new '
         '--workdir for a new run, or drop those flags to resume this one.' + hint)
   return runtime
+
+
+def _validate_regularisers(config: ml_collections.ConfigDict) -> None:
+  """The fields beyond the paper recipe: schedules, augmentations, EMA."""
+  def bad(field, problem):
+    return errors.UserError(f'{field} {problem}, got {config[field]!r}; set '
+                            f'--config.{field}')
+  if config.lr_schedule not in ('piecewise', 'cosine'):
+    raise bad('lr_schedule', "must be 'piecewise' or 'cosine'")
+  if config.augment_policy not in augmentations.POLICIES:
+    raise bad('augment_policy', "must be '' (none) or 'trivialaugment'")
+  if not isinstance(config.validation_size, int) or config.validation_size < 0:
+    raise bad('validation_size', 'must be a whole number of images, 0 for none')
+  if (not isinstance(config.cutout_size, int)
+      or not 0 <= config.cutout_size <= IMAGE_SIZE):
+    raise bad('cutout_size', f'must be an integer from 0 (off) to the image size '
+              f'{IMAGE_SIZE}')
+  for field in ('mixup_alpha', 'cutmix_alpha'):
+    if not config[field] >= 0:
+      raise bad(field, 'must be 0 (off) or positive')
+  if config.mixup_alpha > 0 and config.cutmix_alpha > 0:
+    raise errors.UserError(
+        f'mixup_alpha {config.mixup_alpha} and cutmix_alpha {config.cutmix_alpha} are '
+        'both on, which this version does not combine; set one of them to 0')
+  if not 0 <= config.label_smoothing < 1:
+    raise bad('label_smoothing', 'must be in [0, 1), 0 for none')
+  if not (config.ema_decay == 0 or 0 < config.ema_decay < 1):
+    raise bad('ema_decay', 'must be in (0, 1), or 0 for no moving average')
+  if config.lr_schedule == 'cosine' and config.warmup_steps < 0:
+    raise bad('warmup_steps', 'must not be negative')
+
+
+# CIFAR and the image-folder datasets are 32x32.
+IMAGE_SIZE = 32
 
 
 def validate(config: ml_collections.ConfigDict) -> datasets.Source:
@@ -137,6 +199,7 @@ def validate(config: ml_collections.ConfigDict) -> datasets.Source:
   if not all(0 < f < 1 for f in config.lr_boundaries):
     raise errors.UserError('lr_boundaries are fractions of the run, each in (0, 1); '
                            f'got {tuple(config.lr_boundaries)}')
+  _validate_regularisers(config)
   if config.store_conv_inputs not in ('auto', 'on', 'off'):
     raise errors.UserError(f'store_conv_inputs must be auto, on or off, got '
                            f'{config.store_conv_inputs!r}; set --config.store_conv_inputs')

@@ -73,6 +73,28 @@ def normalization(source: Source, train_split) -> tuple:
   return image_folder.mean_std(train_split.images)
 
 
+def hold_out(train, size: int, seed: int) -> tuple:
+  """Splits `size` validation images off a training split, fixed by `seed`.
+
+  Returns:
+    (training split without them, validation split), each in the original
+    order; the same seed always holds out the same images.
+
+  Raises:
+    errors.UserError: when `size` leaves no training images.
+  """
+  from resnet_jax import input_pipeline
+  if size >= len(train):
+    raise errors.UserError(f'validation_size {size} leaves no training images (the '
+                           f'training split has {len(train)}); set '
+                           '--config.validation_size lower')
+  held = np.zeros(len(train), bool)
+  held[np.random.default_rng([seed, 2]).permutation(len(train))[:size]] = True
+  part = lambda sel: input_pipeline.Split(train.images[sel], train.labels[sel],
+                                          train.class_names)
+  return part(~held), part(held)
+
+
 def import_tfds():
   """(tensorflow_datasets, tensorflow), imported only on the tfds path.
 

@@ -9,7 +9,9 @@ and gives every process of a multi-host run the same global batch, of which it
 materialises only its own rows.
 
 Images stay uint8 on the host; `normalize` (on device, inside the compiled
-step) converts to float and applies the per-channel mean/std.
+step) converts to float and applies the per-channel mean/std. The options
+beyond crop and flip (TrivialAugment, Cutout, mixup, CutMix) are drawn here
+too, by `augmentations`.
 """
 
 import concurrent.futures
@@ -19,6 +21,7 @@ from typing import Callable, Iterator, Optional
 import jax.numpy as jnp
 import numpy as np
 
+from resnet_jax import augmentations
 from resnet_jax import errors
 
 PAD = 4
@@ -70,7 +73,8 @@ class TrainStream:
 
   def __init__(self, split: Split, global_batch: int, seed: int,
                augment_images: bool = True, process_index: int = 0,
-               process_count: int = 1):
+               process_count: int = 1,
+               options: augmentations.Options = augmentations.Options()):
     if global_batch % process_count:
       raise errors.UserError(
           f'batch_size {global_batch} is not divisible by the {process_count} '
@@ -79,8 +83,9 @@ class TrainStream:
     self.global_batch = global_batch
     self.seed = seed
     self.augment_images = augment_images
+    self.options = options
     local = global_batch // process_count
-    self._rows = slice(process_index * local, (process_index + 1) * local)
+    self._rows = np.arange(process_index * local, (process_index + 1) * local)
     self._perms = {}
 
   def _permutation(self, epoch: int) -> np.ndarray:
@@ -96,7 +101,12 @@ class TrainStream:
     return step * self.global_batch / len(self.split)
 
   def batch(self, step: int) -> dict:
-    """This process's rows of the global batch of `step` (0-based)."""
+    """This process's rows of the global batch of `step` (0-based).
+
+    Keys: 'image' (uint8) and 'label'; with Cutout 'erase' (bool [B, H, W]);
+    with mixup or CutMix 'mix_label' and 'mix_lam' (the weight of 'label'), and
+    with mixup 'mix_image' (the partner images, blended on device).
+    """
     n = len(self.split)
     pos = step * self.global_batch + np.arange(self.global_batch)
     epochs, offsets = np.divmod(pos, n)
@@ -104,15 +114,43 @@ class TrainStream:
     for epoch in np.unique(epochs):
       sel = epochs == epoch
       index[sel] = self._permutation(int(epoch))[offsets[sel]]
-    index = index[self._rows]
-    images = self.split.images[index]
-    if self.augment_images:
-      # Draws for the whole global batch, then this process's rows, so the
-      # result does not depend on how many processes share the batch.
-      rng = np.random.default_rng([self.seed, 1, step])
-      draws = augment_draws(rng, self.global_batch)
-      images = _apply_draws(images, *(d[self._rows] for d in draws))
-    return {'image': images, 'label': self.split.labels[index]}
+    opts = self.options
+    # Each augmentation draws for the whole global batch from its own
+    # generator, so the result does not depend on how many processes share
+    # the batch, and turning one option on leaves the others' draws alone.
+    rng = lambda k: np.random.default_rng([self.seed, 1, step] + k)
+    draws = augment_draws(rng([]), self.global_batch) if self.augment_images else None
+    policy = (augmentations.trivialaugment_draws(rng([1]), self.global_batch)
+              if opts.policy else None)
+
+    def images_of(rows):  # The augmented images of some global rows.
+      images = self.split.images[index[rows]]
+      if draws is not None:
+        images = _apply_draws(images, *(d[rows] for d in draws))
+      if policy is not None:
+        images = augmentations.apply_trivialaugment(images, *(d[rows] for d in policy))
+      return images
+
+    rows = self._rows
+    batch = {'image': images_of(rows), 'label': self.split.labels[index[rows]]}
+    size = batch['image'].shape[1]
+    if opts.cutout_size:
+      cy, cx = augmentations.cutout_draws(rng([2]), self.global_batch, size)
+      batch['erase'] = augmentations.cutout_mask(cy[rows], cx[rows], opts.cutout_size,
+                                                 size)
+    if opts.mixing:
+      alpha = opts.mixup_alpha or opts.cutmix_alpha
+      mix = augmentations.mix_draws(rng([3]), self.global_batch, opts.mixing, alpha, size)
+      partners = mix.partner[rows]
+      partner_images = (batch['image'][partners - rows[0]]
+                        if len(rows) == self.global_batch else images_of(partners))
+      if mix.box is None:
+        batch['mix_image'] = partner_images
+      else:
+        batch['image'] = augmentations.paste_box(batch['image'], partner_images, mix.box)
+      batch['mix_label'] = self.split.labels[index[partners]]
+      batch['mix_lam'] = np.full(len(rows), mix.lam, np.float32)
+    return batch
 
 
 def augment_draws(rng: np.random.Generator, b: int):

@@ -58,9 +58,13 @@ def main(argv):
                              '--workdir of a trained run')
     step = None if _CONFIG.value.eval_step == -1 else _CONFIG.value.eval_step
     result = train.evaluate_checkpoint(_CONFIG.value, workdir, step)
-    log.info('Evaluated step %d: accuracy %.2f%% on %d examples, wrote %s',
-                 result['step'], 100 * result['eval_accuracy'],
-                 result['eval_examples'], os.path.join(workdir, 'eval.json'))
+    others = ', '.join(f'{k[:-len("eval_accuracy")].rstrip("_")} {100 * v:.2f}%'
+                       for k, v in result.items()
+                       if k.endswith('_eval_accuracy') and k != 'eval_accuracy')
+    log.info('Evaluated step %d: test accuracy %.2f%%%s on %d examples, wrote %s',
+             result['step'], 100 * result['eval_accuracy'],
+             f' ({others})' if others else '', result['eval_examples'],
+             os.path.join(workdir, 'eval.json'))
     return
   # Creates the workdir only once the run is accepted; refused while another
   # run holds it.

@@ -1,6 +1,7 @@
 """Metrics of a run: `metrics.jsonl` in the workdir and console log lines."""
 
 import json
+import re
 import math
 import os
 import socket
@@ -128,7 +129,7 @@ class MetricsWriter:
     if self.progress is not None and 'train_loss' in metrics:
       self.progress.set_metrics(metrics)
     log.info('%s', format_line(record, total))
-    if 'eval_accuracy' in metrics:
+    if 'eval_accuracy' in metrics or 'val_accuracy' in metrics:
       plots.draw_curves(self.path, os.path.join(self.workdir, 'curves.png'))
 
   def close(self) -> None:
@@ -137,11 +138,10 @@ class MetricsWriter:
 
 
 def _tb_name(key: str) -> str:
-  """train_loss -> train/loss, eval_top5_accuracy -> eval/top5_accuracy."""
-  for prefix in ('train_', 'eval_'):
-    if key.startswith(prefix):
-      return prefix[:-1] + '/' + key[len(prefix):]
-  return 'train/' + key
+  """train_loss -> train/loss, eval_top5_accuracy -> eval/top5_accuracy,
+  ema_flip_val_accuracy -> ema_flip_val/accuracy."""
+  match = re.match(r'((?:ema_)?(?:flip_)?(?:train|eval|val))_(.+)', key)
+  return f'{match[1]}/{match[2]}' if match else 'train/' + key
 
 
 def _step_of(line: str) -> Optional[int]:

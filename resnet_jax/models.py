@@ -328,6 +328,10 @@ MODELS = {
     'preact_resnet110': _preact_resnet(110, bottleneck=False),
     'preact_resnet164': _preact_resnet(164, bottleneck=True),
     'preact_resnet1001': _preact_resnet(1001, bottleneck=True),
+    # The mixup paper's net (Zhang et al. 2018): ResNet-18's stages with the
+    # pre-activation blocks of He et al. 2016 and the CIFAR stem.
+    'preact_resnet18': dict(stage_sizes=(2, 2, 2, 2), block_cls=PreActBasicBlock,
+                            widths=(64, 128, 256, 512), stem_width=64, shortcut='B'),
     'resnet18': _imagenet_family((2, 2, 2, 2), bottleneck=False),
     'resnet34': _imagenet_family((3, 4, 6, 3), bottleneck=False),
     'resnet50': _imagenet_family((3, 4, 6, 3), bottleneck=True),

@@ -20,25 +20,31 @@ def _save(fig, path: str) -> None:
 
 
 def draw_curves(metrics_path: str, out_path: str) -> None:
-  """Train/eval accuracy and loss against epoch, from `metrics.jsonl`."""
+  """Train and evaluation (test or validation split; raw and, when kept, EMA
+  weights) accuracy and loss against epoch, from `metrics.jsonl`."""
   with open(metrics_path) as f:
     lines = [json.loads(l) for l in f if l.strip()]
   train = [l for l in lines if 'train_loss' in l]
-  evals = [l for l in lines if 'eval_loss' in l and 'epoch' in l]
+  split = 'eval' if any('eval_loss' in l for l in lines) else 'val'
+  evals = [l for l in lines if f'{split}_loss' in l and 'epoch' in l]
   fig, (acc_ax, loss_ax) = plt.subplots(1, 2, figsize=(10, 4))
   for ax, key, label in ((acc_ax, 'accuracy', 'accuracy (%)'), (loss_ax, 'loss', 'loss')):
     scale = 100 if key == 'accuracy' else 1
     ax.plot([l['epoch'] for l in train], [scale * l[f'train_{key}'] for l in train],
             label='train', color='tab:blue', alpha=0.8)
-    ax.plot([l['epoch'] for l in evals], [scale * l[f'eval_{key}'] for l in evals],
-            'o-', label='eval', color='tab:orange', markersize=3)
+    for weights, color in (('', 'tab:orange'), ('ema_', 'tab:green')):
+      points = [l for l in evals if f'{weights}{split}_{key}' in l]
+      if points:
+        ax.plot([l['epoch'] for l in points],
+                [scale * l[f'{weights}{split}_{key}'] for l in points], 'o-',
+                label=weights + split, color=color, markersize=3)
     ax.set_xlabel('epoch')
     ax.set_ylabel(label)
     ax.grid(alpha=0.3)
     ax.legend()
   if evals:
-    best = max(evals, key=lambda l: l['eval_accuracy'])
-    acc_ax.set_title(f"best eval {100 * best['eval_accuracy']:.2f}% at epoch "
+    best = max(evals, key=lambda l: l[f'{split}_accuracy'])
+    acc_ax.set_title(f"best {split} {100 * best[f'{split}_accuracy']:.2f}% at epoch "
                      f"{best['epoch']:.1f}")
   fig.tight_layout()
   _save(fig, out_path)

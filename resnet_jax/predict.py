@@ -7,6 +7,10 @@ Images of any size and mode are converted to RGB, resized (Lanczos) so that
 the shorter side is 32 pixels, and centre-cropped to 32x32, the CIFAR size.
 An unreadable file gets an error line (or a JSON entry with "error") and the
 other files are still predicted; the exit code is then 1.
+
+A run that kept a moving average of its weights (`ema_decay`) predicts with
+it (`--noema` for the raw weights); `--flip_tta` averages the class
+probabilities of each image and its mirror image. Each result says which.
 """
 
 import json
@@ -25,6 +29,10 @@ _WORKDIR = flags.DEFINE_string('workdir', None, 'Workdir of a trained run.')
 _STEP = flags.DEFINE_integer('step', None, 'Checkpoint step; default: the latest.')
 _TOP_K = flags.DEFINE_integer('top_k', 5, 'How many classes to print per image.')
 _JSON = flags.DEFINE_bool('json', False, 'Print one JSON document instead of text.')
+_EMA = flags.DEFINE_bool('ema', True, 'Use the moving-average weights when the run '
+                         'kept them.')
+_FLIP_TTA = flags.DEFINE_bool('flip_tta', False, 'Average the predictions of each '
+                              'image and its mirror image.')
 flags.mark_flags_as_required(['workdir'])
 
 SIZE = 32
@@ -49,9 +57,19 @@ def load_image(path: str) -> np.ndarray:
     raise errors.UserError(f'{path}: not a readable image ({e})') from e
 
 
-def predict(workdir: str, paths: List[str], top_k: int = 5, step=None) -> List[dict]:
-  """Top-k classes and probabilities per file; unreadable files get 'error'."""
-  _, model, variables, names, step, mean_std = _load(workdir, step)
+def predict(workdir: str, paths: List[str], top_k: int = 5, step=None,
+            ema: bool = True, flip_tta: bool = False) -> List[dict]:
+  """Top-k classes and probabilities per file; unreadable files get 'error'.
+
+  Args:
+    workdir: a trained run.
+    paths: image files.
+    top_k: classes per image.
+    step: checkpoint step; None = the latest.
+    ema: use the moving-average weights when the run kept them.
+    flip_tta: average the probabilities of each image and its mirror image.
+  """
+  _, model, variables, names, step, mean_std, weights = _load(workdir, step, ema)
   results, images, index = [], [], []
   for path in paths:
     try:
@@ -62,20 +80,24 @@ def predict(workdir: str, paths: List[str], top_k: int = 5, step=None) -> List[d
       results.append({'file': path, 'error': str(e)})
   if images:
     x = input_pipeline.normalize(np.stack(images), mean_std)
-    probs = np.asarray(jax.nn.softmax(model.apply(variables, x, train=False)))
+    probs = jax.nn.softmax(model.apply(variables, x, train=False))
+    if flip_tta:
+      probs = (probs + jax.nn.softmax(model.apply(variables, x[:, :, ::-1],
+                                                  train=False))) / 2
+    probs = np.asarray(probs)
     k = min(top_k, len(names))
     for i, p in zip(index, probs):
       top = np.argsort(-p)[:k]
       results[i]['predictions'] = [{'class': names[c], 'probability': float(p[c])}
                                    for c in top]
   for r in results:
-    r['step'] = step
+    r.update(step=step, weights=weights, flip_tta=flip_tta)
   return results
 
 
-def _load(workdir, step):
+def _load(workdir, step, ema):
   from resnet_jax import train  # Heavy; after argument checks.
-  return train.load_for_inference(workdir, step)
+  return train.load_for_inference(workdir, step, prefer_ema=ema)
 
 
 def main(argv):
@@ -86,7 +108,8 @@ def main(argv):
   if _TOP_K.value < 1:
     raise errors.UserError(f'--top_k must be at least 1, got {_TOP_K.value}')
   logs.setup()
-  results = predict(_WORKDIR.value, paths, _TOP_K.value, _STEP.value)
+  results = predict(_WORKDIR.value, paths, _TOP_K.value, _STEP.value, _EMA.value,
+                    _FLIP_TTA.value)
   if _JSON.value:
     print(json.dumps(results, indent=1))
   else:

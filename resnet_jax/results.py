@@ -14,9 +14,15 @@ write the same two files. Prints one Markdown row per workdir:
 Wall time is the sum of the run's sessions (start-up, compilation and
 evaluation included); images/s is the median of the logged training
 intervals (evaluation excluded).
+
+`--metric` picks the accuracy: `eval_accuracy` (raw weights) by default, or
+e.g. `ema_eval_accuracy`, `flip_eval_accuracy`, `ema_flip_eval_accuracy`.
+A run's `eval.json` (`--mode=eval`) counts as its final evaluation, so a run
+trained with a validation split reports the test accuracy of its one look.
 """
 
 import json
+import os
 import statistics
 import sys
 
@@ -30,6 +36,9 @@ from resnet_jax import run_record
 _FORMAT = flags.DEFINE_enum('format', 'markdown', ['markdown', 'json'],
                             'Markdown table rows, or one JSON record per workdir.')
 
+_METRIC = flags.DEFINE_string('metric', 'eval_accuracy',
+                             'Which test accuracy to report (see above).')
+
 COLUMNS = ('model', 'framework', 'recipe', 'steps', 'test accuracy (final / best)',
            'wall time', 'train img/s', 'device', 'data', 'date')
 
@@ -42,9 +51,16 @@ def _recipe(c: dict) -> str:
   if bounds:
     parts.append(f"x{c.get('lr_decay_factor', 0.1):g} at "
                  + '/'.join(f'{100 * b:g}%' for b in bounds))
+  if c.get('lr_schedule', 'piecewise') == 'cosine':
+    parts[-1:] = [f"cosine, warm-up {c['warmup_steps']} steps"]
   parts.append(f"wd {c['weight_decay']:g}")
   if c.get('augment', True):
     parts.append('crop+flip')
+  extras = (('augment_policy', '{}'), ('cutout_size', 'Cutout {}'),
+            ('mixup_alpha', 'mixup {:g}'), ('cutmix_alpha', 'CutMix {:g}'),
+            ('label_smoothing', 'label smoothing {:g}'), ('ema_decay', 'EMA {:g}'),
+            ('validation_size', '{} held out'))
+  parts += [form.format(c[k]) for k, form in extras if c.get(k)]
   return ', '.join(parts)
 
 
@@ -55,7 +71,7 @@ def _device(session: dict) -> str:
   return f"{session.get('device_count', 1)}x {session.get('device_kind', '?')}"
 
 
-def summarize(workdir: str) -> dict:
+def summarize(workdir: str, metric: str = 'eval_accuracy') -> dict:
   """The table's facts about one run.
 
   Raises:
@@ -66,7 +82,13 @@ def summarize(workdir: str) -> dict:
   if record is None or not lines:
     raise errors.UserError(f'{workdir} has no run.json and metrics.jsonl; pass the '
                            'workdir of a run')
-  evals = [l for l in lines if 'eval_accuracy' in l]
+  evals = [l for l in lines if metric in l]
+  path = os.path.join(workdir, 'eval.json')
+  if os.path.exists(path):
+    with open(path) as f:
+      final = json.load(f)
+    if metric in final and (not evals or final['step'] >= evals[-1]['step']):
+      evals.append(final)
   rates = [l['images_per_sec'] for l in lines if 'images_per_sec' in l]
   sessions = record['sessions']
   config = record['config']
@@ -75,8 +97,9 @@ def summarize(workdir: str) -> dict:
       'workdir': workdir, 'model': config['model'], 'framework': record['framework'],
       'recipe': _recipe(config),
       'steps': max((l['step'] for l in lines), default=0),
-      'final_accuracy': evals[-1]['eval_accuracy'] if evals else None,
-      'best_accuracy': max(l['eval_accuracy'] for l in evals) if evals else None,
+      'metric': metric,
+      'final_accuracy': evals[-1][metric] if evals else None,
+      'best_accuracy': max(l[metric] for l in evals) if evals else None,
       'wall_seconds': sum(s.get('wall_seconds', 0) for s in sessions),
       'complete': bool(finished),
       'images_per_sec': statistics.median(rates) if rates else None,
@@ -100,7 +123,7 @@ def main(argv):
   if not workdirs:
     raise errors.UserError('no workdirs given; usage: python -m resnet_jax.results '
                            'WORKDIR...')
-  rows = [summarize(w) for w in workdirs]
+  rows = [summarize(w, _METRIC.value) for w in workdirs]
   if _FORMAT.value == 'json':
     print(json.dumps(rows, indent=1))
     return

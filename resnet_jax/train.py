@@ -21,6 +21,7 @@ import ml_collections
 import numpy as np
 import optax
 
+from resnet_jax import augmentations
 from resnet_jax import checkpointing
 from resnet_jax import config_validation
 from resnet_jax import convert
@@ -42,6 +43,19 @@ from resnet_jax.logs import log
 class TrainState(train_state.TrainState):
   """Flax's TrainState plus BatchNorm running statistics."""
   batch_stats: Any = None
+
+
+class EmaTrainState(TrainState):
+  """A TrainState that also keeps, with `ema_decay`, the exponential moving
+  average of the parameters and BatchNorm statistics ({'params',
+  'batch_stats'}). A subclass, so runs without it keep the checkpoint layout
+  of `TrainState` (and checkpoints written before it existed restore)."""
+  ema: Any = None
+
+
+def ema_of(state: TrainState) -> Optional[dict]:
+  """The moving-average weights of `state`, None when it keeps none."""
+  return getattr(state, 'ema', None)
 
 
 # ----------------------------------------------------------------------------
@@ -83,13 +97,24 @@ def total_steps(config: ml_collections.ConfigDict, num_train_examples: int) -> i
 
 def create_learning_rate_fn(config: ml_collections.ConfigDict,
                             num_steps: int) -> optax.Schedule:
-  """Piecewise-constant schedule; boundaries are fractions of the run.
+  """The learning rate of each (0-based) step.
 
-  With the defaults and 64k steps the learning rate is 0.1 for steps
-  [0, 32000), 0.01 for [32000, 48000) and 0.001 from 48000 (0-based), as in
+  'piecewise' (default): constant, multiplied by `lr_decay_factor` at each of
+  `lr_boundaries` (fractions of the run). With the defaults and 64k steps it is
+  0.1 for steps [0, 32000), 0.01 for [32000, 48000) and 0.001 from 48000, as in
   He et al. 2015. An optional constant warmup (the paper's 0.01 for ResNet-110)
   replaces the first `warmup_steps` values.
+
+  'cosine': linear from `warmup_lr` to `learning_rate` over `warmup_steps`,
+  then half a cosine down to 0 at the end of the run (Loshchilov & Hutter 2017,
+  without restarts; Goyal et al. 2017's gradual warmup).
   """
+  if config.get('lr_schedule', 'piecewise') == 'cosine':
+    return optax.warmup_cosine_decay_schedule(
+        init_value=config.warmup_lr if config.warmup_steps > 0 else config.learning_rate,
+        peak_value=config.learning_rate, warmup_steps=max(0, config.warmup_steps),
+        # (Restoring for inference builds a schedule for 1 step.)
+        decay_steps=max(num_steps, config.warmup_steps + 1), end_value=0.0)
   boundaries = {int(round(f * num_steps)): config.lr_decay_factor
                 for f in config.lr_boundaries}
   schedule = optax.piecewise_constant_schedule(config.learning_rate, boundaries)
@@ -117,11 +142,30 @@ def create_optimizer(config: ml_collections.ConfigDict,
 
 
 def create_train_state(rng: jax.Array, model: models.ResNet,
-                       tx: optax.GradientTransformation) -> TrainState:
-  """Initialises parameters, BatchNorm statistics and optimizer state."""
+                       tx: optax.GradientTransformation,
+                       ema: bool = False) -> TrainState:
+  """Initialises parameters, BatchNorm statistics and optimizer state (and
+  their moving average, starting at the initial values, with `ema`)."""
   variables = model.init(rng, jnp.zeros((1, 32, 32, 3), jnp.float32), train=False)
-  return TrainState.create(apply_fn=model.apply, params=variables['params'],
-                           batch_stats=variables['batch_stats'], tx=tx)
+  fields = dict(apply_fn=model.apply, params=variables['params'],
+                batch_stats=variables['batch_stats'], tx=tx)
+  if ema:
+    return EmaTrainState.create(**fields, ema=dict(variables))
+  return TrainState.create(**fields)
+
+
+def ema_variables(state: TrainState) -> TrainState:
+  """`state` evaluating with its moving-average weights."""
+  return state.replace(params=state.ema['params'], batch_stats=state.ema['batch_stats'])
+
+
+def _ema_update(ema: dict, params, batch_stats, step, decay: float) -> dict:
+  """One moving-average step. The decay ramps up as (1 + t) / (10 + t) to
+  `decay` (the warm-up of TensorFlow's ExponentialMovingAverage with
+  num_updates), so short runs do not average in the random initialisation."""
+  d = jnp.minimum(decay, (1.0 + step) / (10.0 + step)).astype(jnp.float32)
+  new = {'params': params, 'batch_stats': batch_stats}
+  return jax.tree.map(lambda e, x: d * e + (1.0 - d) * x, ema, new)
 
 
 # ----------------------------------------------------------------------------
@@ -129,9 +173,15 @@ def create_train_state(rng: jax.Array, model: models.ResNet,
 # ----------------------------------------------------------------------------
 
 def train_step(state: TrainState, batch: dict, *, mean_std: tuple, dtype: Any,
-               seed: int, axis_name: Optional[str] = None):
-  """One SGD step on a batch of uint8 images; returns (state, metrics)."""
-  images = input_pipeline.normalize(batch['image'], mean_std, dtype)
+               seed: int, label_smoothing: float = 0.0, ema_decay: float = 0.0,
+               axis_name: Optional[str] = None):
+  """One SGD step on a batch of uint8 images; returns (state, metrics).
+
+  The batch's optional keys (`input_pipeline.TrainStream.batch`) switch on
+  mixup ('mix_image'), mixed labels ('mix_label', 'mix_lam') and Cutout
+  ('erase'); the compiled step is specialised to the keys it is given.
+  """
+  images = train_images(batch, mean_std, dtype)
   # Dropout keys follow the step, so a resumed run draws the same masks.
   dropout_rng = jax.random.fold_in(jax.random.key(seed), state.step)
 
@@ -139,59 +189,129 @@ def train_step(state: TrainState, batch: dict, *, mean_std: tuple, dtype: Any,
     logits, updates = state.apply_fn(
         {'params': params, 'batch_stats': state.batch_stats}, images,
         train=True, mutable=['batch_stats'], rngs={'dropout': dropout_rng})
-    loss = optax.softmax_cross_entropy_with_integer_labels(
-        logits, batch['label']).mean()
-    return loss, (logits, updates['batch_stats'])
+    return _loss(logits, batch, label_smoothing), (logits, updates['batch_stats'])
 
   (loss, (logits, batch_stats)), grads = jax.value_and_grad(
       loss_fn, has_aux=True)(state.params)
-  metrics = {'train_loss': loss,
-             'train_accuracy': jnp.mean(jnp.argmax(logits, -1) == batch['label'])}
+  metrics = {'train_loss': loss, 'train_accuracy': _accuracy(logits, batch)}
   if axis_name is not None:
     # Equal shards per replica, so the mean of means is the global mean.
     grads, metrics = lax.pmean((grads, metrics), axis_name)
   state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
+  if ema_decay:
+    state = state.replace(ema=_ema_update(state.ema, state.params, state.batch_stats,
+                                          state.step, ema_decay))
   return state, metrics
 
 
-def eval_step(state: TrainState, batch: dict, *, mean_std: tuple, dtype: Any,
-              num_classes: int, axis_name: Optional[str] = None) -> dict:
-  """Sums over the real (unmasked) examples of a padded eval batch."""
+def train_images(batch: dict, mean_std: tuple, dtype: Any) -> jnp.ndarray:
+  """The network's input: normalised, mixup-blended, Cutout-erased."""
   images = input_pipeline.normalize(batch['image'], mean_std, dtype)
-  logits = state.apply_fn({'params': state.params, 'batch_stats': state.batch_stats},
-                          images, train=False)
-  labels, mask = batch['label'], batch['mask'].astype(jnp.float32)
-  loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
-  top5 = jnp.any(lax.top_k(logits, min(5, num_classes))[1] == labels[:, None], -1)
+  if 'mix_image' in batch:
+    lam = batch['mix_lam'].astype(dtype)[:, None, None, None]
+    images = lam * images + (1 - lam) * input_pipeline.normalize(
+        batch['mix_image'], mean_std, dtype)
+  if 'erase' in batch:  # Cutout: 0 after normalisation is the mean pixel.
+    images = jnp.where(batch['erase'][..., None], jnp.zeros((), dtype), images)
+  return images
+
+
+def _loss(logits, batch: dict, label_smoothing: float):
+  """Mean cross-entropy against the (mixed, smoothed) targets."""
+  if 'mix_label' not in batch and not label_smoothing:
+    return optax.softmax_cross_entropy_with_integer_labels(logits, batch['label']).mean()
+  num_classes = logits.shape[-1]
+  targets = jax.nn.one_hot(batch['label'], num_classes)
+  if 'mix_label' in batch:
+    lam = batch['mix_lam'][:, None]
+    targets = lam * targets + (1 - lam) * jax.nn.one_hot(batch['mix_label'], num_classes)
+  if label_smoothing:
+    targets = optax.smooth_labels(targets, label_smoothing)
+  return optax.softmax_cross_entropy(logits, targets).mean()
+
+
+def _accuracy(logits, batch: dict):
+  """Top-1 accuracy; with mixed labels each counts by its weight."""
   pred = jnp.argmax(logits, -1)
-  confusion = jnp.einsum('n,ni,nj->ij', mask, jax.nn.one_hot(labels, num_classes),
-                         jax.nn.one_hot(pred, num_classes))
-  sums = {'loss': jnp.sum(loss * mask), 'correct': jnp.sum((pred == labels) * mask),
-          'top5': jnp.sum(top5 * mask), 'count': jnp.sum(mask),
-          'confusion': confusion}
+  correct = (pred == batch['label']).astype(jnp.float32)
+  if 'mix_label' in batch:
+    lam = batch['mix_lam']
+    correct = lam * correct + (1 - lam) * (pred == batch['mix_label'])
+  return jnp.mean(correct)
+
+
+def eval_step(state: TrainState, batch: dict, *, mean_std: tuple, dtype: Any,
+              num_classes: int, flip_tta: bool = False,
+              axis_name: Optional[str] = None) -> dict:
+  """Sums over the real (unmasked) examples of a padded eval batch.
+
+  Returns:
+    {'': sums of the plain view}, and with `flip_tta` also {'flip_': sums of
+    the mean of the image's and its mirror's class probabilities}.
+  """
+  images = input_pipeline.normalize(batch['image'], mean_std, dtype)
+  apply = lambda x: jax.nn.log_softmax(state.apply_fn(
+      {'params': state.params, 'batch_stats': state.batch_stats}, x, train=False))
+  log_probs = apply(images)
+  views = {'': log_probs}
+  if flip_tta:
+    mirrored = apply(images[:, :, ::-1])
+    views['flip_'] = jnp.logaddexp(log_probs, mirrored) - jnp.log(2.0)
+  sums = {view: _eval_sums(lp, batch['label'], batch['mask'], num_classes)
+          for view, lp in views.items()}
   if axis_name is not None:
     sums = lax.psum(sums, axis_name)
   return sums
 
 
+def _eval_sums(log_probs, labels, mask, num_classes: int) -> dict:
+  mask = mask.astype(jnp.float32)
+  loss = -jnp.take_along_axis(log_probs, labels[:, None], -1)[:, 0]
+  top5 = jnp.any(lax.top_k(log_probs, min(5, num_classes))[1] == labels[:, None], -1)
+  pred = jnp.argmax(log_probs, -1)
+  confusion = jnp.einsum('n,ni,nj->ij', mask, jax.nn.one_hot(labels, num_classes),
+                         jax.nn.one_hot(pred, num_classes))
+  return {'loss': jnp.sum(loss * mask), 'correct': jnp.sum((pred == labels) * mask),
+          'top5': jnp.sum(top5 * mask), 'count': jnp.sum(mask), 'confusion': confusion}
+
+
 def evaluate(dp: parallel.DataParallel, p_eval_step: Callable, state: TrainState,
-             split: input_pipeline.Split, config: ml_collections.ConfigDict) -> dict:
-  """Evaluates on every example of `split` exactly once.
+             split: input_pipeline.Split, config: ml_collections.ConfigDict,
+             split_name: str = 'test') -> dict:
+  """Evaluates on every example of `split` exactly once, with the raw weights
+  and, when the state has them, the moving-average ones.
 
   Returns:
-    eval_loss, eval_accuracy, eval_top5_accuracy (fractions), eval_examples,
-    and the confusion matrix (rows: true class, columns: predicted).
+    `{weights}{view}{split}_{metric}`: weights '' (raw) or 'ema_', view ''
+    or 'flip_' (flip test-time augmentation), split 'eval' (test) or 'val'
+    (validation), metric loss, accuracy, top5_accuracy (fractions); also
+    `{split}_examples` and the raw plain confusion matrix (rows: true class,
+    columns: predicted).
   """
-  totals = None
-  for batch in input_pipeline.eval_batches(split, config.eval_batch_size,
-                                           jax.process_index(), jax.process_count()):
-    sums = p_eval_step(state, dp.put_batch(batch))
-    totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
-  t = dp.fetch(totals)
-  n = float(t['count'])
-  return {'eval_loss': float(t['loss']) / n, 'eval_accuracy': float(t['correct']) / n,
-          'eval_top5_accuracy': float(t['top5']) / n, 'eval_examples': int(round(n)),
-          'confusion': np.rint(t['confusion']).astype(np.int64)}
+  prefix = SPLIT_PREFIX[split_name]
+  variants = {'': state}
+  if ema_of(state) is not None:
+    variants['ema_'] = ema_variables(state)
+  result = {}
+  for weights, s in variants.items():
+    totals = None
+    for batch in input_pipeline.eval_batches(split, config.eval_batch_size,
+                                             jax.process_index(), jax.process_count()):
+      sums = p_eval_step(s, dp.put_batch(batch))
+      totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+    for view, t in dp.fetch(totals).items():
+      name, n = weights + view + prefix, float(t['count'])
+      result.update({f'{name}_loss': float(t['loss']) / n,
+                     f'{name}_accuracy': float(t['correct']) / n,
+                     f'{name}_top5_accuracy': float(t['top5']) / n})
+      if not weights and not view:
+        result[f'{prefix}_examples'] = int(round(n))
+        result['confusion'] = np.rint(t['confusion']).astype(np.int64)
+  return result
+
+
+# Metric-name prefixes of the evaluated splits.
+SPLIT_PREFIX = {'test': 'eval', 'validation': 'val'}
 
 
 # ----------------------------------------------------------------------------
@@ -219,10 +339,13 @@ def compile_steps(dp: parallel.DataParallel, config: ml_collections.ConfigDict,
   mean_std = tuple(tuple(v) for v in mean_std)
   p_train = dp.compile(functools.partial(
       train_step, mean_std=mean_std, dtype=dtype, seed=config.seed,
-      axis_name=dp.axis_name), compiler_options=_train_compiler_options(config))
+      label_smoothing=config.get('label_smoothing', 0.0),
+      ema_decay=config.get('ema_decay', 0.0), axis_name=dp.axis_name),
+                       compiler_options=_train_compiler_options(config))
   p_eval = dp.compile(functools.partial(
       eval_step, mean_std=mean_std, dtype=dtype, num_classes=num_classes,
-      axis_name=dp.axis_name), donate_state=False)
+      flip_tta=config.get('flip_tta', False), axis_name=dp.axis_name),
+                      donate_state=False)
   return p_train, p_eval
 
 
@@ -263,16 +386,26 @@ class _Run:
                                           keep=config.keep_checkpoints)
     stored = self.ckpt.read_meta()
     checkpointing.check_compatible(self.ckpt, stored, config, self.source.num_classes)
+    stored_config = json.loads(stored['config']) if stored else None
     # Resuming must not blend two recipes (eval needs only the model).
-    self.runtime_changes = (config_validation.check_resume(
-        json.loads(stored['config']), config, workdir)
+    self.runtime_changes = (config_validation.check_resume(stored_config, config, workdir)
                             if stored and need_train else {})
+    # The checkpoints' layout follows the run that wrote them.
+    self.has_ema = (stored_config or config).get('ema_decay', 0.0) > 0
     self.test = datasets.load_split(self.source, 'test')
     self.train = datasets.load_split(self.source, 'train') if need_train else None
+    self.validation = None
+    if need_train and config.validation_size:
+      self.train, self.validation = datasets.hold_out(
+          self.train, config.validation_size, config.seed)
     self.num_classes = self.source.num_classes
     self.mean_std = _mean_std(stored, self.source, self.train)
     self.model = create_model(config, self.num_classes, self.dp.axis_name)
     self.num_steps = total_steps(config, len(self.train) if need_train else 1)
+    if need_train and config.warmup_steps >= self.num_steps:
+      raise errors.UserError(f'warmup_steps {config.warmup_steps} is not shorter than '
+                             f'the run ({self.num_steps} steps); set '
+                             '--config.warmup_steps lower')
     self.lr_fn = create_learning_rate_fn(config, self.num_steps)
     self.tx = create_optimizer(config, self.lr_fn)
     self.p_train_step, self.p_eval_step = compile_steps(
@@ -292,7 +425,15 @@ class _Run:
       self.lock.release()
 
   def init_state(self) -> TrainState:
-    return create_train_state(jax.random.key(self.config.seed), self.model, self.tx)
+    return create_train_state(jax.random.key(self.config.seed), self.model, self.tx,
+                              ema=self.has_ema)
+
+  def eval_split(self) -> tuple:
+    """(name, split) that training evaluates: the validation split when one
+    is held out (the test split is then left for one final look)."""
+    if self.validation is not None:
+      return 'validation', self.validation
+    return 'test', self.test
 
   def restore(self, step: Optional[int] = None):
     """The checkpointed state at `step` (default latest), placed for the step."""
@@ -352,7 +493,7 @@ def init_from_run(state: TrainState, config: ml_collections.ConfigDict,
       os.path.dirname(path)) == 'checkpoints':
     step, path = int(os.path.basename(path)), os.path.dirname(os.path.dirname(path))
   try:
-    source, _, variables, _, restored, _ = load_for_inference(path, step)
+    source, _, variables, _, restored, _, _ = load_for_inference(path, step)
   except errors.UserError as e:
     raise errors.UserError(f'init_from {config.init_from}: {e}') from e
   if source.model != config.model:
@@ -393,8 +534,11 @@ def _start_from(state: TrainState, variables: dict, config: ml_collections.Confi
     raise errors.UserError(f'init_from {config.init_from} holds a {config.model} of '
                            'another shape; check --config.stem and --config.shortcut '
                            "against the run it came from (its run.json)")
-  return state.replace(params=params, batch_stats=variables['batch_stats'],
-                       opt_state=state.tx.init(params))
+  state = state.replace(params=params, batch_stats=variables['batch_stats'],
+                        opt_state=state.tx.init(params))
+  if ema_of(state) is not None:  # The average starts at the loaded weights.
+    state = state.replace(ema={'params': params, 'batch_stats': variables['batch_stats']})
+  return state
 
 
 def _eval_steps(num_steps: int, batch: int, num_examples: int, every: float) -> set:
@@ -423,7 +567,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   outcome = {}
   try:
     result = _train(run, initial)
-    outcome.update(final_step=run.num_steps, eval_accuracy=result['eval_accuracy'])
+    outcome.update(final_step=run.num_steps, **headline(result))
     return result
   except errors.Stopped as e:
     outcome['stopped'] = str(e)
@@ -436,15 +580,27 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
 def _finished(run: _Run) -> dict:
   """A complete run started again: says so and returns its last evaluation."""
-  evals = [l for l in metrics_io.read_lines(run.workdir) if 'eval_accuracy' in l]
+  evals = [l for l in metrics_io.read_lines(run.workdir) if headline(l)]
   last = evals[-1] if evals else {}
-  accuracy = (f"test accuracy {100 * last['eval_accuracy']:.2f}% at step {last['step']}"
-              if last else 'no evaluation recorded')
+  accuracy = 'no evaluation recorded'
+  if last:
+    (key, value), = headline(last).items()
+    split = 'validation' if key.startswith('val') else 'test'
+    accuracy = f"{split} accuracy {100 * value:.2f}% at step {last['step']}"
   log.info('%s holds a complete run (step %d of %d, %s); nothing to do. '
            '--mode=eval evaluates it; a new --workdir starts a new run.',
            run.workdir, run.num_steps, run.num_steps, accuracy)
   run.release()
-  return {k: v for k, v in last.items() if k.startswith('eval_')}
+  return {k: v for k, v in last.items() if k.startswith(('eval_', 'val_'))}
+
+
+def headline(result: dict) -> dict:
+  """{key: value} of the accuracy that ranks checkpoints and ends a run's
+  summary: raw weights, plain view, the evaluated split; {} if none."""
+  for key in ('eval_accuracy', 'val_accuracy'):
+    if key in result:
+      return {key: result[key]}
+  return {}
 
 
 def _devices(dp: parallel.DataParallel, config: ml_collections.ConfigDict) -> dict:
@@ -476,7 +632,9 @@ def _train(run: _Run, initial: Optional[TrainState]) -> dict:
       log.info('%s', line)
   stream = input_pipeline.TrainStream(
       run.train, config.batch_size, config.seed, config.augment,
-      jax.process_index(), jax.process_count())
+      jax.process_index(), jax.process_count(),
+      augmentations.Options.from_config(config))
+  split_name, eval_split = run.eval_split()
   eval_at = _eval_steps(run.num_steps, config.batch_size, len(run.train),
                         config.eval_every_epochs)
   log.info('Training %s on %s: %d steps of %d images (%.2f epochs) on %d %s '
@@ -524,14 +682,14 @@ def _train(run: _Run, initial: Optional[TrainState]) -> dict:
           pending, last_time, last_step, eval_seconds = [], now, done, 0.0
         if eval_now:
           eval_start = time.perf_counter()
-          result = evaluate(dp, run.p_eval_step, state, run.test, config)
+          result = evaluate(dp, run.p_eval_step, state, eval_split, config, split_name)
           writer.write(done, {**metrics_io.scalars(result),
                               'epoch': stream.epoch_at(done)}, total=run.num_steps)
           # Evaluation time is not billed to training speed.
           eval_seconds += time.perf_counter() - eval_start
         if save_now:
           ckpt.save(done, dp.canonical_state(state), run.meta(),
-                    eval_accuracy=result['eval_accuracy'] if eval_now else None)
+                    eval_accuracy=(*headline(result).values(),)[0] if eval_now else None)
         if stop:
           ckpt.wait()
           name = signal.Signals(guard.signum).name
@@ -544,17 +702,24 @@ def _train(run: _Run, initial: Optional[TrainState]) -> dict:
     bar.close()
     writer.close()
   if result is None:  # Resumed at the end: evaluate what is there.
-    result = evaluate(dp, run.p_eval_step, state, run.test, config)
+    result = evaluate(dp, run.p_eval_step, state, eval_split, config, split_name)
   return result
 
 
-def load_for_inference(workdir: str, step: Optional[int] = None):
+def load_for_inference(workdir: str, step: Optional[int] = None,
+                       prefer_ema: bool = False):
   """The model, variables and class names of a workdir's checkpoint.
 
   Reads the run's own config from the checkpoint, so no config is needed.
 
+  Args:
+    workdir: a run's workdir.
+    step: the checkpoint; None = the latest.
+    prefer_ema: return the moving-average weights when the run kept them.
+
   Returns:
-    (config, model, {'params', 'batch_stats'}, class_names, step, (mean, std))
+    (config, model, {'params', 'batch_stats'}, class_names, step, (mean, std),
+    weights: 'ema' or 'raw')
   """
   ckpt = checkpointing.Checkpoints(os.path.join(workdir, 'checkpoints'))
   meta = ckpt.read_meta(step)
@@ -565,13 +730,17 @@ def load_for_inference(workdir: str, step: Optional[int] = None):
   dp = parallel.DataParallel('jit', 1)
   model = create_model(config, meta['num_classes'])
   tx = create_optimizer(config, create_learning_rate_fn(config, 1))
+  has_ema = config.get('ema_decay', 0.0) > 0
   state = ckpt.restore(abstract_state(
-      lambda: create_train_state(jax.random.key(0), model, tx), dp), step)
+      lambda: create_train_state(jax.random.key(0), model, tx, ema=has_ema), dp), step)
   ckpt.close()
+  weights = 'ema' if has_ema and prefer_ema else 'raw'
+  if weights == 'ema':
+    state = ema_variables(state)
   variables = {'params': state.params, 'batch_stats': state.batch_stats}
   names = meta.get('class_names') or [str(i) for i in range(meta['num_classes'])]
   return (config, model, variables, names, ckpt.restored_step,
-          stored_mean_std(meta, config.dataset))
+          stored_mean_std(meta, config.dataset), weights)
 
 
 def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
@@ -592,7 +761,9 @@ def _evaluate_checkpoint(run: _Run, step: Optional[int]) -> dict:
   confusion = result['confusion']
   per_class = np.diag(confusion) / np.maximum(confusion.sum(1), 1)
   names = list(run.test.class_names)
-  result = {'step': run.ckpt.restored_step, **metrics_io.scalars(result),
+  result = {'step': run.ckpt.restored_step, 'split': 'test',
+            'weights': ['raw', 'ema'] if ema_of(state) is not None else ['raw'],
+            'flip_tta': bool(config.flip_tta), **metrics_io.scalars(result),
             'per_class_accuracy': dict(zip(names, per_class.tolist())),
             'class_names': names,
             'confusion_matrix': confusion.tolist()}

@@ -20,10 +20,16 @@ FIELDS = {'device_kind', 'device_count', 'model', 'batch_size', 'dtype',
           'input_pipeline_images_per_sec', 'input_wait_fraction'}
 
 
-@pytest.mark.parametrize('half', [False, True])
-def test_benchmark_record_has_every_field(half):
-  config = tiny_config(None, half_precision=half)
+@pytest.mark.parametrize('half,heavy', [(False, False), (True, False), (False, True)])
+def test_benchmark_record_has_every_field(half, heavy):
+  # heavy: the most expensive augmentations and the moving average.
+  options = dict(augment_policy='trivialaugment', cutout_size=16, mixup_alpha=1.0,
+                 ema_decay=0.99) if heavy else {}
+  config = tiny_config(None, half_precision=half, **options)
   record = benchmark.run(config, windows=2, steps=2, warmup=1)
+  assert record['augmentations']['policy'] == ('trivialaugment' if heavy else '')
+  assert record['input_vs_train'] == pytest.approx(
+      record['input_pipeline_images_per_sec'] / record['train_images_per_sec'], abs=0.06)
   assert FIELDS <= set(record)
   assert record['device_count'] == 8 and record['model'] == 'resnet8'
   assert record['dtype'] == ('bfloat16' if half else 'float32')

@@ -70,34 +70,67 @@ def _assert_bitwise_equal(config, a, b):
   assert _metrics(a) == _metrics(b)
   sa, sb = _final(config, a), _final(config, b)
   assert int(sa.step) == int(sb.step) == STEPS
-  for tree in ('params', 'batch_stats', 'opt_state'):
-    jax.tree.map(np.testing.assert_array_equal, getattr(sa, tree), getattr(sb, tree))
+  for tree in ('params', 'batch_stats', 'opt_state', 'ema'):
+    jax.tree.map(np.testing.assert_array_equal, getattr(sa, tree, None),
+                 getattr(sb, tree, None))
 
 
 @pytest.fixture(scope='module')
 def reference(tiny_data, tmp_path_factory):
   """An uninterrupted 30-step run."""
+  return _reference_run(tiny_data, tmp_path_factory, ())
+
+
+def _reference_run(tiny_data, tmp_path_factory, options):
   workdir = tmp_path_factory.mktemp('ref') / 'w'
-  proc = _start(_flags(tiny_data['data_dir'], workdir))
+  proc = _start(_flags(tiny_data['data_dir'], workdir, *options))
   _, err = proc.communicate(timeout=600)
   assert proc.returncode == 0, err[-3000:]
   return workdir
 
 
+# Every option beyond the paper recipe, in two runs (mixup and CutMix do not
+# combine): each augmentation must be a pure function of (seed, step) and the
+# moving average must be checkpointed and resumed exactly.
+OPTION_SETS = {
+    'paper': (),
+    'mixup_and_the_rest': (
+        '--config.lr_schedule=cosine', '--config.warmup_steps=4',
+        '--config.label_smoothing=0.1', '--config.cutout_size=8',
+        '--config.mixup_alpha=0.4', '--config.augment_policy=trivialaugment',
+        '--config.ema_decay=0.9', '--config.flip_tta=True',
+        '--config.validation_size=16'),
+    'cutmix': ('--config.cutmix_alpha=1.0', '--config.ema_decay=0.5'),
+}
+
+
+@pytest.mark.parametrize('options', OPTION_SETS, ids=str)
 def test_kill_9_at_several_points_then_resume_is_bitwise_identical(
-    tiny_data, reference, tmp_path):
+    tiny_data, reference, tmp_path_factory, tmp_path, options):
+  extra = OPTION_SETS[options]
+  expected = reference if not extra else _reference_run(tiny_data, tmp_path_factory, extra)
   workdir = tmp_path / 'w'
-  for kill_after in (3, 12, 21):
-    proc = _start(_flags(tiny_data['data_dir'], workdir))
+  # The paper recipe is killed at three points; the option sets, whose
+  # stream and state code paths are the same, once mid-epoch.
+  for kill_after in ((3, 12, 21) if not extra else (13,)):
+    proc = _start(_flags(tiny_data['data_dir'], workdir, *extra))
     _wait_for_step(workdir, kill_after, proc)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL
-  proc = _start(_flags(tiny_data['data_dir'], workdir))
+  proc = _start(_flags(tiny_data['data_dir'], workdir, *extra))
   _, err = proc.communicate(timeout=600)
   assert proc.returncode == 0, err[-3000:]
   assert 'Resuming from the checkpoint at step' in err
-  _assert_bitwise_equal(tiny_config(tiny_data['data_dir']), reference, workdir)
+  config = tiny_config(tiny_data['data_dir'])
+  for flag in extra:
+    key, value = flag[len('--config.'):].split('=')
+    config[key] = type(config[key])(value if value != 'True' else True)
+  _assert_bitwise_equal(config, expected, workdir)
+  # The moving average was evaluated (and, resumed, evaluated the same).
+  key = {'paper': 'eval_accuracy', 'mixup_and_the_rest': 'ema_flip_val_accuracy',
+         'cutmix': 'ema_eval_accuracy'}[options]
+  assert any(key in l for l in _metrics(workdir))
 
 
 def test_sigterm_checkpoints_exits_and_resumes(tiny_data, reference, tmp_path):
@@ -157,6 +190,25 @@ def test_damaged_latest_checkpoint_is_set_aside(tiny_data, reference, tmp_path,
   names = os.listdir(workdir / 'checkpoints')
   assert f'{latest}.damaged' in names and str(latest) not in names
   assert not [n for n in names if 'tmp' in n]
+
+
+def test_eval_of_a_damaged_checkpoint_moves_nothing(tiny_data, reference, tmp_path,
+                                                   caplog):
+  """Evaluation only reads: a checkpoint it cannot restore (damaged, or of
+  another version's layout) is skipped, never renamed."""
+  config = tiny_config(tiny_data['data_dir'], num_train_steps=STEPS)
+  workdir = tmp_path / 'w'
+  shutil.copytree(reference, workdir)
+  checkpoints = workdir / 'checkpoints'
+  steps = sorted(int(s) for s in os.listdir(checkpoints) if s.isdigit())
+  _damage_truncate(checkpoints / str(steps[-1]))
+  before = sorted(os.listdir(checkpoints))
+  import logging
+  with caplog.at_level(logging.WARNING, logger='resnet_jax'):
+    result = train.evaluate_checkpoint(config, str(workdir))
+  assert result['step'] == steps[-2]
+  assert f'Checkpoint {steps[-1]} cannot be restored' in caplog.text
+  assert sorted(os.listdir(checkpoints)) == before
 
 
 def test_diverged_loss_stops_naming_the_step(tiny_data, tmp_path):

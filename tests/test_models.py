@@ -30,6 +30,11 @@ PARAM_TABLE = [
     ('preact_resnet164', 10, 'cifar', 1_703_258, 1.7),
     ('preact_resnet1001', 10, 'cifar', 10_327_706, 10.2),
     ('resnet18', 10, 'cifar', 11_173_962, None),
+    # By hand: stem 1,728; stages 147,968 + 525,184 + 2,098,944 + 8,392,192
+    # (convs, 1x1 projections, BatchNorm scale+bias); final BatchNorm 1,024;
+    # classifier 5,130. kuangliu/pytorch-cifar's PreActResNet18 has 11,171,146:
+    # it omits the final BN-ReLU that He et al. 2016 put before the pooling.
+    ('preact_resnet18', 10, 'cifar', 11_172_170, None),
     ('resnet18', 1000, 'imagenet', 11_689_512, 11.7),
     ('resnet34', 1000, 'imagenet', 21_797_672, 21.8),
     ('resnet50', 1000, 'imagenet', 25_557_032, 25.6),

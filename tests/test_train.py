@@ -182,10 +182,13 @@ def test_cli_train_then_eval(tiny_data, tmp_path):
 
 def test_cli_bad_input_is_one_line_and_leaves_no_trace(tmp_path):
   workdir = tmp_path / 'w'
-  for flag, message in [('--config.model=resnet21', 'unknown model'),
-                        ('--config.batch_size=12', 'does not divide evenly'),
-                        ('--config.learning_rate=0', 'learning_rate must be positive')]:
-    result = _cli(['--config', 'configs/cifar.py', '--workdir', str(workdir), flag])
+  for flags, message in [(['--config.model=resnet21'], 'unknown model'),
+                         (['--config.batch_size=12'], 'does not divide evenly'),
+                         (['--config.learning_rate=0'], 'learning_rate must be positive'),
+                         (['--config.ema_decay=1.5'], 'ema_decay must be in (0, 1)'),
+                         (['--config.mixup_alpha=1', '--config.cutmix_alpha=1'],
+                          'both on')]:
+    result = _cli(['--config', 'configs/cifar.py', '--workdir', str(workdir), *flags])
     assert result.returncode == 2, result.stderr[-2000:]
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith('error: ') and message in last

@@ -58,6 +58,18 @@ def test_every_config_field_is_sorted_into_recipe_or_runtime():
   assert recipe | runtime == set(cifar.get_config().keys()) == set(config_validation.FIELDS)
 
 
+def test_fields_added_later_count_as_their_default_for_older_runs():
+  default = cifar.get_config()
+  for field, value in config_validation.ADDED_LATER.items():
+    assert default[field] == value, field
+  older = {k: v for k, v in json.loads(default.to_json()).items()
+           if k not in config_validation.ADDED_LATER}
+  assert config_validation.config_changes(older, default) == ({}, {})
+  with_ema = cifar.get_config()
+  with_ema.ema_decay = 0.9  # Would change the checkpoint layout: refused.
+  assert config_validation.config_changes(older, with_ema)[0] == {'ema_decay': (0.0, 0.9)}
+
+
 def test_run_record_says_what_produced_the_workdir(finished):
   config, workdir = finished
   record = run_record.read(workdir)
