@@ -48,11 +48,11 @@ def _recipe(c: dict) -> str:
             else f"{c['num_epochs']:g} epochs")
   parts = [length, f"batch {c['batch_size']}", f"SGD lr {c['learning_rate']:g}"]
   bounds = c.get('lr_boundaries') or ()
-  if bounds:
+  if c.get('lr_schedule', 'piecewise') == 'cosine':
+    parts.append(f"cosine, warm-up {c['warmup_steps']} steps")
+  elif bounds:
     parts.append(f"x{c.get('lr_decay_factor', 0.1):g} at "
                  + '/'.join(f'{100 * b:g}%' for b in bounds))
-  if c.get('lr_schedule', 'piecewise') == 'cosine':
-    parts[-1:] = [f"cosine, warm-up {c['warmup_steps']} steps"]
   parts.append(f"wd {c['weight_decay']:g}")
   if c.get('augment', True):
     parts.append('crop+flip')
@@ -112,8 +112,10 @@ def markdown_row(s: dict) -> str:
   pct = lambda v: '-' if v is None else f'{100 * v:.2f}%'
   wall = f"{s['wall_seconds'] / 60:.1f} min" + ('' if s['complete'] else ' (unfinished)')
   rate = '-' if s['images_per_sec'] is None else f"{s['images_per_sec']:.0f}"
-  cells = (s['model'], s['framework'], s['recipe'], str(s['steps']),
-           f"{pct(s['final_accuracy'])} / {pct(s['best_accuracy'])}", wall, rate,
+  accuracy = f"{pct(s['final_accuracy'])} / {pct(s['best_accuracy'])}"
+  if s['metric'] != 'eval_accuracy':  # Say which weights and view.
+    accuracy += f" ({s['metric']})"
+  cells = (s['model'], s['framework'], s['recipe'], str(s['steps']), accuracy, wall, rate,
            s['device'], s['dataset'], s['date'])
   return '| ' + ' | '.join(cells) + ' |'
 

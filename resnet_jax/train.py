@@ -567,7 +567,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   outcome = {}
   try:
     result = _train(run, initial)
-    outcome.update(final_step=run.num_steps, **headline(result))
+    key, value = headline(result)
+    outcome.update({'final_step': run.num_steps, key: value})
     return result
   except errors.Stopped as e:
     outcome['stopped'] = str(e)
@@ -584,7 +585,7 @@ def _finished(run: _Run) -> dict:
   last = evals[-1] if evals else {}
   accuracy = 'no evaluation recorded'
   if last:
-    (key, value), = headline(last).items()
+    key, value = headline(last)
     split = 'validation' if key.startswith('val') else 'test'
     accuracy = f"{split} accuracy {100 * value:.2f}% at step {last['step']}"
   log.info('%s holds a complete run (step %d of %d, %s); nothing to do. '
@@ -594,13 +595,13 @@ def _finished(run: _Run) -> dict:
   return {k: v for k, v in last.items() if k.startswith(('eval_', 'val_'))}
 
 
-def headline(result: dict) -> dict:
-  """{key: value} of the accuracy that ranks checkpoints and ends a run's
-  summary: raw weights, plain view, the evaluated split; {} if none."""
+def headline(result: dict) -> Optional[tuple]:
+  """(key, value) of the accuracy that ranks checkpoints and ends a run's
+  summary: raw weights, plain view, the evaluated split; None if none."""
   for key in ('eval_accuracy', 'val_accuracy'):
     if key in result:
-      return {key: result[key]}
-  return {}
+      return key, result[key]
+  return None
 
 
 def _devices(dp: parallel.DataParallel, config: ml_collections.ConfigDict) -> dict:
@@ -689,7 +690,7 @@ def _train(run: _Run, initial: Optional[TrainState]) -> dict:
           eval_seconds += time.perf_counter() - eval_start
         if save_now:
           ckpt.save(done, dp.canonical_state(state), run.meta(),
-                    eval_accuracy=(*headline(result).values(),)[0] if eval_now else None)
+                    eval_accuracy=headline(result)[1] if eval_now else None)
         if stop:
           ckpt.wait()
           name = signal.Signals(guard.signum).name
