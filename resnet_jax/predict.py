@@ -24,6 +24,7 @@ import numpy as np
 from resnet_jax import errors
 from resnet_jax import input_pipeline
 from resnet_jax import logs
+from resnet_jax.logs import log
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Workdir of a trained run.')
 _STEP = flags.DEFINE_integer('step', None, 'Checkpoint step; default: the latest.')
@@ -113,6 +114,10 @@ def main(argv):
   if _JSON.value:
     print(json.dumps(results, indent=1))
   else:
+    done = [r for r in results if 'error' not in r]
+    if done:
+      log.info('Step %d, %s weights%s', done[0]['step'], done[0]['weights'],
+               ', flip test-time augmentation' if done[0]['flip_tta'] else '')
     for r in results:
       if 'error' in r:
         print(f'error: {r["error"]}', file=sys.stderr)
