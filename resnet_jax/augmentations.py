@@ -23,6 +23,7 @@ import dataclasses
 from typing import Optional
 
 import numpy as np
+from PIL import Image, ImageEnhance, ImageOps
 
 # Pillow draws with this fill where a geometric operation uncovers pixels.
 FILL = (128, 128, 128)
@@ -94,7 +95,6 @@ def trivialaugment_draws(rng: np.random.Generator, b: int):
 
 def apply_op(image: np.ndarray, op: str, magnitude: float) -> np.ndarray:
   """One TrivialAugment operation on a uint8 [H, W, 3] image."""
-  from PIL import Image, ImageEnhance, ImageOps
   im = Image.fromarray(image)
   affine = lambda coeffs: im.transform(im.size, Image.Transform.AFFINE, coeffs,
                                        fillcolor=FILL)
