@@ -33,7 +33,7 @@ import sys
 import time
 
 import numpy as np
-from resnet_jax import timing
+from resnet_jax.reporting import timing
 import torch
 from torch import nn
 import torch.nn.functional as F
@@ -142,7 +142,10 @@ def train(data: str, workdir: str, model: str = 'resnet20', epochs: float = 10.0
   Returns:
     The last evaluation: eval_loss, eval_accuracy, eval_examples.
   """
-  from resnet_jax import image_folder, input_pipeline, metrics_io, run_record
+  from resnet_jax.data import image_folder
+  from resnet_jax.data import input_pipeline
+  from resnet_jax.reporting import metrics_io
+  from resnet_jax.workdir import run_record
   if os.path.exists(os.path.join(workdir, 'metrics.jsonl')):
     raise SystemExit(f'error: {workdir} already holds a run; pass a new --workdir')
   _depth(model)  # A bad name fails before the data is read.

@@ -9,7 +9,7 @@ pad + random crop + flip.
   python -m resnet_jax.main --config configs/cifar.py:resnet56 --workdir runs/r56
 
 Any field can be overridden: `--config.batch_size=256`.
-`resnet_jax.config_validation.FIELDS` says what each one means
+`resnet_jax.workdir.config_validation.FIELDS` says what each one means
 (`python -m resnet_jax.main --help` prints it).
 """
 

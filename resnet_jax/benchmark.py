@@ -26,12 +26,12 @@ import jax
 import numpy as np
 from ml_collections import config_flags
 
-from resnet_jax import augmentations
-from resnet_jax import datasets
+from resnet_jax.data import augmentations
+from resnet_jax.data import datasets
 from resnet_jax import errors
-from resnet_jax import input_pipeline
+from resnet_jax.data import input_pipeline
 from resnet_jax import logs
-from resnet_jax import timing
+from resnet_jax.reporting import timing
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file.',
                                           lock_config=True)
@@ -60,20 +60,22 @@ def compiled_train_step(config):
     (data parallelism, train stream, placed state, compiled train step, eval
     step, device batch, compile seconds of the train step).
   """
-  from resnet_jax import train  # Heavy.
-  dp, source = train.preflight(config)
+  from resnet_jax.training import run_setup  # Heavy.
+  from resnet_jax.training import steps as train_steps
+  from resnet_jax.training import train_state
+  dp, source = run_setup.preflight(config)
   num_classes = source.num_classes
   b = config.batch_size
   split = synthetic_split(max(4 * b, 2048), num_classes, config.seed)
   stream = input_pipeline.TrainStream(split, b, config.seed, config.augment,
                                       jax.process_index(), jax.process_count(),
                                       augmentations.Options.from_config(config))
-  model = train.create_model(config, num_classes, dp.axis_name)
-  tx = train.create_optimizer(config, train.create_learning_rate_fn(config, 10**6))
-  state = dp.place_state(train.create_train_state(jax.random.key(config.seed), model, tx,
+  model = train_state.create_model(config, num_classes, dp.axis_name)
+  tx = train_state.create_optimizer(config, train_state.create_learning_rate_fn(config, 10**6))
+  state = dp.place_state(train_state.create_train_state(jax.random.key(config.seed), model, tx,
                                                  ema=config.ema_decay > 0))
   # Synthetic images: any normalisation times the same.
-  step_fn, eval_fn = train.compile_steps(dp, config, num_classes,
+  step_fn, eval_fn = train_steps.compile_steps(dp, config, num_classes,
                                          datasets.MEAN_STD['cifar10'])
   batch = dp.put_batch(stream.batch(0))
   start = time.perf_counter()
@@ -83,7 +85,7 @@ def compiled_train_step(config):
 
 def run(config, windows: int = 5, steps: int = 10, warmup: int = 3) -> dict:
   """Measures one config; returns the benchmark record."""
-  from resnet_jax import train  # Heavy.
+  from resnet_jax.training import train_state  # Heavy.
   dp, stream, state, step_fn, eval_fn, batch, compile_s = compiled_train_step(config)
   b = config.batch_size
 
@@ -142,7 +144,7 @@ def run(config, windows: int = 5, steps: int = 10, warmup: int = 3) -> dict:
       'model': config.model, 'batch_size': b,
       'dtype': 'bfloat16' if config.half_precision else 'float32',
       'parallelism': config.parallelism,
-      'store_conv_inputs': train.store_conv_inputs(config),
+      'store_conv_inputs': train_state.store_conv_inputs(config),
       'compile_seconds': round(compile_s, 2),
       'train_images_per_sec': round(train_rate, 1),
       'eval_images_per_sec': round(eval_rate, 1),

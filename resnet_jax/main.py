@@ -12,7 +12,7 @@ import os
 from absl import flags
 from ml_collections import config_flags
 
-from resnet_jax import distributed
+from resnet_jax.parallelism import distributed
 from resnet_jax import errors
 from resnet_jax import logs
 from resnet_jax.logs import log
@@ -31,7 +31,7 @@ flags.mark_flags_as_required(['config', 'workdir'])
 
 
 def _describe_fields() -> str:
-  from resnet_jax import config_validation
+  from resnet_jax.workdir import config_validation
   width = max(map(len, config_validation.FIELDS))
   return '\n'.join(f'  --config.{k:<{width}}  {v}'
                    for k, v in config_validation.FIELDS.items())
@@ -49,15 +49,17 @@ def main(argv):
                                  _PROCESS_ID.value)
   logs.setup()
   log.info('Runtime: %s', setup)
-  from resnet_jax import train  # After flag parsing: keeps --help fast.
+  from resnet_jax.training import evaluation
+  from resnet_jax.training import loop
+  from resnet_jax.training import run_setup  # After flag parsing: keeps --help fast.
   workdir = _WORKDIR.value
-  train.preflight(_CONFIG.value)  # Refuse a bad config before touching anything.
+  run_setup.preflight(_CONFIG.value)  # Refuse a bad config before touching anything.
   if _MODE.value == 'eval':
     if not os.path.isdir(workdir):
       raise errors.UserError(f'workdir {workdir} does not exist; pass the '
                              '--workdir of a trained run')
     step = None if _CONFIG.value.eval_step == -1 else _CONFIG.value.eval_step
-    result = train.evaluate_checkpoint(_CONFIG.value, workdir, step)
+    result = evaluation.evaluate_checkpoint(_CONFIG.value, workdir, step)
     others = ', '.join(f'{k[:-len("eval_accuracy")].rstrip("_")} {100 * v:.2f}%'
                        for k, v in result.items()
                        if k.endswith('_eval_accuracy') and k != 'eval_accuracy')
@@ -68,7 +70,7 @@ def main(argv):
     return
   # Creates the workdir only once the run is accepted; refused while another
   # run holds it.
-  train.train_and_evaluate(_CONFIG.value, workdir)
+  loop.train_and_evaluate(_CONFIG.value, workdir)
 
 
 if __name__ == '__main__':

@@ -22,7 +22,7 @@ import jax
 import numpy as np
 
 from resnet_jax import errors
-from resnet_jax import input_pipeline
+from resnet_jax.data import input_pipeline
 from resnet_jax import logs
 from resnet_jax.logs import log
 
@@ -97,8 +97,8 @@ def predict(workdir: str, paths: List[str], top_k: int = 5, step=None,
 
 
 def _load(workdir, step, ema):
-  from resnet_jax import train  # Heavy; after argument checks.
-  return train.load_for_inference(workdir, step, prefer_ema=ema)
+  from resnet_jax.training import inference  # Heavy; after argument checks.
+  return inference.load_for_inference(workdir, step, prefer_ema=ema)
 
 
 def main(argv):

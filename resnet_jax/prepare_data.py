@@ -29,7 +29,7 @@ from absl import flags
 import numpy as np
 
 from resnet_jax import errors
-from resnet_jax import image_folder
+from resnet_jax.data import image_folder
 from resnet_jax import logs
 from resnet_jax.logs import log
 
@@ -282,7 +282,7 @@ def prepare(archive: str, data_dir: str) -> dict:
   if not official:
     log.warning('%s is not the official %s archive (its MD5 differs); '
                     'building from it anyway', archive, layout.dataset)
-  from resnet_jax import datasets
+  from resnet_jax.data import datasets
   tfds, _ = datasets.import_tfds()  # Heavy import, after the cheap checks.
 
   os.makedirs(data_dir, exist_ok=True)

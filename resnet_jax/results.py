@@ -29,8 +29,8 @@ import sys
 from absl import flags
 
 from resnet_jax import errors
-from resnet_jax import metrics_io
-from resnet_jax import run_record
+from resnet_jax.reporting import metrics_io
+from resnet_jax.workdir import run_record
 
 # Not --json: resnet_jax.predict defines that, and absl flags are global.
 _FORMAT = flags.DEFINE_enum('format', 'markdown', ['markdown', 'json'],

@@ -10,8 +10,9 @@ import jax.numpy as jnp
 import pytest
 
 from resnet_jax import benchmark
-from resnet_jax import datasets
-from resnet_jax import train
+from resnet_jax.data import datasets
+from resnet_jax.training import steps
+from resnet_jax.training import train_state
 from tests.conftest import tiny_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -66,12 +67,12 @@ def test_torch_python_that_is_not_an_interpreter_is_one_error_line(tmp_path):
 
 def test_half_precision_keeps_parameters_optimizer_and_stats_float32(tiny_data):
   config = tiny_config(tiny_data['data_dir'], half_precision=True)
-  model = train.create_model(config, 10)
-  tx = train.create_optimizer(config, lambda s: 0.1)
-  state = train.create_train_state(jax.random.key(0), model, tx)
+  model = train_state.create_model(config, 10)
+  tx = train_state.create_optimizer(config, lambda s: 0.1)
+  state = train_state.create_train_state(jax.random.key(0), model, tx)
   batch = {'image': jnp.zeros((4, 32, 32, 3), jnp.uint8) + 100,
            'label': jnp.arange(4) % 10}
-  state, metrics = jax.jit(lambda s, b: train.train_step(
+  state, metrics = jax.jit(lambda s, b: steps.train_step(
       s, b, mean_std=datasets.MEAN_STD['cifar10'], dtype=jnp.bfloat16, seed=0))(state, batch)
   dtypes = {x.dtype for x in jax.tree.leaves((state.params, state.opt_state,
                                               state.batch_stats))
@@ -82,7 +83,7 @@ def test_half_precision_keeps_parameters_optimizer_and_stats_float32(tiny_data):
 def test_store_conv_inputs_is_on_for_cpu_under_auto():
   config = tiny_config(None)
   assert config.store_conv_inputs == 'auto' and jax.default_backend() == 'cpu'
-  assert train.store_conv_inputs(config)
+  assert train_state.store_conv_inputs(config)
   config.store_conv_inputs = 'off'
-  assert not train.store_conv_inputs(config)
-  assert not train.create_model(config, 10).store_conv_inputs
+  assert not train_state.store_conv_inputs(config)
+  assert not train_state.create_model(config, 10).store_conv_inputs

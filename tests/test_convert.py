@@ -6,7 +6,7 @@ import pytest
 
 torch = pytest.importorskip('torch')
 
-from resnet_jax import convert  # noqa: E402
+from resnet_jax.training import convert  # noqa: E402
 from resnet_jax import errors  # noqa: E402
 from resnet_jax import models  # noqa: E402
 from tests import torch_resnet  # noqa: E402
@@ -58,16 +58,17 @@ def test_stem_and_classes_are_read_from_the_weights():
 
 
 def test_init_from_replaces_the_classifier_and_keeps_the_rest(tmp_path, tiny_data):
-  from resnet_jax import train
+  from resnet_jax.training import init_from
+  from resnet_jax.training import train_state
   from tests.conftest import tiny_config
   net = _torch_model('resnet18', 1000, 'cifar')
   path = tmp_path / 'imagenet_like.pth'
   torch.save({'state_dict': net.state_dict()}, path)
   config = tiny_config(tiny_data['data_dir'], model='resnet18', init_from=str(path))
-  model = train.create_model(config, 10)
-  tx = train.create_optimizer(config, lambda s: 0.1)
-  fresh = train.create_train_state(jax.random.key(0), model, tx)
-  state = train.init_from_torch(fresh, config, num_classes=10)
+  model = train_state.create_model(config, 10)
+  tx = train_state.create_optimizer(config, lambda s: 0.1)
+  fresh = train_state.create_train_state(jax.random.key(0), model, tx)
+  state = init_from.init_from_torch(fresh, config, num_classes=10)
   converted = convert.from_torch('resnet18', net.state_dict())
   np.testing.assert_array_equal(state.params['layer4_1']['conv2']['kernel'],
                                 converted['params']['layer4_1']['conv2']['kernel'])
@@ -78,4 +79,4 @@ def test_init_from_replaces_the_classifier_and_keeps_the_rest(tmp_path, tiny_dat
                                 fresh.params['fc']['kernel'])
   config.stem = 'imagenet'
   with pytest.raises(errors.UserError, match='set --config.stem=cifar'):
-    train.init_from_torch(fresh, config, num_classes=10)
+    init_from.init_from_torch(fresh, config, num_classes=10)

@@ -13,9 +13,11 @@ import jax
 import numpy as np
 import pytest
 
-from resnet_jax import datasets
+from resnet_jax.data import datasets
 from resnet_jax import errors
-from resnet_jax import train
+from resnet_jax.training import evaluation
+from resnet_jax.training import loop
+from resnet_jax.training import run_setup
 from tests.conftest import tiny_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -60,7 +62,7 @@ def _metrics(workdir):
 
 
 def _final(config, workdir):
-  run = train._Run(config, str(workdir), need_train=False)
+  run = run_setup.Run(config, str(workdir), need_train=False)
   state = jax.device_get(run.restore())
   run.ckpt.close()
   return state
@@ -179,7 +181,7 @@ def test_damaged_latest_checkpoint_is_set_aside(tiny_data, reference, tmp_path,
   import logging
   with caplog.at_level(logging.WARNING, logger='resnet_jax'):
     # What a resuming run does: take the workdir, open for writing, restore.
-    run = train._Run(config, str(workdir), need_train=True)
+    run = run_setup.Run(config, str(workdir), need_train=True)
     run.hold(write_checkpoints=True)
     run.restore()
     run.release()
@@ -205,7 +207,7 @@ def test_eval_of_a_damaged_checkpoint_moves_nothing(tiny_data, reference, tmp_pa
   before = sorted(os.listdir(checkpoints))
   import logging
   with caplog.at_level(logging.WARNING, logger='resnet_jax'):
-    result = train.evaluate_checkpoint(config, str(workdir))
+    result = evaluation.evaluate_checkpoint(config, str(workdir))
   assert result['step'] == steps[-2]
   assert f'Checkpoint {steps[-1]} cannot be restored' in caplog.text
   assert sorted(os.listdir(checkpoints)) == before
@@ -326,7 +328,7 @@ def test_a_failed_save_stops_and_the_same_command_resumes(tiny_data, reference,
   config = tiny_config(tiny_data['data_dir'], num_train_steps=STEPS, log_every_steps=1,
                        checkpoint_every_steps=5)
   with pytest.raises(errors.Stopped) as stopped:
-    train.train_and_evaluate(config, str(workdir))
+    loop.train_and_evaluate(config, str(workdir))
   message = str(stopped.value)
   print(message)
   assert stopped.value.exit_code == 4
@@ -335,7 +337,7 @@ def test_a_failed_save_stops_and_the_same_command_resumes(tiny_data, reference,
   assert 'the checkpoint of step 5 is intact' in message
   assert sorted(int(n) for n in os.listdir(workdir / 'checkpoints') if n.isdigit()) == [4, 5]
   monkeypatch.setattr(handler.JsonCheckpointHandler, '_save_fn', real)  # Disk freed.
-  train.train_and_evaluate(config, str(workdir))
+  loop.train_and_evaluate(config, str(workdir))
   _assert_bitwise_equal(config, reference, workdir)
 
 
@@ -348,5 +350,5 @@ def test_missing_dataset_without_network_writes_nothing(tmp_path, monkeypatch):
     before = _listing(tmp_path)
     config = tiny_config(str(tmp_path / 'empty'))
     with pytest.raises(errors.UserError, match='python -m resnet_jax.prepare_data'):
-      train.train_and_evaluate(config, str(workdir))
+      loop.train_and_evaluate(config, str(workdir))
     assert _listing(tmp_path) == before  # No checkpoints/, no lock, no workdir.

@@ -11,9 +11,9 @@ import tarfile
 import numpy as np
 import pytest
 
-from resnet_jax import datasets
+from resnet_jax.data import datasets
 from resnet_jax import errors
-from resnet_jax import image_folder
+from resnet_jax.data import image_folder
 from resnet_jax import prepare_data
 from tests import cifar_archives
 
@@ -181,7 +181,7 @@ def test_train_eval_predict_without_tensorflow(tiny_folder, tmp_path):
   predicted = json.loads(result.stdout)[0]['predictions']
   assert {p['class'] for p in predicted} <= set(cifar_archives.CLASSES)
   # The checkpoint carries the measured normalisation that eval and predict use.
-  from resnet_jax import checkpointing
+  from resnet_jax.workdir import checkpointing
   ckpt = checkpointing.Checkpoints(str(workdir / 'checkpoints'))
   meta = ckpt.read_meta()
   ckpt.close()

@@ -2,8 +2,8 @@
 
 import numpy as np
 
-from resnet_jax import datasets
-from resnet_jax import input_pipeline
+from resnet_jax.data import datasets
+from resnet_jax.data import input_pipeline
 
 
 def _split(n, seed=0):

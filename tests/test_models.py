@@ -7,7 +7,7 @@ import optax
 import pytest
 
 from resnet_jax import models
-from resnet_jax import summary
+from resnet_jax.reporting import summary
 
 
 def _num_params(model, image=32):

@@ -8,7 +8,7 @@ import sys
 import jax
 import pytest
 
-from resnet_jax import train
+from resnet_jax.training import run_setup
 from tests.conftest import STEP_RTOL, relative_differences, tiny_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -31,7 +31,7 @@ def _lines(workdir):
 
 def _state_at(tiny_data, workdir, step):
   config = tiny_config(tiny_data['data_dir'])
-  run = train._Run(config, workdir, need_train=False)
+  run = run_setup.Run(config, workdir, need_train=False)
   state = jax.device_get(run.restore(step))
   run.release()
   return state
@@ -106,9 +106,9 @@ def test_launcher_usage_errors_exit_2(args):
 
 
 def test_every_process_refuses_a_busy_workdir(tiny_data, tmp_path):
-  from resnet_jax import workdir_lock
+  from resnet_jax.workdir import run_lock
   workdir = tmp_path / 'w'
-  lock = workdir_lock.Lock(str(workdir))  # This test process holds it.
+  lock = run_lock.Lock(str(workdir))  # This test process holds it.
   try:
     result = _run(['./launch.sh', 'configs/cifar.py', str(workdir), '--nproc', '2',
                    f'--config.data_dir={tiny_data["data_dir"]}', '--config.model=resnet8',

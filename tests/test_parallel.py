@@ -21,9 +21,10 @@ import numpy as np
 import pytest
 
 from resnet_jax import errors
-from resnet_jax import input_pipeline
-from resnet_jax import parallel
-from resnet_jax import train
+from resnet_jax.data import input_pipeline
+from resnet_jax.parallelism import data_parallel
+from resnet_jax.training import loop
+from resnet_jax.training import run_setup
 from tests.conftest import STEP_RTOL, relative_differences, tiny_config
 
 BATCH = 16
@@ -33,7 +34,7 @@ def _one_step(tiny_data, tmp_path, strategy, num_devices, **overrides):
   """(loss, state after one step) from the seed's initial state on batch 0."""
   config = tiny_config(tiny_data['data_dir'], parallelism=strategy, batch_size=BATCH,
                        num_devices=num_devices, **overrides)
-  run = train._Run(config, str(tmp_path / f'{strategy}{num_devices}'), need_train=True)
+  run = run_setup.Run(config, str(tmp_path / f'{strategy}{num_devices}'), need_train=True)
   state = run.dp.place_state(run.init_state())
   stream = input_pipeline.TrainStream(run.train, config.batch_size, config.seed)
   state, metrics = run.p_train_step(state, run.dp.put_batch(stream.batch(0)))
@@ -66,7 +67,7 @@ def test_stored_conv_inputs_leave_the_trajectory_bitwise_unchanged(tiny_data, tm
   # or without: 20 steps end in identical bits.
   def trajectory(store):
     config = tiny_config(tiny_data['data_dir'], batch_size=BATCH, store_conv_inputs=store)
-    run = train._Run(config, str(tmp_path / store), need_train=True)
+    run = run_setup.Run(config, str(tmp_path / store), need_train=True)
     state = run.dp.place_state(run.init_state())
     stream = input_pipeline.TrainStream(run.train, config.batch_size, config.seed)
     losses = []
@@ -84,7 +85,7 @@ def test_stored_conv_inputs_leave_the_trajectory_bitwise_unchanged(tiny_data, tm
 
 def test_pmap_replicas_hold_identical_batch_stats(tiny_data, tmp_path):
   config = tiny_config(tiny_data['data_dir'], parallelism='pmap')
-  run = train._Run(config, str(tmp_path / 'w'), need_train=True)
+  run = run_setup.Run(config, str(tmp_path / 'w'), need_train=True)
   state = run.dp.place_state(run.init_state())
   stream = input_pipeline.TrainStream(run.train, config.batch_size, config.seed)
   state, _ = run.p_train_step(state, run.dp.put_batch(stream.batch(0)))
@@ -100,8 +101,8 @@ def test_checkpoint_restores_across_strategy_and_device_count(tiny_data, tmp_pat
   workdir = str(tmp_path / 'w')
   cfg = lambda p, n: tiny_config(tiny_data['data_dir'], parallelism=p, num_devices=n,
                                  num_train_steps=4)
-  train.train_and_evaluate(cfg(*first), workdir)
-  runs = {layout: train._Run(cfg(*layout), workdir, need_train=True)
+  loop.train_and_evaluate(cfg(*first), workdir)
+  runs = {layout: run_setup.Run(cfg(*layout), workdir, need_train=True)
           for layout in (first, second)}
   saved = {layout: run.restore() for layout, run in runs.items()}
   # The checkpoint holds one canonical layout: both restore the same bits.
@@ -121,10 +122,10 @@ def test_checkpoint_restores_across_strategy_and_device_count(tiny_data, tmp_pat
 
 
 def test_indivisible_batch_and_bad_device_count_are_refused():
-  dp = parallel.DataParallel('jit')
+  dp = data_parallel.DataParallel('jit')
   with pytest.raises(errors.UserError, match='multiple of 8'):
     dp.check_batch(12)
   with pytest.raises(errors.UserError, match='num_devices 9'):
-    parallel.DataParallel('jit', 9)
+    data_parallel.DataParallel('jit', 9)
   with pytest.raises(errors.UserError, match='parallelism'):
-    parallel.DataParallel('pjit')
+    data_parallel.DataParallel('pjit')

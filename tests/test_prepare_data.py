@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from resnet_jax import errors
-from resnet_jax import datasets
+from resnet_jax.data import datasets
 from resnet_jax import prepare_data
 from tests import cifar_archives
 

@@ -12,14 +12,19 @@ import optax
 import pytest
 
 from configs import cifar
-from resnet_jax import augmentations
+from resnet_jax.data import augmentations
 from resnet_jax import benchmark
-from resnet_jax import config_validation
-from resnet_jax import datasets
+from resnet_jax.workdir import config_validation
+from resnet_jax.data import datasets
 from resnet_jax import errors
-from resnet_jax import input_pipeline
+from resnet_jax.data import input_pipeline
 from resnet_jax import results
-from resnet_jax import train
+from resnet_jax.training import evaluation
+from resnet_jax.training import inference
+from resnet_jax.training import loop
+from resnet_jax.training import run_setup
+from resnet_jax.training import steps
+from resnet_jax.training import train_state
 from tests.conftest import tiny_config
 
 SPLIT = benchmark.synthetic_split(96, 10, seed=3)
@@ -150,7 +155,7 @@ def test_mixup_and_cutout_reach_the_normalised_images():
   erase[:, 3:9, 5:11] = True
   lam = np.array([0.25] * 4, np.float32)
   mean_std = datasets.MEAN_STD['cifar10']
-  images = train.train_images({'image': a, 'mix_image': b, 'mix_lam': lam,
+  images = steps.train_images({'image': a, 'mix_image': b, 'mix_lam': lam,
                                'erase': erase}, mean_std, jnp.float32)
   norm = lambda x: np.asarray(input_pipeline.normalize(x, mean_std))
   expected = np.where(erase[..., None], 0.0, 0.25 * norm(a) + 0.75 * norm(b))
@@ -166,22 +171,22 @@ def test_loss_and_accuracy_mix_and_smooth_the_labels():
   logp = np.asarray(jax.nn.log_softmax(logits))
   ce = lambda y: -logp[np.arange(6), y]
   batch = {'label': label, 'mix_label': other, 'mix_lam': lam}
-  np.testing.assert_allclose(train._loss(logits, batch, 0.0),
+  np.testing.assert_allclose(steps._loss(logits, batch, 0.0),
                              np.mean(0.3 * ce(label) + 0.7 * ce(other)), rtol=1e-6)
   # Smoothing 0.1 over 10 classes: 0.91 on the label, 0.01 elsewhere.
   smooth = -(0.9 * logp[np.arange(6), label] + 0.01 * logp.sum(1))
-  np.testing.assert_allclose(train._loss(logits, {'label': label}, 0.1), smooth.mean(),
+  np.testing.assert_allclose(steps._loss(logits, {'label': label}, 0.1), smooth.mean(),
                              rtol=1e-6)
   plain = -logp[np.arange(6), label].mean()
-  np.testing.assert_allclose(train._loss(logits, {'label': label}, 0.0), plain, rtol=1e-6)
+  np.testing.assert_allclose(steps._loss(logits, {'label': label}, 0.0), plain, rtol=1e-6)
   pred = logp.argmax(1)
   expected = np.mean(0.3 * (pred == label) + 0.7 * (pred == other))
-  np.testing.assert_allclose(train._accuracy(logits, batch), expected, rtol=1e-6)
+  np.testing.assert_allclose(steps._accuracy(logits, batch), expected, rtol=1e-6)
 
 
 def test_ema_follows_the_parameters_with_a_warming_decay(tiny_data, tmp_path):
   config = tiny_config(tiny_data['data_dir'], ema_decay=0.9, num_devices=1)
-  run = train._Run(config, str(tmp_path / 'w'), need_train=True)
+  run = run_setup.Run(config, str(tmp_path / 'w'), need_train=True)
   state = run.dp.place_state(run.init_state())
   stream = input_pipeline.TrainStream(run.train, 16, 0)
   # Copies to the host: the step donates (frees) the state it is given.
@@ -210,7 +215,7 @@ def test_cosine_schedule_warms_up_linearly_then_decays_to_zero():
   config = ml_collections.ConfigDict(dict(
       lr_schedule='cosine', learning_rate=0.1, warmup_steps=10, warmup_lr=0.0,
       lr_boundaries=(0.5,), lr_decay_factor=0.1))
-  fn = train.create_learning_rate_fn(config, 110)
+  fn = train_state.create_learning_rate_fn(config, 110)
   lr = lambda s: float(fn(s))
   assert lr(0) == 0.0 and lr(5) == pytest.approx(0.05, rel=1e-6)
   assert lr(10) == pytest.approx(0.1, rel=1e-6)
@@ -218,7 +223,7 @@ def test_cosine_schedule_warms_up_linearly_then_decays_to_zero():
   assert lr(35) == pytest.approx(0.05 * (1 + np.cos(np.pi / 4)), rel=1e-5)
   assert lr(110) == pytest.approx(0.0, abs=1e-9)
   config.warmup_steps = 0
-  assert float(train.create_learning_rate_fn(config, 110)(0)) == pytest.approx(0.1)
+  assert float(train_state.create_learning_rate_fn(config, 110)(0)) == pytest.approx(0.1)
 
 
 def test_validation_split_is_fixed_by_the_seed_and_disjoint():
@@ -291,7 +296,7 @@ def modern_run(tiny_data, tmp_path_factory):
                        lr_schedule='cosine', warmup_steps=2, label_smoothing=0.1,
                        cutout_size=8, mixup_alpha=0.2, augment_policy='trivialaugment',
                        ema_decay=0.9, flip_tta=True, eval_every_epochs=1.0)
-  train.train_and_evaluate(config, workdir)
+  loop.train_and_evaluate(config, workdir)
   return config, workdir
 
 
@@ -316,14 +321,14 @@ def test_training_evaluates_the_validation_split_only(modern_run):
 
 def test_eval_reports_raw_ema_and_flip_views_of_the_test_split(modern_run, tiny_data):
   config, workdir = modern_run
-  result = train.evaluate_checkpoint(config, workdir)
+  result = evaluation.evaluate_checkpoint(config, workdir)
   with open(os.path.join(workdir, 'eval.json')) as f:
     saved = json.load(f)
   assert saved['split'] == 'test' and saved['weights'] == ['raw', 'ema']
   assert saved['flip_tta'] and saved['eval_examples'] == 20
   assert saved['ema_flip_eval_accuracy'] == result['ema_flip_eval_accuracy']
   # The flip view by hand: the mean of the two softmaxes of the raw weights.
-  _, model, variables, _, _, mean_std, weights = train.load_for_inference(workdir)
+  _, model, variables, _, _, mean_std, weights = inference.load_for_inference(workdir)
   assert weights == 'raw'
   images = input_pipeline.normalize(tiny_data['arrays']['test'][0], mean_std)
   probs = (jax.nn.softmax(model.apply(variables, images, train=False))
@@ -333,7 +338,7 @@ def test_eval_reports_raw_ema_and_flip_views_of_the_test_split(modern_run, tiny_
   np.testing.assert_allclose(saved['flip_eval_loss'],
                              -np.mean(np.log(probs[np.arange(20), labels])), rtol=1e-5)
   # The EMA view evaluates the averaged weights.
-  _, _, ema_vars, _, _, _, weights = train.load_for_inference(workdir, prefer_ema=True)
+  _, _, ema_vars, _, _, _, weights = inference.load_for_inference(workdir, prefer_ema=True)
   assert weights == 'ema'
   logits = model.apply(ema_vars, images, train=False)
   assert saved['ema_eval_accuracy'] == np.mean(np.argmax(logits, -1) == labels)
@@ -352,7 +357,7 @@ def test_predict_uses_the_average_and_flip_when_asked(modern_run, tiny_data, tmp
   path = str(tmp_path / 'a.png')
   image = tiny_data['arrays']['test'][0][0]
   Image.fromarray(image).save(path)
-  _, model, ema_vars, names, _, mean_std, _ = train.load_for_inference(
+  _, model, ema_vars, names, _, mean_std, _ = inference.load_for_inference(
       workdir, prefer_ema=True)
   x = input_pipeline.normalize(image[None], mean_std)
   expected = (jax.nn.softmax(model.apply(ema_vars, x, train=False))

@@ -11,7 +11,9 @@ import jax
 import numpy as np
 import pytest
 
-from resnet_jax import train
+from resnet_jax.training import evaluation
+from resnet_jax.training import loop
+from resnet_jax.training import run_setup
 from tests.conftest import tiny_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -26,7 +28,7 @@ def _metrics(workdir):
 
 
 def _final_state(config, workdir):
-  run = train._Run(config, workdir, need_train=False)
+  run = run_setup.Run(config, workdir, need_train=False)
   state = jax.device_get(run.restore())
   run.ckpt.close()
   return state
@@ -37,7 +39,7 @@ def trained(tiny_data, tmp_path_factory):
   """A 12-step run (checkpoints at 4, 8, 12; evaluations at each epoch)."""
   workdir = str(tmp_path_factory.mktemp('run') / 'w')
   config = tiny_config(tiny_data['data_dir'], num_train_steps=12)
-  result = train.train_and_evaluate(config, workdir)
+  result = loop.train_and_evaluate(config, workdir)
   return config, workdir, result
 
 
@@ -68,7 +70,7 @@ def test_resume_continues_exactly(trained, tmp_path, caplog):
   # As if killed between the checkpoints of steps 8 and 12.
   shutil.rmtree(os.path.join(resumed, 'checkpoints', '12'))
   with caplog.at_level(logging.INFO, logger='resnet_jax'):
-    train.train_and_evaluate(config, resumed)
+    loop.train_and_evaluate(config, resumed)
   assert 'Resuming from the checkpoint at step 8' in caplog.text
   assert _metrics(resumed) == _metrics(workdir)
   a, b = _final_state(config, workdir), _final_state(config, resumed)
@@ -79,7 +81,7 @@ def test_resume_continues_exactly(trained, tmp_path, caplog):
 
 def test_eval_mode_restores_and_writes_eval_json(trained, tiny_data):
   config, workdir, result = trained
-  out = train.evaluate_checkpoint(config, workdir)
+  out = evaluation.evaluate_checkpoint(config, workdir)
   with open(os.path.join(workdir, 'eval.json')) as f:
     saved = json.load(f)
   assert saved['step'] == 12 and saved['eval_examples'] == 20
@@ -102,10 +104,10 @@ def test_eval_mode_restores_and_writes_eval_json(trained, tiny_data):
 
 def test_eval_mode_restores_a_chosen_step(trained):
   config, workdir, _ = trained
-  assert train.evaluate_checkpoint(config, workdir, step=8)['step'] == 8
+  assert evaluation.evaluate_checkpoint(config, workdir, step=8)['step'] == 8
   from resnet_jax import errors
   with pytest.raises(errors.UserError, match='no checkpoint of step 5'):
-    train.evaluate_checkpoint(config, workdir, step=5)
+    evaluation.evaluate_checkpoint(config, workdir, step=5)
 
 
 def test_tensorboard_events_and_curves_are_written(trained):

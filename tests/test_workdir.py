@@ -14,10 +14,13 @@ import numpy as np
 import pytest
 
 from configs import cifar
-from resnet_jax import config_validation
+from resnet_jax.workdir import config_validation
 from resnet_jax import errors
-from resnet_jax import run_record
-from resnet_jax import train
+from resnet_jax.workdir import run_record
+from resnet_jax.training import inference
+from resnet_jax.training import init_from
+from resnet_jax.training import loop
+from resnet_jax.training import run_setup
 from tests import cifar_archives
 from tests.conftest import tiny_config
 from tests.test_fault_tolerance import _listing
@@ -30,7 +33,7 @@ def finished(tiny_data, tmp_path_factory):
   """A complete 8-step run (checkpoints at 4 and 8)."""
   workdir = str(tmp_path_factory.mktemp('fin') / 'w')
   config = tiny_config(tiny_data['data_dir'])
-  train.train_and_evaluate(config, workdir)
+  loop.train_and_evaluate(config, workdir)
   return config, workdir
 
 
@@ -46,7 +49,7 @@ def _train_cli(tiny_data, workdir, *extra):
 
 
 def _final(config, workdir):
-  run = train._Run(config, workdir, need_train=False)
+  run = run_setup.Run(config, workdir, need_train=False)
   state = jax.device_get(run.restore())
   run.release()
   return state
@@ -108,7 +111,7 @@ def test_a_changed_recipe_is_refused_leaving_the_workdir_as_it_was(tiny_data, fi
 def test_a_longer_schedule_is_refused_with_the_way_to_train_longer(tiny_data, finished):
   _, workdir = finished
   with pytest.raises(errors.UserError, match=f'num_train_steps 8 -> 12.*init_from={workdir}'):
-    train.train_and_evaluate(tiny_config(tiny_data['data_dir'], num_train_steps=12),
+    loop.train_and_evaluate(tiny_config(tiny_data['data_dir'], num_train_steps=12),
                              workdir)
 
 
@@ -126,7 +129,7 @@ def test_resume_with_new_cadence_and_fewer_devices_reaches_the_end(tiny_data, fi
     shutil.rmtree(workdir / 'checkpoints' / '8')  # As if killed after step 4.
     caplog.clear()
     with caplog.at_level(logging.INFO, logger='resnet_jax'):
-      train.train_and_evaluate(tiny_config(tiny_data['data_dir'], **change), str(workdir))
+      loop.train_and_evaluate(tiny_config(tiny_data['data_dir'], **change), str(workdir))
     assert line in caplog.text
     record = run_record.read(str(workdir))
     first, resumed = record['sessions']
@@ -163,12 +166,12 @@ def test_init_from_a_run_gives_its_logits_and_a_new_head_for_new_classes(
     tiny_data, finished, tmp_path):
   config, source = finished
   images = np.random.default_rng(0).normal(size=(4, 32, 32, 3))
-  _, model, variables, *_ = train.load_for_inference(source)
+  _, model, variables, *_ = inference.load_for_inference(source)
   want = _logits(model, variables, images)
-  for init_from in (source, os.path.join(source, 'checkpoints', '8')):
-    new = tiny_config(tiny_data['data_dir'], init_from=init_from)
-    run = train._Run(new, str(tmp_path / 'new'), need_train=True)
-    state = train.init_from_run(run.init_state(), new, run.num_classes)
+  for path in (source, os.path.join(source, 'checkpoints', '8')):
+    new = tiny_config(tiny_data['data_dir'], init_from=path)
+    run = run_setup.Run(new, str(tmp_path / 'new'), need_train=True)
+    state = init_from.init_from_run(run.init_state(), new, run.num_classes)
     got = _logits(run.model, {'params': state.params, 'batch_stats': state.batch_stats},
                   images)
     np.testing.assert_array_equal(got, want)
@@ -180,22 +183,22 @@ def test_init_from_a_run_gives_its_logits_and_a_new_head_for_new_classes(
            ((s, arrays[s]) for s in arrays) for l in [arrays[s][1]]}
   cifar_archives.write_image_folder(tmp_path / 'data', three, 'three')
   new = tiny_config(str(tmp_path / 'data'), dataset='three', init_from=source)
-  run = train._Run(new, str(tmp_path / 'three'), need_train=True)
-  state = train.init_from_run(run.init_state(), new, run.num_classes)
+  run = run_setup.Run(new, str(tmp_path / 'three'), need_train=True)
+  state = init_from.init_from_run(run.init_state(), new, run.num_classes)
   assert state.params['fc']['kernel'].shape == (64, 3)
   for name in variables['params']:
     if name != 'fc':
       jax.tree.map(np.testing.assert_array_equal, state.params[name],
                    variables['params'][name])
   # And the whole run trains from it through the command line's path.
-  train.train_and_evaluate(tiny_config(str(tmp_path / 'data'), dataset='three',
+  loop.train_and_evaluate(tiny_config(str(tmp_path / 'data'), dataset='three',
                                        init_from=source, num_train_steps=2),
                            str(tmp_path / 'three'))
   with pytest.raises(errors.UserError, match='is a resnet8 run but the config asks for '
                                              'resnet20'):
     bad = tiny_config(tiny_data['data_dir'], init_from=source, model='resnet20')
-    run = train._Run(bad, str(tmp_path / 'bad'), need_train=True)
-    train.init_from_run(run.init_state(), bad, run.num_classes)
+    run = run_setup.Run(bad, str(tmp_path / 'bad'), need_train=True)
+    init_from.init_from_run(run.init_state(), bad, run.num_classes)
 
 
 def test_results_rows_come_from_the_workdir(finished):

@@ -10,8 +10,8 @@ from ml_collections import config_flags
 import pytest
 
 from configs import cifar
-from resnet_jax import config_validation
-from resnet_jax import progress
+from resnet_jax.workdir import config_validation
+from resnet_jax.reporting import progress
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

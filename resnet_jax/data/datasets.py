@@ -16,7 +16,7 @@ from typing import Optional
 import numpy as np
 
 from resnet_jax import errors
-from resnet_jax import image_folder
+from resnet_jax.data import image_folder
 
 # Per-channel statistics of the tfds training splits, on the [0, 1] scale.
 # Image-folder datasets get theirs measured (`normalization`).
@@ -83,7 +83,7 @@ def hold_out(train, size: int, seed: int) -> tuple:
   Raises:
     errors.UserError: when `size` leaves no training images.
   """
-  from resnet_jax import input_pipeline
+  from resnet_jax.data import input_pipeline
   if size >= len(train):
     raise errors.UserError(f'validation_size {size} leaves no training images (the '
                            f'training split has {len(train)}); set '
@@ -119,7 +119,7 @@ def _load_tfds(dataset: str, split: str, data_dir: Optional[str]):
   Raises:
     errors.UserError: the dataset is not there and cannot be downloaded.
   """
-  from resnet_jax import input_pipeline
+  from resnet_jax.data import input_pipeline
   tfds, tf = import_tfds()
   # tf.data must not grab an accelerator that JAX owns.
   tf.config.set_visible_devices([], 'GPU')

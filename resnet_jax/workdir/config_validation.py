@@ -5,8 +5,8 @@ import os
 
 import ml_collections
 
-from resnet_jax import augmentations
-from resnet_jax import datasets
+from resnet_jax.data import augmentations
+from resnet_jax.data import datasets
 from resnet_jax import errors
 from resnet_jax import models
 

@@ -25,7 +25,7 @@ from jax.experimental import multihost_utils
 import numpy as np
 
 from resnet_jax import errors
-from resnet_jax import run_record
+from resnet_jax.workdir import run_record
 
 FILE = 'run.lock'
 

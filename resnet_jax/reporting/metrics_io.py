@@ -11,7 +11,7 @@ from typing import Iterable, Optional
 import jax
 import numpy as np
 
-from resnet_jax import plots
+from resnet_jax.reporting import plots
 from resnet_jax.logs import log
 
 

@@ -95,7 +95,7 @@ def load_split(root: str, split: str):
   Returns:
     An `input_pipeline.Split`: images in class order, files sorted by name.
   """
-  from resnet_jax import input_pipeline
+  from resnet_jax.data import input_pipeline
   names = class_names(root)
   paths, labels = _files(root, split, names)
   # Pillow releases the GIL while decoding: threads use every core.

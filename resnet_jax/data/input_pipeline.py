@@ -21,7 +21,7 @@ from typing import Callable, Iterator, Optional
 import jax.numpy as jnp
 import numpy as np
 
-from resnet_jax import augmentations
+from resnet_jax.data import augmentations
 from resnet_jax import errors
 
 PAD = 4

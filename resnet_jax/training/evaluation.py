@@ -1,0 +1,96 @@
+"""Evaluation: a split's metrics during training, and a checkpoint's eval.json."""
+
+import os
+from typing import Callable, Optional
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from resnet_jax.data import input_pipeline
+from resnet_jax.parallelism import data_parallel
+from resnet_jax.reporting import metrics_io
+from resnet_jax.reporting import plots
+from resnet_jax.training import run_setup
+from resnet_jax.training import train_state
+
+
+def evaluate(dp: data_parallel.DataParallel, p_eval_step: Callable, state: train_state.TrainState,
+             split: input_pipeline.Split, config: ml_collections.ConfigDict,
+             split_name: str = 'test') -> dict:
+  """Evaluates on every example of `split` exactly once, with the raw weights
+  and, when the state has them, the moving-average ones.
+
+  Returns:
+    `{weights}{view}{split}_{metric}`: weights '' (raw) or 'ema_', view ''
+    or 'flip_' (flip test-time augmentation), split 'eval' (test) or 'val'
+    (validation), metric loss, accuracy, top5_accuracy (fractions); also
+    `{split}_examples` and the raw plain confusion matrix (rows: true class,
+    columns: predicted).
+  """
+  prefix = SPLIT_PREFIX[split_name]
+  variants = {'': state}
+  if train_state.ema_of(state) is not None:
+    variants['ema_'] = train_state.ema_variables(state)
+  result = {}
+  for weights, s in variants.items():
+    totals = None
+    for batch in input_pipeline.eval_batches(split, config.eval_batch_size,
+                                             jax.process_index(), jax.process_count()):
+      sums = p_eval_step(s, dp.put_batch(batch))
+      totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+    for view, t in dp.fetch(totals).items():
+      name, n = weights + view + prefix, float(t['count'])
+      result.update({f'{name}_loss': float(t['loss']) / n,
+                     f'{name}_accuracy': float(t['correct']) / n,
+                     f'{name}_top5_accuracy': float(t['top5']) / n})
+      if not weights and not view:
+        result[f'{prefix}_examples'] = int(round(n))
+        result['confusion'] = np.rint(t['confusion']).astype(np.int64)
+  return result
+
+
+# Metric-name prefixes of the evaluated splits.
+SPLIT_PREFIX = {'test': 'eval', 'validation': 'val'}
+
+
+def headline(result: dict) -> Optional[tuple]:
+  """(key, value) of the accuracy that ranks checkpoints and ends a run's
+  summary: raw weights, plain view, the evaluated split; None if none."""
+  for key in ('eval_accuracy', 'val_accuracy'):
+    if key in result:
+      return key, result[key]
+  return None
+
+
+def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
+                        step: Optional[int] = None) -> dict:
+  """Restores a checkpoint of `workdir`, evaluates the test split, writes eval.json."""
+  run = run_setup.Run(config, workdir, need_train=False)
+  run.hold(write_checkpoints=False)  # eval.json and confusion.png are written.
+  try:
+    return _evaluate_checkpoint(run, step)
+  finally:
+    run.release()
+
+
+def _evaluate_checkpoint(run: run_setup.Run, step: Optional[int]) -> dict:
+  config, workdir = run.config, run.workdir
+  state = run.restore(step)
+  result = evaluate(run.dp, run.p_eval_step, state, run.test, config)
+  confusion = result['confusion']
+  per_class = np.diag(confusion) / np.maximum(confusion.sum(1), 1)
+  names = list(run.test.class_names)
+  result = {'step': run.ckpt.restored_step, 'split': 'test',
+            'weights': ['raw', 'ema'] if train_state.ema_of(state) is not None else ['raw'],
+            'flip_tta': bool(config.flip_tta), **metrics_io.scalars(result),
+            'per_class_accuracy': dict(zip(names, per_class.tolist())),
+            'class_names': names,
+            'confusion_matrix': confusion.tolist()}
+  if jax.process_index() == 0:
+    metrics_io.write_json(os.path.join(workdir, 'eval.json'), result)
+    plots.draw_confusion(confusion, names, os.path.join(workdir, 'confusion.png'),
+                         f"{config.model}, step {result['step']}: "
+                         f"{100 * result['eval_accuracy']:.2f}% accuracy")
+  return result

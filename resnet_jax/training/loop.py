@@ -1,0 +1,198 @@
+"""The training loop of a run: resume, train, evaluate, checkpoint, stop."""
+
+import json
+import os
+import signal
+import time
+from typing import Optional
+
+import jax
+import ml_collections
+
+from resnet_jax import errors
+from resnet_jax.data import augmentations
+from resnet_jax.data import input_pipeline
+from resnet_jax.logs import log
+from resnet_jax.parallelism import data_parallel
+from resnet_jax.reporting import metrics_io
+from resnet_jax.reporting import progress
+from resnet_jax.reporting import summary
+from resnet_jax.training import evaluation
+from resnet_jax.training import init_from
+from resnet_jax.training import run_setup
+from resnet_jax.training import train_state
+from resnet_jax.workdir import preemption
+from resnet_jax.workdir import run_record
+
+
+def _report_resume(run: run_setup.Run, devices: dict) -> None:
+  """One line for what a resume changes: runtime fields and devices."""
+  if run.runtime_changes:
+    log.info('Resuming with changed settings that leave the numbers alone: %s',
+             ', '.join(f'{k} {a!r} -> {b!r}' for k, (a, b)
+                       in sorted(run.runtime_changes.items())))
+  record = run_record.read(run.workdir) if jax.process_index() == 0 else None
+  before = record['sessions'][-1] if record and record.get('sessions') else None
+  if before and (before.get('device_count'), before.get('parallelism')) != (
+      devices['device_count'], devices['parallelism']):
+    log.info('Resuming on %d device(s) with %s; the checkpoint was written on %s '
+             'with %s. The numbers differ only by float rounding.',
+             devices['device_count'], devices['parallelism'],
+             before.get('device_count'), before.get('parallelism'))
+
+
+def _eval_steps(num_steps: int, batch: int, num_examples: int, every: float) -> set:
+  """Steps after which a (possibly fractional) epoch multiple is completed."""
+  span = num_examples * every
+  return {s for s in range(1, num_steps + 1)
+          if (s * batch) // span > ((s - 1) * batch) // span} | {num_steps}
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Trains (resuming from the latest checkpoint in `workdir`), evaluating
+  after every `eval_every_epochs` epochs and at the end.
+
+  Returns:
+    The last evaluation's metrics.
+  """
+  run = run_setup.Run(config, workdir, need_train=True)
+  if run.ckpt.latest_step() == run.num_steps:
+    return _finished(run)  # Nothing to do, nothing written.
+  initial = None
+  if config.init_from and run.ckpt.latest_step() is None:
+    # Read (and maybe refused) before the workdir is touched.
+    init = init_from.init_from_run if os.path.isdir(config.init_from) else init_from.init_from_torch
+    initial = init(run.init_state(), config, run.num_classes)
+  run.hold(write_checkpoints=True)
+  outcome = {}
+  try:
+    result = _train(run, initial)
+    key, value = evaluation.headline(result)
+    outcome.update({'final_step': run.num_steps, key: value})
+    return result
+  except errors.Stopped as e:
+    outcome['stopped'] = str(e)
+    raise
+  finally:
+    run.release()
+    if jax.process_index() == 0:
+      run_record.end_session(workdir, outcome)
+
+
+def _finished(run: run_setup.Run) -> dict:
+  """A complete run started again: says so and returns its last evaluation."""
+  evals = [l for l in metrics_io.read_lines(run.workdir) if evaluation.headline(l)]
+  last = evals[-1] if evals else {}
+  accuracy = 'no evaluation recorded'
+  if last:
+    key, value = evaluation.headline(last)
+    split = 'validation' if key.startswith('val') else 'test'
+    accuracy = f"{split} accuracy {100 * value:.2f}% at step {last['step']}"
+  log.info('%s holds a complete run (step %d of %d, %s); nothing to do. '
+           '--mode=eval evaluates it; a new --workdir starts a new run.',
+           run.workdir, run.num_steps, run.num_steps, accuracy)
+  run.release()
+  return {k: v for k, v in last.items() if k.startswith(('eval_', 'val_'))}
+
+
+def _devices(dp: data_parallel.DataParallel, config: ml_collections.ConfigDict) -> dict:
+  device = dp.devices[0]
+  return {'device_kind': device.device_kind, 'platform': device.platform,
+          'device_count': len(dp.devices), 'process_count': jax.process_count(),
+          'parallelism': config.parallelism}
+
+
+def _train(run: run_setup.Run, initial: Optional[train_state.TrainState]) -> dict:
+  """The loop of `train_and_evaluate`, on a held workdir."""
+  config, workdir, dp, ckpt = run.config, run.workdir, run.dp, run.ckpt
+  if ckpt.latest_step() is not None:
+    state = run.restore()  # The newest intact checkpoint.
+    start = ckpt.restored_step
+    log.info('Resuming from the checkpoint at step %d in %s', start, ckpt.directory)
+  else:
+    start = 0
+    state = dp.place_state(initial if initial is not None else run.init_state())
+  devices = _devices(dp, config)
+  if start:
+    _report_resume(run, devices)
+  if jax.process_index() == 0:
+    run_record.start_session(workdir, json.loads(config.to_json()),
+                             f'jax {jax.__version__}', {**devices, 'start_step': start},
+                             changed={k: {'stored': a, 'now': b} for k, (a, b)
+                                      in run.runtime_changes.items()})
+    for line in summary.describe(run.model, config.model):
+      log.info('%s', line)
+  stream = input_pipeline.TrainStream(
+      run.train, config.batch_size, config.seed, config.augment,
+      jax.process_index(), jax.process_count(),
+      augmentations.Options.from_config(config))
+  split_name, eval_split = run.eval_split()
+  eval_at = _eval_steps(run.num_steps, config.batch_size, len(run.train),
+                        config.eval_every_epochs)
+  log.info('Training %s on %s: %d steps of %d images (%.2f epochs) on %d %s '
+           'device(s), %s', config.model, config.dataset, run.num_steps,
+           config.batch_size, stream.epoch_at(run.num_steps), len(dp.devices),
+           jax.devices()[0].platform, config.parallelism)
+  bar = progress.Progress(run.num_steps, len(run.train) / config.batch_size, start,
+                          enabled=None if jax.process_index() == 0 else False)
+  writer = metrics_io.MetricsWriter(workdir, resume_step=start, progress=bar)
+  pending, last_time, last_step, eval_seconds = [], time.perf_counter(), start, 0.0
+  result = None
+  batches = input_pipeline.prefetch(stream.batch, dp.put_batch,
+                                    range(start, run.num_steps))
+  try:
+    with preemption.Guard(ckpt) as guard:
+      for step, batch in zip(range(start, run.num_steps), batches):
+        state, metrics = run.p_train_step(state, batch)
+        pending.append(metrics)  # Read at log time: the host never waits per step.
+        done = step + 1
+        bar.step(done)
+        stop = guard.should_stop(done)
+        log_now = done % config.log_every_steps == 0 or done == run.num_steps
+        eval_now = done in eval_at
+        save_now = (done % config.checkpoint_every_steps == 0 or done == run.num_steps
+                    or eval_now or stop)
+        if log_now or save_now:
+          # Never log or checkpoint past a diverged step.
+          fetched = dp.fetch(pending)
+          bad = metrics_io.first_nonfinite(range(last_step + 1, done + 1),
+                                           [m['train_loss'] for m in fetched])
+          if bad:
+            raise errors.Stopped(
+                f'training loss is {bad[1]} at step {bad[0]}; the last good '
+                f'checkpoint (step {ckpt.latest_step()}) is kept. Lower '
+                '--config.learning_rate or check the data, then start a new workdir '
+                'or resume from it', exit_code=3)
+        if log_now:
+          logged = metrics_io.mean_metrics(fetched)
+          now = time.perf_counter()
+          logged['learning_rate'] = float(f'{float(run.lr_fn(step)):.6g}')
+          logged['images_per_sec'] = ((done - last_step) * config.batch_size
+                                      / (now - last_time - eval_seconds))
+          logged['epoch'] = stream.epoch_at(done)
+          writer.write(done, logged, total=run.num_steps)
+          pending, last_time, last_step, eval_seconds = [], now, done, 0.0
+        if eval_now:
+          eval_start = time.perf_counter()
+          result = evaluation.evaluate(dp, run.p_eval_step, state, eval_split, config, split_name)
+          writer.write(done, {**metrics_io.scalars(result),
+                              'epoch': stream.epoch_at(done)}, total=run.num_steps)
+          # Evaluation time is not billed to training speed.
+          eval_seconds += time.perf_counter() - eval_start
+        if save_now:
+          ckpt.save(done, dp.canonical_state(state), run.meta(),
+                    eval_accuracy=evaluation.headline(result)[1] if eval_now else None)
+        if stop:
+          ckpt.wait()
+          name = signal.Signals(guard.signum).name
+          log.info('Received %s: saved the checkpoint of step %d; run the same '
+                   'command to resume', name, done)
+          raise errors.Stopped(f'{name} at step {done}; checkpoint saved, run the '
+                               'same command to resume', exit_code=128 + guard.signum)
+    ckpt.wait()  # A failed last save stops the run here, not silently.
+  finally:  # Also on a stop: bars ended, events flushed.
+    bar.close()
+    writer.close()
+  if result is None:  # Resumed at the end: evaluate what is there.
+    result = evaluation.evaluate(dp, run.p_eval_step, state, eval_split, config, split_name)
+  return result

@@ -1,0 +1,127 @@
+"""What train and eval modes share: the checked config, data, model and steps."""
+
+import json
+import os
+from typing import Optional
+
+import jax
+import ml_collections
+
+from resnet_jax import errors
+from resnet_jax.data import datasets
+from resnet_jax.parallelism import data_parallel
+from resnet_jax.training import steps
+from resnet_jax.training import train_state
+from resnet_jax.workdir import checkpointing
+from resnet_jax.workdir import config_validation
+from resnet_jax.workdir import run_lock
+
+
+def preflight(config: ml_collections.ConfigDict):
+  """Checks the config against itself, the data and the devices, before any
+  work; reads no images and writes nothing.
+
+  Returns:
+    (data parallelism, dataset source).
+  """
+  source = config_validation.validate(config)
+  dp = data_parallel.DataParallel(config.parallelism, config.num_devices)
+  dp.check_batch(config.batch_size, 'batch_size')
+  dp.check_batch(config.eval_batch_size, 'eval_batch_size')
+  return dp, source
+
+
+class Run:
+  """What train and eval modes share: validated config, data, model, steps.
+
+  Constructing it reads (config, checkpoints, data) and writes nothing, so
+  every refusal leaves the workdir as it was; `hold()` then takes the workdir.
+  """
+
+  def __init__(self, config: ml_collections.ConfigDict, workdir: str,
+               need_train: bool):
+    self.config = config
+    self.workdir = workdir
+    self.dp, self.source = preflight(config)
+    run_lock.check_free(workdir)  # Refuse a busy workdir before reading data.
+    self.ckpt = checkpointing.Checkpoints(os.path.join(workdir, 'checkpoints'),
+                                          keep=config.keep_checkpoints)
+    stored = self.ckpt.read_meta()
+    checkpointing.check_compatible(self.ckpt, stored, config, self.source.num_classes)
+    stored_config = json.loads(stored['config']) if stored else None
+    # Resuming must not blend two recipes (eval needs only the model).
+    self.runtime_changes = (config_validation.check_resume(stored_config, config, workdir)
+                            if stored and need_train else {})
+    # The checkpoints' layout follows the run that wrote them.
+    self.has_ema = (stored_config or config).get('ema_decay', 0.0) > 0
+    self.test = datasets.load_split(self.source, 'test')
+    self.train = datasets.load_split(self.source, 'train') if need_train else None
+    self.validation = None
+    if need_train and config.validation_size:
+      self.train, self.validation = datasets.hold_out(
+          self.train, config.validation_size, config.seed)
+    self.num_classes = self.source.num_classes
+    self.mean_std = _mean_std(stored, self.source, self.train)
+    self.model = train_state.create_model(config, self.num_classes, self.dp.axis_name)
+    self.num_steps = train_state.total_steps(config, len(self.train) if need_train else 1)
+    if need_train and config.warmup_steps >= self.num_steps:
+      raise errors.UserError(f'warmup_steps {config.warmup_steps} is not shorter than '
+                             f'the run ({self.num_steps} steps); set '
+                             '--config.warmup_steps lower')
+    self.lr_fn = train_state.create_learning_rate_fn(config, self.num_steps)
+    self.tx = train_state.create_optimizer(config, self.lr_fn)
+    self.p_train_step, self.p_eval_step = steps.compile_steps(
+        self.dp, config, self.num_classes, self.mean_std)
+    self.lock = None
+
+  def hold(self, write_checkpoints: bool) -> None:
+    """Takes the workdir (refusing if another run holds it) and, for
+    training, opens the checkpoints for writing."""
+    self.lock = run_lock.Lock(self.workdir)
+    if write_checkpoints:
+      self.ckpt.open_for_writing()
+
+  def release(self) -> None:
+    self.ckpt.close()
+    if self.lock:
+      self.lock.release()
+
+  def init_state(self) -> train_state.TrainState:
+    return train_state.create_train_state(jax.random.key(self.config.seed), self.model, self.tx,
+                              ema=self.has_ema)
+
+  def eval_split(self) -> tuple:
+    """(name, split) that training evaluates: the validation split when one
+    is held out (the test split is then left for one final look)."""
+    if self.validation is not None:
+      return 'validation', self.validation
+    return 'test', self.test
+
+  def restore(self, step: Optional[int] = None):
+    """The checkpointed state at `step` (default latest), placed for the step."""
+    state = self.ckpt.restore(train_state.abstract_state(self.init_state, self.dp), step)
+    return self.dp.place_state(state)
+
+  def meta(self) -> dict:
+    return {'model': self.config.model, 'dataset': self.config.dataset,
+            'num_classes': self.num_classes, 'config': self.config.to_json(),
+            'class_names': list(self.test.class_names),
+            'mean': list(self.mean_std[0]), 'std': list(self.mean_std[1])}
+
+
+def _mean_std(meta: Optional[dict], source: datasets.Source, train_split) -> tuple:
+  """The normalisation a run uses: its checkpoints' (so a resumed run, eval
+  and predict use what training used), else the dataset's."""
+  if meta:
+    return stored_mean_std(meta, source.name)
+  if train_split is None and source.kind == 'image_folder':
+    train_split = datasets.load_split(source, 'train')
+  return datasets.normalization(source, train_split)
+
+
+def stored_mean_std(meta: dict, dataset: str) -> tuple:
+  """(mean, std) of a checkpoint's metadata; checkpoints written before
+  image-folder datasets existed are tfds CIFAR runs with the published values."""
+  if 'mean' in meta:
+    return tuple(meta['mean']), tuple(meta['std'])
+  return datasets.MEAN_STD[dataset]

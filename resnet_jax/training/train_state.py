@@ -1,0 +1,148 @@
+"""The train state and what creates it: model, schedule, optimizer, EMA."""
+
+from typing import Any, Callable, Optional
+
+from flax.training import train_state as flax_train_state
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+from resnet_jax import models
+from resnet_jax.parallelism import data_parallel
+
+
+class TrainState(flax_train_state.TrainState):
+  """Flax's TrainState plus BatchNorm running statistics."""
+  batch_stats: Any = None
+
+
+class EmaTrainState(TrainState):
+  """A TrainState that also keeps, with `ema_decay`, the exponential moving
+  average of the parameters and BatchNorm statistics ({'params',
+  'batch_stats'}). A subclass, so runs without it keep the checkpoint layout
+  of `TrainState` (and checkpoints written before it existed restore)."""
+  ema: Any = None
+
+
+def ema_of(state: TrainState) -> Optional[dict]:
+  """The moving-average weights of `state`, None when it keeps none."""
+  return getattr(state, 'ema', None)
+
+
+# ----------------------------------------------------------------------------
+# Model, schedule, optimizer, state.
+# ----------------------------------------------------------------------------
+
+def compute_dtype(config: ml_collections.ConfigDict):
+  return jnp.bfloat16 if config.half_precision else jnp.float32
+
+
+def create_model(config: ml_collections.ConfigDict, num_classes: int,
+                 axis_name: Optional[str] = None) -> models.ResNet:
+  """The config's model, for `num_classes` outputs."""
+  return models.create_model(
+      config.model, num_classes, stem=config.stem,
+      shortcut=config.shortcut or None, dropout_rate=config.dropout_rate,
+      zero_init_residual=config.zero_init_residual,
+      bn_momentum=config.bn_momentum, bn_epsilon=config.bn_epsilon,
+      dtype=compute_dtype(config), axis_name=axis_name,
+      store_conv_inputs=store_conv_inputs(config))
+
+
+def store_conv_inputs(config: ml_collections.ConfigDict) -> bool:
+  """Resolves `store_conv_inputs`: 'auto' turns it on where it was measured
+  to help (XLA:CPU, see BENCHMARKS.md) and leaves other backends alone."""
+  # .get: configs saved by checkpoints before this field existed lack it.
+  value = config.get('store_conv_inputs', 'auto')
+  if value == 'auto':
+    return jax.default_backend() == 'cpu'
+  return value == 'on'
+
+
+def total_steps(config: ml_collections.ConfigDict, num_train_examples: int) -> int:
+  """`num_train_steps`, or `num_epochs` worth of steps when it is -1."""
+  if config.num_train_steps > 0:
+    return int(config.num_train_steps)
+  return max(1, int(round(config.num_epochs * num_train_examples / config.batch_size)))
+
+
+def create_learning_rate_fn(config: ml_collections.ConfigDict,
+                            num_steps: int) -> optax.Schedule:
+  """The learning rate of each (0-based) step.
+
+  'piecewise' (default): constant, multiplied by `lr_decay_factor` at each of
+  `lr_boundaries` (fractions of the run). With the defaults and 64k steps it is
+  0.1 for steps [0, 32000), 0.01 for [32000, 48000) and 0.001 from 48000, as in
+  He et al. 2015. An optional constant warmup (the paper's 0.01 for ResNet-110)
+  replaces the first `warmup_steps` values.
+
+  'cosine': linear from `warmup_lr` to `learning_rate` over `warmup_steps`,
+  then half a cosine down to 0 at the end of the run (Loshchilov & Hutter 2017,
+  without restarts; Goyal et al. 2017's gradual warmup).
+  """
+  if config.get('lr_schedule', 'piecewise') == 'cosine':
+    return optax.warmup_cosine_decay_schedule(
+        init_value=config.warmup_lr if config.warmup_steps > 0 else config.learning_rate,
+        peak_value=config.learning_rate, warmup_steps=max(0, config.warmup_steps),
+        # (Restoring for inference builds a schedule for 1 step.)
+        decay_steps=max(num_steps, config.warmup_steps + 1), end_value=0.0)
+  boundaries = {int(round(f * num_steps)): config.lr_decay_factor
+                for f in config.lr_boundaries}
+  schedule = optax.piecewise_constant_schedule(config.learning_rate, boundaries)
+  if config.warmup_steps <= 0:
+    return schedule
+  # A constant warmup that keeps the boundaries at their absolute steps
+  # (optax.join_schedules would shift the later schedule).
+  return lambda step: jnp.where(step < config.warmup_steps, config.warmup_lr,
+                                schedule(step))
+
+
+def create_optimizer(config: ml_collections.ConfigDict,
+                     learning_rate_fn: optax.Schedule) -> optax.GradientTransformation:
+  """SGD with momentum and coupled weight decay on conv and dense kernels.
+
+  The decay is added to the gradient before momentum, as in the paper's
+  Caffe/Torch training (`g + wd * w`), not decoupled as in AdamW. BatchNorm
+  parameters and biases are not decayed.
+  """
+  kernels = lambda params: jax.tree.map(lambda p: p.ndim > 1, params)
+  return optax.chain(
+      optax.add_decayed_weights(config.weight_decay, mask=kernels),
+      optax.sgd(learning_rate_fn, momentum=config.momentum or None,
+                nesterov=config.nesterov))
+
+
+def create_train_state(rng: jax.Array, model: models.ResNet,
+                       tx: optax.GradientTransformation,
+                       ema: bool = False) -> TrainState:
+  """Initialises parameters, BatchNorm statistics and optimizer state (and
+  their moving average, starting at the initial values, with `ema`)."""
+  variables = model.init(rng, jnp.zeros((1, 32, 32, 3), jnp.float32), train=False)
+  fields = dict(apply_fn=model.apply, params=variables['params'],
+                batch_stats=variables['batch_stats'], tx=tx)
+  if ema:
+    return EmaTrainState.create(**fields, ema=dict(variables))
+  return TrainState.create(**fields)
+
+
+def ema_variables(state: TrainState) -> TrainState:
+  """`state` evaluating with its moving-average weights."""
+  return state.replace(params=state.ema['params'], batch_stats=state.ema['batch_stats'])
+
+
+def ema_update(ema: dict, params, batch_stats, step, decay: float) -> dict:
+  """One moving-average step. The decay ramps up as (1 + t) / (10 + t) to
+  `decay` (the warm-up of TensorFlow's ExponentialMovingAverage with
+  num_updates), so short runs do not average in the random initialisation."""
+  d = jnp.minimum(decay, (1.0 + step) / (10.0 + step)).astype(jnp.float32)
+  new = {'params': params, 'batch_stats': batch_stats}
+  return jax.tree.map(lambda e, x: d * e + (1.0 - d) * x, ema, new)
+
+
+
+def abstract_state(init_fn: Callable[[], TrainState], dp: data_parallel.DataParallel):
+  """Shapes, dtypes and replicated shardings of the state, for restoring."""
+  return jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=dp.replicated),
+      jax.eval_shape(init_fn))

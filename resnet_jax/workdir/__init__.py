@@ -1,0 +1,13 @@
+"""The run's workdir: what makes one folder one reproducible run.
+
+- `checkpointing`: orbax checkpoints with their metadata, retention, damaged
+  checkpoints set aside.
+- `run_lock`: one run per workdir (an OS file lock).
+- `run_record`: run.json, the sessions of a run and its identity.
+- `preemption`: SIGTERM/SIGINT -> checkpoint and exit.
+- `config_validation`: the config checked against itself and against the
+  run a workdir holds.
+
+Imports: `resnet_jax.errors`, `logs`, `models`, `resnet_jax.data` and this
+folder.
+"""
