@@ -38,9 +38,23 @@ main=("$PYTHON" -m resnet_jax.main --config "$config" --workdir "$workdir")
 
 if [[ $nproc -gt 1 ]]; then
   port=${RESNET_JAX_PORT:-$((20000 + RANDOM % 20000))}
+  # On a GPU host each process gets its own share of the GPUs (else every
+  # process would see, and preallocate memory on, all of them).
+  gpus=0
+  if [[ -z ${CUDA_VISIBLE_DEVICES+x} ]] && command -v nvidia-smi >/dev/null; then
+    gpus=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU ' || true)
+  fi
+  if [[ $gpus -gt 0 && $((gpus % nproc)) -ne 0 ]]; then
+    echo "error: $gpus GPUs do not split evenly over --nproc $nproc; pass a divisor of $gpus" >&2
+    exit 2
+  fi
   pids=()
   trap 'kill -TERM "${pids[@]}" 2>/dev/null || true' TERM INT
   for ((i = 0; i < nproc; i++)); do
+    if [[ $gpus -gt 0 ]]; then
+      share=$((gpus / nproc))
+      export CUDA_VISIBLE_DEVICES=$(seq -s, $((i * share)) $((i * share + share - 1)))
+    fi
     "${main[@]}" --coordinator_address="localhost:$port" --num_processes="$nproc" \
       --process_id="$i" ${args[@]+"${args[@]}"} &
     pids+=($!)

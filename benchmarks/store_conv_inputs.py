@@ -31,7 +31,7 @@ def main(argv):
   for setting in ('on', 'off'):
     config = FLAGS.config.copy_and_resolve_references()
     config.store_conv_inputs = setting
-    _, _, state, step, _, batch, _ = benchmark.compiled_train_step(config)
+    _, _, state, step, _, batch, _, _ = benchmark.compiled_train_step(config)
     for _ in range(2):  # Warm-up.
       state, metrics = step(state, batch)
     jax.block_until_ready(metrics)

@@ -16,8 +16,10 @@ Training, with `--data` (an image-folder dataset, `NAME/train/<class>/*`):
       --epochs 10
 
 The training images are decoded by resnet_jax's own reader and batched by its
-`TrainStream` (same seed: the same example order and the same crop and flip
-draws as `python -m resnet_jax.main`), normalised with the mean/std measured on
+host pipeline's `TrainStream` (same seed: the same example order and the same
+crop and flip draws as `python -m resnet_jax.main --config.input_pipeline=host`;
+the default device pipeline draws from the same distributions with
+`jax.random`), normalised with the mean/std measured on
 the training split, and the learning rate is divided by 10 at 50% and 75% of
 the run. So the two frameworks see identical pixels and batches; only the
 initial weights and the arithmetic differ. The workdir gets `metrics.jsonl` and
@@ -86,34 +88,53 @@ class CifarResNet(nn.Module):
     return self.fc(x.mean((2, 3)))
 
 
+def device() -> torch.device:
+  """CUDA when present (the comparison a GPU user makes), else the CPU."""
+  return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+
+
 def run(model: str, batch_size: int, windows: int = 5, steps: int = 10,
-        warmup: int = 3) -> dict:
-  """Train and eval images/s of the CIFAR ResNet `model` (e.g. 'resnet20')."""
+        warmup: int = 3, bf16: bool = False) -> dict:
+  """Train and eval images/s of the CIFAR ResNet `model` (e.g. 'resnet20'),
+  on `device()`: on a GPU with its usual fast settings (channels_last memory
+  layout, cuDNN autotuning) and, with `bf16`, bfloat16 autocast."""
   torch.manual_seed(0)
-  net = CifarResNet(_depth(model))
+  dev = device()
+  layout = torch.channels_last if dev.type == 'cuda' else torch.contiguous_format
+  torch.backends.cudnn.benchmark = True
+  net = CifarResNet(_depth(model)).to(dev, memory_format=layout)
   opt = _optimizer(net, 0.1, 1e-4)
-  x = torch.randn(batch_size, 3, 32, 32)
-  y = torch.randint(0, 10, (batch_size,))
+  x = torch.randn(batch_size, 3, 32, 32, device=dev).contiguous(memory_format=layout)
+  y = torch.randint(0, 10, (batch_size,), device=dev)
+  autocast = lambda: torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16)
+  sync = torch.cuda.synchronize if dev.type == 'cuda' else (lambda: None)
 
   def train_window(n=steps):
     net.train()
     for _ in range(n):
       opt.zero_grad(set_to_none=True)
-      F.cross_entropy(net(x), y).backward()
+      with autocast():
+        loss = F.cross_entropy(net(x), y)
+      loss.backward()
       opt.step()
+    sync()  # The window ends when the device is done.
 
   def eval_window():
     net.eval()
-    with torch.no_grad():
+    with torch.no_grad(), autocast():
       for _ in range(steps):
         net(x)
+    sync()
 
   train_window(warmup)
   train_rate = timing.median_rate(train_window, steps * batch_size, windows)
   eval_window()
   eval_rate = timing.median_rate(eval_window, steps * batch_size, windows)
+  name = torch.cuda.get_device_name() if dev.type == 'cuda' else platform.processor() or 'cpu'
   return {'framework': f'torch {torch.__version__} eager', 'threads': torch.get_num_threads(),
-          'python': platform.python_version(),
+          'python': platform.python_version(), 'device': dev.type, 'device_name': name,
+          'dtype': 'bfloat16' if bf16 else 'float32',
+          'memory_format': 'channels_last' if dev.type == 'cuda' else 'contiguous',
           'model': model, 'batch_size': batch_size,
           'train_images_per_sec': round(train_rate, 1),
           'eval_images_per_sec': round(eval_rate, 1)}
@@ -235,6 +256,7 @@ if __name__ == '__main__':
   parser.add_argument('--windows', type=int, default=5)
   parser.add_argument('--steps', type=int, default=10)
   parser.add_argument('--warmup', type=int, default=3)
+  parser.add_argument('--bf16', action='store_true', help='bfloat16 autocast')
   parser.add_argument('--data', help='image-folder dataset to train on (NAME/train, '
                       'NAME/test); without it, time synthetic batches')
   parser.add_argument('--workdir', help='where a training run writes (with --data)')
@@ -249,4 +271,4 @@ if __name__ == '__main__':
                            args.batch_size, args.learning_rate, seed=args.seed)))
   else:
     print(json.dumps(run(args.model, args.batch_size, args.windows, args.steps,
-                         args.warmup), indent=1))
+                         args.warmup, args.bf16), indent=1))

@@ -62,6 +62,9 @@ def get_config(preset: str = '') -> ml_collections.ConfigDict:
   c.weight_decay = 1e-4
   # Runtime.
   c.parallelism = 'jit'
+  c.input_pipeline = 'auto'
+  c.steps_per_call = -1
+  c.input_workers = -1
   c.num_devices = -1
   c.seed = 0
   c.log_every_steps = 100
@@ -107,7 +110,7 @@ PRESETS = {
     # Xie et al. 2017: 300 epochs, lr 0.1 /10 at epochs 150 and 225, wd 5e-4.
     'resnext29_8x64d': dict(model='resnext29_8x64d', num_epochs=300.0,
                             weight_decay=5e-4),
-    # Beyond the paper recipes (see README, "Regularisers and schedules").
+    # Beyond the paper recipes (docs/recipes.md, "Beyond the paper recipe").
     # DeVries & Taylor 2017: ResNet-18, 200 epochs, Nesterov, wd 5e-4, lr 0.1
     # x0.2 at epochs 60, 120, 160; a 16x16 Cutout on CIFAR-10 (8x8 on CIFAR-100).
     'resnet18_cutout': dict(model='resnet18', num_epochs=200.0, weight_decay=5e-4,
@@ -120,7 +123,7 @@ PRESETS = {
     'wrn28_10_mixup': dict(model='wrn28_10', num_epochs=200.0,
                            lr_boundaries=(0.5, 0.75), mixup_alpha=1.0),
     # The tools combined for short runs (10 epochs of ResNet-20), the
-    # combination chosen on a 5,000-image validation split (README, Results).
+    # combination chosen on a 5,000-image validation split (docs/results.md).
     'resnet20_modern': dict(model='resnet20', num_epochs=10.0, lr_schedule='cosine',
                             warmup_steps=200, label_smoothing=0.1, ema_decay=0.999,
                             flip_tta=True),

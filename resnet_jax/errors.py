@@ -1,5 +1,6 @@
 """The error a user can fix: reported as one line, never as a traceback."""
 
+import re
 import sys
 
 from absl import app
@@ -26,6 +27,11 @@ def run_cli(main_fn) -> None:
       main_fn(argv)
     except UserError as e:
       _fail(str(e))
+    except OSError as e:
+      # ml_collections loads a --config file lazily, at its first use.
+      if 'config file' not in str(e):
+        raise
+      _fail(_flag_error(str(e)))
     except Stopped as e:
       print(f'stopped: {e}', file=sys.stderr)
       sys.exit(e.exit_code)
@@ -37,13 +43,31 @@ def _parse_flags(argv):
   try:
     return flags.FLAGS(argv)
   except flags.Error as e:
-    _fail(f'{e}; --helpfull lists the flags')
+    _fail(_flag_error(str(e)))
   except (AttributeError, KeyError) as e:
-    # ml_collections raises these for --config.FIELD naming no field.
-    field = str(e).strip('"\'')
-    given = [a for a in argv if a.startswith(f'--config.{field}')]
-    _fail(f'the config has no field {field!r} ({" ".join(given) or field}); '
-          'configs/cifar.py lists the fields')
+    # ml_collections raises these for --config.FIELD naming no field, with
+    # its own suggestion inside the message.
+    text = e.args[0] if e.args else str(e)
+    field = re.findall(r"[\w.]+", str(text))[0] if re.findall(r"[\w.]+", str(text)) else text
+    close = re.search(r'Did you mean "([\w.]+)"', str(text))
+    _fail(f'the config has no field {field!r}' +
+          (f'; did you mean --config.{close[1]}?' if close else '') +
+          ' python -m resnet_jax.main --help lists the fields')
+
+
+def _flag_error(message: str) -> str:
+  """One line for a flag error: the config file or preset that is missing
+  rather than the loader's whole report."""
+  missing = re.search(r"No such file or directory: '([^']+)'", message)
+  if missing:
+    return (f'config file {missing[1]} does not exist; the configs are in the '
+            "repository's configs/ folder: run from the checkout's root or pass "
+            'the full path')
+  preset = re.search(r"unknown preset '[^']*'; choose one of: [^\n]*", message)
+  if preset:
+    return f'{preset[0]}; pass --config configs/cifar.py:NAME'
+  return message.strip().splitlines()[0] + '; --helpfull lists the flags'
+
 
 
 def _fail(message: str):

@@ -45,14 +45,21 @@ def main(argv):
   if len(argv) > 1:
     raise errors.UserError(f'unexpected arguments {argv[1:]}; config fields go as '
                            '--config.FIELD=VALUE')
+  workdir = _WORKDIR.value
+  if '://' in workdir:
+    raise errors.UserError(
+        f'workdir {workdir} is an object-store URL, which this version does not write '
+        '(run.json, metrics, the lock and plots use local files); pass a local or '
+        'shared directory, e.g. the bucket mounted with gcsfuse')
   setup = distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value,
                                  _PROCESS_ID.value)
   logs.setup()
   log.info('Runtime: %s', setup)
+  for line in distributed.describe_devices():
+    (log.warning if line.startswith('warning:') else log.info)('%s', line)
   from resnet_jax.training import evaluation
   from resnet_jax.training import loop
   from resnet_jax.training import run_setup  # After flag parsing: keeps --help fast.
-  workdir = _WORKDIR.value
   run_setup.preflight(_CONFIG.value)  # Refuse a bad config before touching anything.
   if _MODE.value == 'eval':
     if not os.path.isdir(workdir):

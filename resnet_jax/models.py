@@ -22,6 +22,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from resnet_jax import layers
+
 ModuleDef = Any
 
 # Explicit symmetric padding: flax's 'SAME' pads (0, 1) for stride 2 on even
@@ -119,6 +121,7 @@ class BottleneckBlock(_Block):
 class PreActBasicBlock(_Block):
   """BN-ReLU-conv twice (He et al. 2016); dropout between convs (WRN)."""
   dropout_rate: float = 0.0
+  axis_name: Optional[str] = None  # pmap's, for the dropout mask.
   expansion = 1
 
   @nn.compact
@@ -128,7 +131,9 @@ class PreActBasicBlock(_Block):
     y = _conv(self.conv, self.filters, 3, self.strides, name='conv1')(pre)
     y = nn.relu(self.norm(name='bn2')(y))
     if self.dropout_rate > 0:
-      y = nn.Dropout(self.dropout_rate, deterministic=not train)(y)
+      # Named as nn.Dropout was: the same key, so the same masks under jit.
+      y = layers.BatchDropout(self.dropout_rate, self.axis_name, name='Dropout_0')(
+          y, deterministic=not train)
     y = _conv(self.conv, out_features, 3, name='conv2')(y)
     return y + _preact_project(self, x, pre, out_features)
 
@@ -257,6 +262,8 @@ class ResNet(nn.Module):
     if self.stem == 'imagenet':
       x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
     kwargs = dict(self.block_kwargs)
+    if 'dropout_rate' in kwargs:
+      kwargs['axis_name'] = self.axis_name
     if not self.preact:
       kwargs['zero_init_residual'] = self.zero_init_residual
     # Very deep nets (resnet1202, preact_resnet1001) scan over the identical
@@ -340,6 +347,7 @@ MODELS = {
     'resnext29_8x64d': _resnext29(8, 64),
     'resnext29_16x64d': _resnext29(16, 64),
     'wrn28_10': _wide_resnet(28, 10),
+    'wrn10_1': _wide_resnet(10, 1),  # Not in the paper: a tiny one for tests.
     'wrn16_8': _wide_resnet(16, 8),
 }
 

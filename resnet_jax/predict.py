@@ -22,7 +22,7 @@ import jax
 import numpy as np
 
 from resnet_jax import errors
-from resnet_jax.data import input_pipeline
+from resnet_jax.data import device_pipeline
 from resnet_jax import logs
 from resnet_jax.logs import log
 
@@ -80,7 +80,7 @@ def predict(workdir: str, paths: List[str], top_k: int = 5, step=None,
     except errors.UserError as e:
       results.append({'file': path, 'error': str(e)})
   if images:
-    x = input_pipeline.normalize(np.stack(images), mean_std)
+    x = device_pipeline.normalize(np.stack(images), mean_std)
     probs = jax.nn.softmax(model.apply(variables, x, train=False))
     if flip_tta:
       probs = (probs + jax.nn.softmax(model.apply(variables, x[:, :, ::-1],

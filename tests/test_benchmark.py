@@ -18,7 +18,10 @@ from tests.conftest import tiny_config
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIELDS = {'device_kind', 'device_count', 'model', 'batch_size', 'dtype',
           'compile_seconds', 'train_images_per_sec', 'eval_images_per_sec',
-          'input_pipeline_images_per_sec', 'input_wait_fraction'}
+          'input_pipeline_images_per_sec', 'loop_images_per_sec', 'host_ms_per_step',
+          'host_loop_images_per_sec', 'host_loop_host_ms_per_step',
+          'host_input_ms_per_step', 'loop_overhead_percent', 'input_pipeline',
+          'steps_per_call'}
 
 
 @pytest.mark.parametrize('half,heavy', [(False, False), (True, False), (False, True)])
@@ -27,17 +30,28 @@ def test_benchmark_record_has_every_field(half, heavy):
   options = dict(augment_policy='trivialaugment', cutout_size=16, mixup_alpha=1.0,
                  ema_decay=0.99) if heavy else {}
   config = tiny_config(None, half_precision=half, **options)
-  record = benchmark.run(config, windows=2, steps=2, warmup=1)
+  record = benchmark.run(config, windows=2, steps=2, warmup=1, min_window_seconds=0,
+                         trivialaugment_workers=(1, 2) if heavy else ())
   assert record['augmentations']['policy'] == ('trivialaugment' if heavy else '')
+  # Rounded rates: the ratio of the rounded values, within their rounding.
   assert record['input_vs_train'] == pytest.approx(
-      record['input_pipeline_images_per_sec'] / record['train_images_per_sec'], abs=0.06)
+      record['input_pipeline_images_per_sec'] / record['train_images_per_sec'], rel=0.01)
   assert FIELDS <= set(record)
+  # TrivialAugment runs on the host; everything else on the device, one
+  # step per call on the CPU (chunks.steps_per_call).
+  assert record['input_pipeline'] == ('host' if heavy else 'device')
+  assert record['steps_per_call'] == 1
+  if heavy:
+    assert set(record['trivialaugment_images_per_sec']) == {'1', '2'}
+    assert min(record['trivialaugment_images_per_sec'].values()) > 0
+  for key in ('loop_images_per_sec', 'host_loop_images_per_sec', 'host_ms_per_step',
+              'host_loop_host_ms_per_step', 'host_input_ms_per_step'):
+    assert record[key] > 0, key
   assert record['device_count'] == 8 and record['model'] == 'resnet8'
   assert record['dtype'] == ('bfloat16' if half else 'float32')
   for key in ('compile_seconds', 'train_images_per_sec', 'eval_images_per_sec',
               'input_pipeline_images_per_sec'):
     assert record[key] > 0, key
-  assert 0 <= record['input_wait_fraction'] < 1
 
 
 @pytest.mark.parametrize('torch_flag', ['--torch', f'--torch_python={sys.executable}'])
@@ -47,7 +61,7 @@ def test_cli_with_torch_baseline_prints_both_and_ratios(torch_flag):
   result = subprocess.run(
       [sys.executable, '-m', 'resnet_jax.benchmark', '--config', 'configs/cifar.py',
        '--config.model=resnet8', '--config.batch_size=16', '--windows=2', '--steps=2',
-       torch_flag], capture_output=True, text=True, cwd=REPO, env=env, timeout=300)
+       '--min_window_seconds=0', torch_flag], capture_output=True, text=True, cwd=REPO, env=env, timeout=300)
   assert result.returncode == 0, result.stderr[-3000:]
   record = json.loads(result.stdout)
   assert FIELDS <= set(record)
@@ -87,3 +101,22 @@ def test_store_conv_inputs_is_on_for_cpu_under_auto():
   config.store_conv_inputs = 'off'
   assert not train_state.store_conv_inputs(config)
   assert not train_state.create_model(config, 10).store_conv_inputs
+
+
+def test_the_accelerator_check_runs_end_to_end_on_the_cpu(tmp_path):
+  # What a session with a lent GPU runs first, at tiny sizes: known to work
+  # before a device is lent.
+  env = dict(os.environ, OUT=str(tmp_path), PYTHON=sys.executable, JAX_PLATFORMS='cpu',
+             XLA_FLAGS='--xla_force_host_platform_device_count=1')
+  result = subprocess.run(['benchmarks/accelerator_check.sh', '--smoke', '--deadline=240'],
+                          capture_output=True, text=True, cwd=REPO, env=env, timeout=900)
+  assert result.returncode == 0, result.stdout[-4000:]
+  assert 'check: passed' in result.stdout and 'training: finished' in result.stdout
+  parity = json.loads(result.stdout.split('== parity')[1].split('\n', 1)[1].split('\n==')[0])
+  assert parity['parity'] and parity['bfloat16_finite']
+  for dtype in ('fp32', 'bf16'):
+    record = json.loads((tmp_path / f'bench_resnet8_{dtype}.json').read_text())
+    assert record['train_images_per_sec'] > 0
+    assert record['dtype'] == ('bfloat16' if dtype == 'bf16' else 'float32')
+  assert (tmp_path / 'accel_r20.tar').stat().st_size > 0
+  assert (tmp_path / 'check.log').read_text().count('==') >= 5

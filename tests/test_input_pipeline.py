@@ -2,7 +2,10 @@
 
 import numpy as np
 
+from resnet_jax.data import augmentations
+from resnet_jax.data import batch_workers
 from resnet_jax.data import datasets
+from resnet_jax.data import device_pipeline
 from resnet_jax.data import input_pipeline
 
 
@@ -69,10 +72,24 @@ def test_normalize_uses_channel_statistics():
   mean, std = datasets.MEAN_STD['cifar10']
   # Two float32 roundings of values near 2: a few ulps (1 ulp = 2.4e-7).
   np.testing.assert_allclose(
-      np.asarray(input_pipeline.normalize(x, (mean, std)))[0, 0, 0],
+      np.asarray(device_pipeline.normalize(x, (mean, std)))[0, 0, 0],
       (1 - np.array(mean)) / np.array(std), rtol=1e-6)
 
 
-def test_prefetch_yields_in_order():
-  out = list(input_pipeline.prefetch(lambda s: {'s': s}, lambda b: b, range(3, 9)))
-  assert [b['s'] for b in out] == list(range(3, 9))
+def test_prefetched_calls_hold_their_steps_in_order_padded_to_k():
+  make = lambda steps: [{'s': np.array(s)} for s in steps]
+  out = list(input_pipeline.prefetch_chunks(make, lambda b: b, [(3, 4), (7, 1), (8, 3)], 4))
+  assert [list(c['s']) for c in out] == [[3, 4, 5, 6], [7, 7, 7, 7], [8, 9, 10, 10]]
+
+
+def test_worker_processes_build_the_same_batches_as_the_stream():
+  split = _split(100)
+  options = augmentations.Options(policy='trivialaugment', cutmix_alpha=1.0)
+  stream = input_pipeline.TrainStream(split, 16, seed=3, options=options)
+  with batch_workers.BatchWorkers(stream, 2) as workers:
+    got = list(workers.map(range(5, 11)))
+  for step, batch in zip(range(5, 11), got):
+    want = stream.batch(step)
+    assert set(batch) == set(want)
+    for key in want:
+      np.testing.assert_array_equal(batch[key], want[key])

@@ -122,3 +122,50 @@ def test_every_process_refuses_a_busy_workdir(tiny_data, tmp_path):
                              f'{os.getpid()} on ') == 2, result.stderr[-3000:]
   assert 'Traceback' not in result.stderr
   assert os.listdir(workdir) == ['run.lock']
+
+
+@pytest.mark.parametrize('env,gpus,want', [
+    ({'SLURM_NTASKS_PER_NODE': '1', 'SLURM_LOCALID': '0'}, 8, list(range(8))),
+    ({'SLURM_TASKS_PER_NODE': '1(x4)', 'SLURM_LOCALID': '0'}, 8, list(range(8))),
+    ({'SLURM_TASKS_PER_NODE': '8(x2)', 'SLURM_LOCALID': '5'}, 8, [5]),
+    ({'SLURM_NTASKS_PER_NODE': '2', 'SLURM_LOCALID': '1'}, 8, [4, 5, 6, 7]),
+    # --gpus-per-task=1: SLURM makes one GPU visible to each task.
+    ({'SLURM_NTASKS_PER_NODE': '8', 'SLURM_LOCALID': '6'}, 1, [0]),
+    ({'SLURM_NTASKS_PER_NODE': '8', 'SLURM_LOCALID': '6'}, 0, None)])
+def test_slurm_tasks_train_on_every_gpu_of_their_node(env, gpus, want):
+  from resnet_jax.parallelism import distributed
+  assert distributed.slurm_local_device_ids(env, gpus) == want
+
+
+def test_slurm_gpus_that_do_not_split_are_refused():
+  from resnet_jax import errors
+  from resnet_jax.parallelism import distributed
+  with pytest.raises(errors.UserError, match='do not split evenly over the 3 tasks'):
+    distributed.slurm_local_device_ids({'SLURM_NTASKS_PER_NODE': '3'}, 8)
+
+
+def test_launcher_gives_each_local_process_its_own_gpus(tmp_path):
+  # A fake nvidia-smi listing 8 GPUs, and a "python" that prints what each
+  # process receives.
+  bin_dir = tmp_path / 'bin'
+  bin_dir.mkdir()
+  (bin_dir / 'nvidia-smi').write_text(
+      '#!/bin/sh\nfor i in 0 1 2 3 4 5 6 7; do echo "GPU $i: Fake (UUID: GPU-$i)"; done\n')
+  (bin_dir / 'show').write_text('#!/bin/sh\necho "$CUDA_VISIBLE_DEVICES $*"\n')
+  for f in bin_dir.iterdir():
+    f.chmod(0o755)
+  env = {k: v for k, v in os.environ.items() if k != 'CUDA_VISIBLE_DEVICES'}
+  env.update(PATH=f'{bin_dir}:{os.environ["PATH"]}', PYTHON=str(bin_dir / 'show'),
+             RESNET_JAX_PORT='1234')
+  result = subprocess.run(['./launch.sh', 'configs/cifar.py', 'runs/x', '--nproc', '4'],
+                          capture_output=True, text=True, cwd=REPO, env=env, timeout=60)
+  assert result.returncode == 0, result.stderr
+  got = sorted(line.split()[0] + ' ' + line.split()[-1]
+               for line in result.stdout.strip().splitlines())
+  assert got == ['0,1 --process_id=0', '2,3 --process_id=1', '4,5 --process_id=2',
+                 '6,7 --process_id=3']
+  result = subprocess.run(['./launch.sh', 'configs/cifar.py', 'runs/x', '--nproc', '3'],
+                          capture_output=True, text=True, cwd=REPO, env=env, timeout=60)
+  assert result.returncode == 2
+  assert result.stderr.strip() == ('error: 8 GPUs do not split evenly over --nproc 3; '
+                                   'pass a divisor of 8')

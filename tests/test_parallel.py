@@ -129,3 +129,18 @@ def test_indivisible_batch_and_bad_device_count_are_refused():
     data_parallel.DataParallel('jit', 9)
   with pytest.raises(errors.UserError, match='parallelism'):
     data_parallel.DataParallel('pjit')
+
+
+def test_dropout_draws_the_same_masks_under_pmap_and_jit(tiny_data, tmp_path):
+  # Each pmap replica keeps its rows of the global batch's mask, so the step
+  # with dropout equals jit's to rounding (masks drawn per replica from one
+  # key would drop other units, far beyond rounding).
+  results = {layout: _one_step(tiny_data, tmp_path / f'd{layout[0]}{layout[1]}', *layout,
+                               model='wrn10_1', dropout_rate=0.3)
+             for layout in (('jit', 8), ('pmap', 8), ('jit', 1))}
+  want = results[('jit', 8)]
+  for layout, (loss, state) in results.items():
+    diffs = relative_differences(want[1], state)
+    print(f'dropout, {layout} vs jit 8: loss {loss} vs {want[0]}, {diffs}')
+    assert loss == pytest.approx(want[0], rel=STEP_RTOL)
+    assert max(diffs.values()) <= STEP_RTOL, (layout, diffs)

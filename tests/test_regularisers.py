@@ -17,6 +17,7 @@ from resnet_jax import benchmark
 from resnet_jax.workdir import config_validation
 from resnet_jax.data import datasets
 from resnet_jax import errors
+from resnet_jax.data import device_pipeline
 from resnet_jax.data import input_pipeline
 from resnet_jax import results
 from resnet_jax.training import evaluation
@@ -157,7 +158,7 @@ def test_mixup_and_cutout_reach_the_normalised_images():
   mean_std = datasets.MEAN_STD['cifar10']
   images = steps.train_images({'image': a, 'mix_image': b, 'mix_lam': lam,
                                'erase': erase}, mean_std, jnp.float32)
-  norm = lambda x: np.asarray(input_pipeline.normalize(x, mean_std))
+  norm = lambda x: np.asarray(device_pipeline.normalize(x, mean_std))
   expected = np.where(erase[..., None], 0.0, 0.25 * norm(a) + 0.75 * norm(b))
   np.testing.assert_allclose(images, expected, rtol=1e-6, atol=1e-6)
   assert (np.asarray(images)[erase] == 0).all()
@@ -330,7 +331,7 @@ def test_eval_reports_raw_ema_and_flip_views_of_the_test_split(modern_run, tiny_
   # The flip view by hand: the mean of the two softmaxes of the raw weights.
   _, model, variables, _, _, mean_std, weights = inference.load_for_inference(workdir)
   assert weights == 'raw'
-  images = input_pipeline.normalize(tiny_data['arrays']['test'][0], mean_std)
+  images = device_pipeline.normalize(tiny_data['arrays']['test'][0], mean_std)
   probs = (jax.nn.softmax(model.apply(variables, images, train=False))
            + jax.nn.softmax(model.apply(variables, images[:, :, ::-1], train=False))) / 2
   labels = tiny_data['arrays']['test'][1]
@@ -359,7 +360,7 @@ def test_predict_uses_the_average_and_flip_when_asked(modern_run, tiny_data, tmp
   Image.fromarray(image).save(path)
   _, model, ema_vars, names, _, mean_std, _ = inference.load_for_inference(
       workdir, prefer_ema=True)
-  x = input_pipeline.normalize(image[None], mean_std)
+  x = device_pipeline.normalize(image[None], mean_std)
   expected = (jax.nn.softmax(model.apply(ema_vars, x, train=False))
               + jax.nn.softmax(model.apply(ema_vars, x[:, :, ::-1], train=False)))[0] / 2
   (result,) = predict.predict(workdir, [path], top_k=10, flip_tta=True)

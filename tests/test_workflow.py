@@ -73,3 +73,29 @@ def test_progress_bar_on_a_terminal_only():
     bar.step(done)
   bar.close()
   assert piped.getvalue() == ''  # Plain log lines only (see test_train).
+
+
+@pytest.mark.parametrize('flags,line', [
+    (['--config', 'configs/cifar.py', '--config.learning_rat=0.05'],
+     "error: the config has no field 'learning_rat'; did you mean "
+     '--config.learning_rate? python -m resnet_jax.main --help lists the fields'),
+    (['--config', 'configs/cifar.py:resnet20_moden'],
+     "error: unknown preset 'resnet20_moden'; choose one of: "),
+    (['--config', 'configs/cifr.py'],
+     "error: config file configs/cifr.py does not exist; the configs are in the "
+     "repository's configs/ folder: run from the checkout's root or pass the full path"),
+    (['--config', 'configs/cifar.py', '--config.init_from=runs/nope'],
+     'error: init_from runs/nope does not exist; pass a resnet_jax workdir, one of its '
+     'checkpoints (WORKDIR/checkpoints/STEP), or a .pth file'),
+    (['--config', 'configs/cifar.py', '--workdir=gs://bucket/r20'],
+     'error: workdir gs://bucket/r20 is an object-store URL'),
+])
+def test_a_mistyped_command_gets_one_error_line_and_writes_nothing(tmp_path, flags, line):
+  workdir = [] if any(f.startswith('--workdir') for f in flags) else [
+      '--workdir', str(tmp_path / 'w')]
+  result = subprocess.run([sys.executable, '-m', 'resnet_jax.main', *flags, *workdir],
+                          capture_output=True, text=True, cwd=REPO, timeout=120)
+  errors = [l for l in result.stderr.splitlines() if l.startswith('error:')]
+  assert result.returncode == 2 and 'Traceback' not in result.stderr, result.stderr
+  assert len(errors) == 1 and errors[0].startswith(line), errors
+  assert not (tmp_path / 'w').exists()

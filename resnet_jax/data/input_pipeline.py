@@ -1,4 +1,8 @@
-"""Input pipeline: an in-memory split -> per-step augmented batches.
+"""The host pipeline: an in-memory split -> per-step augmented batches.
+
+The default pipeline makes batches on the device (`device_pipeline`); this
+one serves TrivialAugment (Pillow) and splits too large for device memory,
+and holds the `Split` every source returns.
 
 CIFAR is small (150 MB of uint8 for the train split), so the split is read
 once into host memory (`datasets` says from where) and every batch is a pure
@@ -8,17 +12,17 @@ reproducible, lets a resumed run continue at the exact example it stopped at,
 and gives every process of a multi-host run the same global batch, of which it
 materialises only its own rows.
 
-Images stay uint8 on the host; `normalize` (on device, inside the compiled
+Images stay uint8 on the host; `device_pipeline.normalize` (inside the compiled
 step) converts to float and applies the per-channel mean/std. The options
 beyond crop and flip (TrivialAugment, Cutout, mixup, CutMix) are drawn here
 too, by `augmentations`.
 """
 
+import collections
 import concurrent.futures
 import dataclasses
-from typing import Callable, Iterator, Optional
+from typing import Callable, Iterable, Iterator
 
-import jax.numpy as jnp
 import numpy as np
 
 from resnet_jax.data import augmentations
@@ -36,18 +40,6 @@ class Split:
 
   def __len__(self) -> int:
     return len(self.labels)
-
-
-def normalize(images: jnp.ndarray, mean_std: tuple, dtype=jnp.float32) -> jnp.ndarray:
-  """uint8 NHWC -> float, per-channel mean/std (runs inside the compiled step).
-
-  Args:
-    images: uint8 [..., C].
-    mean_std: (mean, std), per channel on the [0, 1] scale.
-    dtype: the result's dtype.
-  """
-  mean, std = (np.asarray(v, np.float32) * 255.0 for v in mean_std)
-  return ((images.astype(jnp.float32) - mean) / std).astype(dtype)
 
 
 def augment(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -84,6 +76,7 @@ class TrainStream:
     self.seed = seed
     self.augment_images = augment_images
     self.options = options
+    self.process_index, self.process_count = process_index, process_count
     local = global_batch // process_count
     self._rows = np.arange(process_index * local, (process_index + 1) * local)
     self._perms = {}
@@ -182,22 +175,32 @@ def eval_batches(split: Split, global_batch: int, process_index: int = 0,
            'mask': mask[rows]}
 
 
-def prefetch(make: Callable[[int], dict], put: Callable[[dict], dict],
-             steps: range, depth: int = 2) -> Iterator[dict]:
-  """Yields `put(make(step))` for each step, computed `depth` steps ahead.
+def prefetch_chunks(make_batches: Callable[[Iterable[int]], Iterable[dict]],
+                    put: Callable[[dict], dict], chunks: Iterable[tuple], k: int,
+                    depth: int = 2) -> Iterator[dict]:
+  """Yields `put(k stacked batches)` for each chunk (start, n) of steps,
+  built `depth` chunks ahead while the device trains.
 
-  A worker thread builds host batches and starts their transfer while the
-  device runs earlier steps, so the loop never waits on augmentation.
+  Args:
+    make_batches: steps -> their host batches, in order (e.g.
+      `batch_workers.BatchWorkers.map`).
+    put: stacked host batches -> device arrays.
+    chunks: (first step, n) of each call.
+    k: the calls' length; a chunk shorter than `k` is padded with copies of
+      its last batch (the compiled call runs only its first n steps), so every
+      call has one shape.
+    depth: chunks built ahead.
   """
-  with concurrent.futures.ThreadPoolExecutor(1) as pool:
-    futures = []
-    it = iter(steps)
-    for step in it:
-      futures.append(pool.submit(lambda s: put(make(s)), step))
+  def build(start, n):
+    batches = list(make_batches(range(start, start + n)))
+    batches += batches[-1:] * (k - n)
+    return put({key: np.stack([b[key] for b in batches]) for key in batches[0]})
+
+  with concurrent.futures.ThreadPoolExecutor(1) as feeder:
+    futures = collections.deque()
+    for chunk in chunks:
+      futures.append(feeder.submit(build, *chunk))
       if len(futures) > depth:
-        break
-    for step in it:
-      yield futures.pop(0).result()
-      futures.append(pool.submit(lambda s: put(make(s)), step))
-    for f in futures:
-      yield f.result()
+        yield futures.popleft().result()
+    while futures:
+      yield futures.popleft().result()

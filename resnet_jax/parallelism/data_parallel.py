@@ -17,6 +17,7 @@ into either.
 from typing import Any, Callable, Optional
 
 import jax
+import jax.numpy as jnp
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 import numpy as np
 
@@ -52,6 +53,8 @@ class DataParallel:
     self.mesh = Mesh(np.array(self.devices), (AXIS,), axis_types=(AxisType.Auto,))
     self.replicated = NamedSharding(self.mesh, P())
     self.sharded = NamedSharding(self.mesh, P(AXIS))
+    # [k, rows, ...]: k batches, each split over the devices.
+    self.stacked_rows = NamedSharding(self.mesh, P(None, AXIS))
     # pmap's own layout: a leading axis over this process's devices.
     local_mesh = Mesh(np.array(self.local_devices), (AXIS,))
     self._stacked = NamedSharding(local_mesh, P(AXIS))
@@ -71,15 +74,20 @@ class DataParallel:
 
   def place_state(self, state: Any) -> Any:
     """Canonical (replicated) state -> this strategy's placement."""
+    return self.replicate(state)
+
+  def replicate(self, tree: Any) -> Any:
+    """Host arrays (the same in every process) -> a full copy on every device:
+    jit, one replicated global array; pmap, a leading axis of local copies."""
     if self.strategy == 'jit':
       return jax.tree.map(
           lambda x: jax.make_array_from_process_local_data(
-              self.replicated, np.asarray(_local(x))), state)
+              self.replicated, np.asarray(_local(x))), tree)
     n = len(self.local_devices)
     return jax.tree.map(
         lambda x: jax.device_put(np.broadcast_to(np.asarray(_local(x)),
                                                  (n,) + np.shape(x)), self._stacked),
-        state)
+        tree)
 
   def canonical_state(self, state: Any) -> Any:
     """This strategy's placement -> one replicated global array per leaf."""
@@ -99,20 +107,53 @@ class DataParallel:
         lambda x: jax.device_put(x.reshape((n, -1) + x.shape[1:]), self._stacked),
         batch)
 
-  def compile(self, step: Callable, donate_state: bool = True,
-              compiler_options: Optional[dict] = None) -> Callable:
-    """Compiles `step(state, batch) -> (state or None, outputs)`.
+  def put_stacked(self, batches: dict) -> dict:
+    """This process's rows of `k` global batches, stacked as [k, rows, ...]
+    -> device arrays split over the devices along the rows."""
+    if self.strategy == 'jit':
+      return jax.tree.map(
+          lambda x: jax.make_array_from_process_local_data(self.stacked_rows, x),
+          batches)
+    n = len(self.local_devices)
+    return jax.tree.map(
+        lambda x: jax.device_put(
+            np.swapaxes(x.reshape((x.shape[0], n, -1) + x.shape[2:]), 0, 1),
+            self._stacked), batches)
 
-    `compiler_options` (XLA debug options) reach the jit strategy only:
-    `jax.pmap` takes none.
+  def compile(self, step: Callable, donate_state: bool = True,
+              compiler_options: Optional[dict] = None,
+              args: tuple = ('state', 'batch')) -> Callable:
+    """Compiles `step(*args) -> (state or None, outputs)`.
+
+    Args:
+      step: the function.
+      donate_state: let the first argument's buffers be reused for the result.
+      compiler_options: XLA debug options; they reach the jit strategy only
+        (`jax.pmap` takes none).
+      args: the kind of each argument: 'state' (placed by `place_state`),
+        'data' (by `replicate`), 'batch' (by `put_batch`), 'stacked' (by
+        `put_stacked`) or 'scalar' (a host number, the same everywhere).
     """
     donate = (0,) if donate_state else ()
     if self.strategy == 'jit':
-      return jax.jit(step, in_shardings=(self.replicated, self.sharded),
+      shardings = {'state': self.replicated, 'data': self.replicated,
+                   'batch': self.sharded, 'stacked': self.stacked_rows,
+                   'scalar': self.replicated}
+      return jax.jit(step, in_shardings=tuple(shardings[a] for a in args),
                      out_shardings=self.replicated, donate_argnums=donate,
                      compiler_options=compiler_options)
-    return jax.pmap(step, axis_name=AXIS, donate_argnums=donate,
-                    devices=self.devices)
+    return jax.pmap(step, axis_name=AXIS, donate_argnums=donate, devices=self.devices,
+                    in_axes=tuple(None if a == 'scalar' else 0 for a in args))
+
+  def rows(self, global_batch: int):
+    """Inside a compiled step: (the global rows this program makes, a
+    function placing a [rows, ...] array). jit makes all rows, split over
+    the mesh; a pmap replica makes its own slice."""
+    if self.strategy == 'jit':
+      return (jnp.arange(global_batch),
+              lambda x: jax.lax.with_sharding_constraint(x, self.sharded))
+    local = global_batch // len(self.devices)
+    return jax.lax.axis_index(AXIS) * local + jnp.arange(local), None
 
   def fetch(self, tree: Any) -> Any:
     """Device outputs of a step (identical on all replicas) -> host numpy."""

@@ -1,5 +1,6 @@
 """Metrics of a run: `metrics.jsonl` in the workdir and console log lines."""
 
+import concurrent.futures
 import json
 import re
 import math
@@ -106,6 +107,8 @@ class MetricsWriter:
     self.enabled = jax.process_index() == 0
     self.progress = progress
     self._tb = None
+    self._plotter = concurrent.futures.ThreadPoolExecutor(1)
+    self._drawing, self._redraw = None, False
     self._jsonl = JsonlWriter(self.path)
     if self.enabled and os.path.exists(self.path):
       with open(self.path) as f:
@@ -130,10 +133,30 @@ class MetricsWriter:
       self.progress.set_metrics(metrics)
     log.info('%s', format_line(record, total))
     if 'eval_accuracy' in metrics or 'val_accuracy' in metrics:
+      # Off the training thread: a redraw takes longer than a GPU epoch's
+      # worth of steps. One at a time, the newest wins.
+      if self._drawing is None or self._drawing.done():
+        self._drawing = self._plotter.submit(
+            plots.draw_curves, self.path, os.path.join(self.workdir, 'curves.png'))
+      else:
+        self._redraw = True
+
+  def _finish_drawing(self) -> None:
+    if self._drawing is not None:
+      self._drawing.result()
+    if self._redraw:
+      self._redraw = False
       plots.draw_curves(self.path, os.path.join(self.workdir, 'curves.png'))
 
   def close(self) -> None:
+    """Finishes the curves (drawn once more if an evaluation came in while
+    they were drawn) and the TensorBoard file."""
     if self._tb is not None:
+      try:
+        self._finish_drawing()
+      except Exception as e:  # A plot must never mask how a run ended.
+        log.warning('Drawing curves.png failed: %s', e)
+      self._plotter.shutdown()
       self._tb.close()
 
 

@@ -22,8 +22,8 @@ def _save(fig, path: str) -> None:
 def draw_curves(metrics_path: str, out_path: str) -> None:
   """Train and evaluation (test or validation split; raw and, when kept, EMA
   weights) accuracy and loss against epoch, from `metrics.jsonl`."""
-  with open(metrics_path) as f:
-    lines = [json.loads(l) for l in f if l.strip()]
+  with open(metrics_path) as f:  # A line being appended is left for next time.
+    lines = [json.loads(l) for l in f if l.endswith('\n') and l.strip()]
   train = [l for l in lines if 'train_loss' in l]
   split = 'eval' if any('eval_loss' in l for l in lines) else 'val'
   evals = [l for l in lines if f'{split}_loss' in l and 'epoch' in l]

@@ -1,5 +1,6 @@
 """Throughput timing shared by the JAX benchmark and the PyTorch baseline."""
 
+import math
 import statistics
 import time
 from typing import Callable
@@ -15,3 +16,14 @@ def median_rate(run_window: Callable[[], None], items_per_window: int,
     run_window()
     rates.append(items_per_window / (time.perf_counter() - start))
   return statistics.median(rates)
+
+
+def steps_for(run_steps: Callable[[int], None], steps: int, min_seconds: float) -> int:
+  """`steps`, scaled up so that `run_steps(steps)` (blocking) lasts at least
+  `min_seconds`: windows long enough to time a fast device."""
+  start = time.perf_counter()
+  run_steps(steps)
+  took = time.perf_counter() - start
+  if took >= min_seconds:
+    return steps
+  return max(steps, math.ceil(steps * min_seconds / max(took, 1e-6)))

@@ -8,19 +8,20 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from resnet_jax.data import input_pipeline
 from resnet_jax.parallelism import data_parallel
 from resnet_jax.reporting import metrics_io
 from resnet_jax.reporting import plots
+from resnet_jax.training import chunks
 from resnet_jax.training import run_setup
 from resnet_jax.training import train_state
 
 
-def evaluate(dp: data_parallel.DataParallel, p_eval_step: Callable, state: train_state.TrainState,
-             split: input_pipeline.Split, config: ml_collections.ConfigDict,
+def evaluate(dp: data_parallel.DataParallel, p_evaluate: Callable,
+             state: train_state.TrainState, split: chunks.EvalSplit,
              split_name: str = 'test') -> dict:
   """Evaluates on every example of `split` exactly once, with the raw weights
-  and, when the state has them, the moving-average ones.
+  and, when the state has them, the moving-average ones; the sums stay on the
+  device until one fetch at the end.
 
   Returns:
     `{weights}{view}{split}_{metric}`: weights '' (raw) or 'ema_', view ''
@@ -33,14 +34,17 @@ def evaluate(dp: data_parallel.DataParallel, p_eval_step: Callable, state: train
   variants = {'': state}
   if train_state.ema_of(state) is not None:
     variants['ema_'] = train_state.ema_variables(state)
-  result = {}
+  sums = {}
+  per_call = chunks.eval_batches_per_call(split.group_size)
   for weights, s in variants.items():
-    totals = None
-    for batch in input_pipeline.eval_batches(split, config.eval_batch_size,
-                                             jax.process_index(), jax.process_count()):
-      sums = p_eval_step(s, dp.put_batch(batch))
-      totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
-    for view, t in dp.fetch(totals).items():
+    for group in split.groups():
+      for first in range(0, split.group_size, per_call):
+        out = p_evaluate(s, group, first, per_call)
+        sums[weights] = out if weights not in sums else jax.tree.map(
+            jnp.add, sums[weights], out)
+  result = {}
+  for weights, totals in dp.fetch(sums).items():
+    for view, t in totals.items():
       name, n = weights + view + prefix, float(t['count'])
       result.update({f'{name}_loss': float(t['loss']) / n,
                      f'{name}_accuracy': float(t['correct']) / n,
@@ -78,7 +82,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
 def _evaluate_checkpoint(run: run_setup.Run, step: Optional[int]) -> dict:
   config, workdir = run.config, run.workdir
   state = run.restore(step)
-  result = evaluate(run.dp, run.p_eval_step, state, run.test, config)
+  result = evaluate(run.dp, run.p_evaluate, state, run.eval_data('test'))
   confusion = result['confusion']
   per_class = np.diag(confusion) / np.maximum(confusion.sum(1), 1)
   names = list(run.test.class_names)

@@ -11,6 +11,8 @@ import ml_collections
 
 from resnet_jax import errors
 from resnet_jax.data import augmentations
+from resnet_jax.data import batch_workers
+from resnet_jax.data import device_pipeline
 from resnet_jax.data import input_pipeline
 from resnet_jax.logs import log
 from resnet_jax.parallelism import data_parallel
@@ -122,30 +124,31 @@ def _train(run: run_setup.Run, initial: Optional[train_state.TrainState]) -> dic
                                       in run.runtime_changes.items()})
     for line in summary.describe(run.model, config.model):
       log.info('%s', line)
-  stream = input_pipeline.TrainStream(
-      run.train, config.batch_size, config.seed, config.augment,
-      jax.process_index(), jax.process_count(),
-      augmentations.Options.from_config(config))
-  split_name, eval_split = run.eval_split()
+  split_name, _ = run.eval_split()
+  eval_data = run.eval_data(split_name)
+  epoch_at = lambda step: step * config.batch_size / len(run.train)
   eval_at = _eval_steps(run.num_steps, config.batch_size, len(run.train),
                         config.eval_every_epochs)
+  k = run.steps_per_call
   log.info('Training %s on %s: %d steps of %d images (%.2f epochs) on %d %s '
-           'device(s), %s', config.model, config.dataset, run.num_steps,
-           config.batch_size, stream.epoch_at(run.num_steps), len(dp.devices),
-           jax.devices()[0].platform, config.parallelism)
+           'device(s), %s; batches made on the %s, %d step(s) per call',
+           config.model, config.dataset, run.num_steps, config.batch_size,
+           epoch_at(run.num_steps), len(dp.devices), jax.devices()[0].platform,
+           config.parallelism, run.pipeline, k)
+  plan = chunk_plan(start, run.num_steps, k, config.log_every_steps,
+                    config.checkpoint_every_steps, eval_at)
   bar = progress.Progress(run.num_steps, len(run.train) / config.batch_size, start,
                           enabled=None if jax.process_index() == 0 else False)
   writer = metrics_io.MetricsWriter(workdir, resume_step=start, progress=bar)
   pending, last_time, last_step, eval_seconds = [], time.perf_counter(), start, 0.0
   result = None
-  batches = input_pipeline.prefetch(stream.batch, dp.put_batch,
-                                    range(start, run.num_steps))
+  calls = feed(run.pipeline, dp, run.train, config, plan, k)
   try:
     with preemption.Guard(ckpt) as guard:
-      for step, batch in zip(range(start, run.num_steps), batches):
-        state, metrics = run.p_train_step(state, batch)
-        pending.append(metrics)  # Read at log time: the host never waits per step.
-        done = step + 1
+      for (first, n), data in zip(plan, calls):
+        state, metrics = run.p_train_chunk(state, data, n)
+        pending.append((n, metrics))  # Fetched at log time: no wait per call.
+        done = first + n
         bar.step(done)
         stop = guard.should_stop(done)
         log_now = done % config.log_every_steps == 0 or done == run.num_steps
@@ -153,8 +156,11 @@ def _train(run: run_setup.Run, initial: Optional[train_state.TrainState]) -> dic
         save_now = (done % config.checkpoint_every_steps == 0 or done == run.num_steps
                     or eval_now or stop)
         if log_now or save_now:
-          # Never log or checkpoint past a diverged step.
-          fetched = dp.fetch(pending)
+          # One transfer for the steps since the last fetch; never log or
+          # checkpoint past a diverged step.
+          fetched = [{key: v[i] for key, v in m.items()}
+                     for (n_, _), m in zip(pending, dp.fetch([m for _, m in pending]))
+                     for i in range(n_)]
           bad = metrics_io.first_nonfinite(range(last_step + 1, done + 1),
                                            [m['train_loss'] for m in fetched])
           if bad:
@@ -166,17 +172,20 @@ def _train(run: run_setup.Run, initial: Optional[train_state.TrainState]) -> dic
         if log_now:
           logged = metrics_io.mean_metrics(fetched)
           now = time.perf_counter()
-          logged['learning_rate'] = float(f'{float(run.lr_fn(step)):.6g}')
+          logged['learning_rate'] = float(f'{float(run.lr_fn(done - 1)):.6g}')
+          # Wall time between two log lines, evaluations excluded: input,
+          # dispatch, device work and checkpoint saves.
           logged['images_per_sec'] = ((done - last_step) * config.batch_size
                                       / (now - last_time - eval_seconds))
-          logged['epoch'] = stream.epoch_at(done)
+          logged['epoch'] = epoch_at(done)
           writer.write(done, logged, total=run.num_steps)
           pending, last_time, last_step, eval_seconds = [], now, done, 0.0
         if eval_now:
           eval_start = time.perf_counter()
-          result = evaluation.evaluate(dp, run.p_eval_step, state, eval_split, config, split_name)
-          writer.write(done, {**metrics_io.scalars(result),
-                              'epoch': stream.epoch_at(done)}, total=run.num_steps)
+          result = evaluation.evaluate(dp, run.p_evaluate, state, eval_data,
+                                       split_name)
+          writer.write(done, {**metrics_io.scalars(result), 'epoch': epoch_at(done)},
+                       total=run.num_steps)
           # Evaluation time is not billed to training speed.
           eval_seconds += time.perf_counter() - eval_start
         if save_now:
@@ -190,9 +199,68 @@ def _train(run: run_setup.Run, initial: Optional[train_state.TrainState]) -> dic
           raise errors.Stopped(f'{name} at step {done}; checkpoint saved, run the '
                                'same command to resume', exit_code=128 + guard.signum)
     ckpt.wait()  # A failed last save stops the run here, not silently.
-  finally:  # Also on a stop: bars ended, events flushed.
+  finally:  # Also on a stop: workers stopped, bars ended, events flushed.
+    calls.close()
     bar.close()
     writer.close()
   if result is None:  # Resumed at the end: evaluate what is there.
-    result = evaluation.evaluate(dp, run.p_eval_step, state, eval_split, config, split_name)
+    result = evaluation.evaluate(dp, run.p_evaluate, state, eval_data, split_name)
   return result
+
+
+def chunk_plan(start: int, end: int, k: int, log_every: int, checkpoint_every: int,
+               eval_at: set) -> list:
+  """(first step, n) of each call from `start` to `end`: at most `k` steps,
+  ending wherever the loop logs, checkpoints or evaluates."""
+  plan, step = [], start
+  while step < end:
+    n = 1
+    while (n < k and step + n < end and (step + n) % log_every
+           and (step + n) % checkpoint_every and step + n not in eval_at):
+      n += 1
+    plan.append((step, n))
+    step += n
+  return plan
+
+
+def feed(pipeline: str, dp: data_parallel.DataParallel, train, config, plan: list,
+         k: int):
+  """The `data` argument of each call of `plan`: the training split placed on
+  the devices once, or k stacked host batches built ahead by worker processes.
+
+  Args:
+    pipeline: 'device' or 'host'.
+    dp: the data parallelism.
+    train: the training split.
+    config: the run's config.
+    plan: `chunk_plan`'s calls.
+    k: steps per call.
+  """
+  if pipeline == 'device':
+    spec = device_pipeline.Spec.of(config, len(train))
+    placed = dp.replicate({'image': train.images, 'label': train.labels})
+    order = None
+    for first, _ in plan:  # The orders change once an epoch.
+      epoch = spec.first_epoch(first)
+      if order is None or order['first_epoch'] != epoch:
+        order = device_pipeline.orders(spec, epoch, spec.epochs_per_chunk(k))
+        placed_order = dp.replicate(order)
+      yield {**placed, **placed_order}
+    return
+  stream = input_pipeline.TrainStream(
+      train, config.batch_size, config.seed, config.augment,
+      jax.process_index(), jax.process_count(),
+      augmentations.Options.from_config(config))
+  with batch_workers.BatchWorkers(stream, input_workers(config)) as workers:
+    yield from input_pipeline.prefetch_chunks(workers.map, dp.put_stacked, plan, k)
+
+
+def input_workers(config: ml_collections.ConfigDict) -> int:
+  """Host pipeline worker processes: `input_workers`, or one per core less
+  one (the training loop's own) with -1. TrivialAugment is the host work that
+  needs them; crop and flip alone are cheap enough for one."""
+  if config.input_workers > 0:
+    return config.input_workers
+  if not config.get('augment_policy'):
+    return 1
+  return max(1, (os.cpu_count() or 1) - 1)

@@ -9,7 +9,10 @@ import ml_collections
 
 from resnet_jax import errors
 from resnet_jax.data import datasets
+from resnet_jax.data import device_pipeline
+from resnet_jax.logs import log
 from resnet_jax.parallelism import data_parallel
+from resnet_jax.training import chunks
 from resnet_jax.training import steps
 from resnet_jax.training import train_state
 from resnet_jax.workdir import checkpointing
@@ -72,6 +75,21 @@ class Run:
     self.tx = train_state.create_optimizer(config, self.lr_fn)
     self.p_train_step, self.p_eval_step = steps.compile_steps(
         self.dp, config, self.num_classes, self.mean_std)
+    train_fn, eval_fn = steps.step_functions(self.dp, config, self.num_classes,
+                                             self.mean_std)
+    self.steps_per_call = chunks.steps_per_call(config)
+    self.pipeline = (resolve_pipeline(config, stored, self.train, self.dp)
+                     if need_train else None)
+    self.spec = None
+    if self.pipeline == 'device':
+      self.spec = device_pipeline.Spec.of(config, len(self.train))
+    self.p_train_chunk = chunks.compile_train_chunk(
+        self.dp, train_fn, self.steps_per_call, self.spec,
+        steps.train_compiler_options(config))
+    # Evaluation batches per call: known once the split is placed.
+    self._eval_fn = eval_fn
+    self._p_evaluate = {}
+    self._placed = {}
     self.lock = None
 
   def hold(self, write_checkpoints: bool) -> None:
@@ -102,11 +120,64 @@ class Run:
     state = self.ckpt.restore(train_state.abstract_state(self.init_state, self.dp), step)
     return self.dp.place_state(state)
 
+  def eval_data(self, split_name: str):
+    """`chunks.EvalSplit` of 'test' or 'validation', placed once."""
+    if split_name not in self._placed:
+      split = self.test if split_name == 'test' else self.validation
+      self._placed[split_name] = chunks.EvalSplit(self.dp, split,
+                                                      self.config.eval_batch_size)
+    return self._placed[split_name]
+
+  def p_evaluate(self, state, group, first: int, per_call: int):
+    """Evaluates `per_call` batches of a placed group from `first` (compiled
+    once per `per_call`)."""
+    if per_call not in self._p_evaluate:
+      self._p_evaluate[per_call] = chunks.compile_evaluate(self.dp, self._eval_fn, per_call)
+    return self._p_evaluate[per_call](state, group, first)
+
   def meta(self) -> dict:
-    return {'model': self.config.model, 'dataset': self.config.dataset,
+    return {'input_pipeline': self.pipeline,'model': self.config.model, 'dataset': self.config.dataset,
             'num_classes': self.num_classes, 'config': self.config.to_json(),
             'class_names': list(self.test.class_names),
             'mean': list(self.mean_std[0]), 'std': list(self.mean_std[1])}
+
+
+def resolve_pipeline(config: ml_collections.ConfigDict, stored: Optional[dict],
+                     train, dp: data_parallel.DataParallel) -> str:
+  """'device' or 'host': where this run's training batches are made.
+
+  'auto' keeps a resumed run's kind, and otherwise picks the device unless
+  TrivialAugment (Pillow, on the host) is on or the split does not fit; a
+  resume across kinds would change the batches, so it is refused by name.
+  Checkpoints from before the device pipeline existed are host runs.
+  """
+  requested = config.get('input_pipeline', 'auto')
+  policy = config.get('augment_policy', '')
+  nbytes = train.images.nbytes + train.labels.nbytes
+  if nbytes > device_pipeline.host_memory_bytes() // 2:
+    raise errors.UserError(
+        f'the training split ({nbytes / 2**30:.1f} GiB) fits neither device nor host '
+        'memory; use a smaller dataset or a machine with more memory')
+  too_big = device_pipeline.too_large(nbytes, dp.local_devices)
+  stored_kind = (stored.get('input_pipeline') or 'host') if stored else None
+  if requested == 'device' and policy:
+    raise errors.UserError(f'augment_policy {policy!r} runs Pillow on the host, so it '
+                           'needs the host pipeline; set --config.input_pipeline=auto')
+  if requested == 'device' and too_big:
+    raise errors.UserError(f'{too_big}; set --config.input_pipeline=auto or host')
+  kind = requested if requested != 'auto' else (
+      stored_kind or ('host' if policy or too_big else 'device'))
+  if stored_kind and kind != stored_kind:
+    raise errors.UserError(
+        f'this run made its batches with the {stored_kind} pipeline and would resume '
+        f'with the {kind} one, which draws other batches; set '
+        f'--config.input_pipeline={stored_kind} to resume it, or use a new --workdir')
+  if kind == 'device' and too_big:
+    raise errors.UserError(f'this run made its batches on the device, but here {too_big};'
+                           ' resume it on a device with more memory')
+  if requested == 'auto' and kind == 'host' and too_big and not stored_kind:
+    log.info('Input pipeline: host (%s)', too_big)
+  return kind
 
 
 def _mean_std(meta: Optional[dict], source: datasets.Source, train_split) -> tuple:

@@ -15,7 +15,7 @@ import ml_collections
 import optax
 
 from resnet_jax import models
-from resnet_jax.data import input_pipeline
+from resnet_jax.data import device_pipeline
 from resnet_jax.parallelism import data_parallel
 from resnet_jax.training import train_state
 
@@ -54,10 +54,10 @@ def train_step(state: train_state.TrainState, batch: dict, *, mean_std: tuple, d
 
 def train_images(batch: dict, mean_std: tuple, dtype: Any) -> jnp.ndarray:
   """The network's input: normalised, mixup-blended, Cutout-erased."""
-  images = input_pipeline.normalize(batch['image'], mean_std, dtype)
+  images = device_pipeline.normalize(batch['image'], mean_std, dtype)
   if 'mix_image' in batch:
     lam = batch['mix_lam'].astype(dtype)[:, None, None, None]
-    images = lam * images + (1 - lam) * input_pipeline.normalize(
+    images = lam * images + (1 - lam) * device_pipeline.normalize(
         batch['mix_image'], mean_std, dtype)
   if 'erase' in batch:  # Cutout: 0 after normalisation is the mean pixel.
     images = jnp.where(batch['erase'][..., None], jnp.zeros((), dtype), images)
@@ -97,7 +97,7 @@ def eval_step(state: train_state.TrainState, batch: dict, *, mean_std: tuple, dt
     {'': sums of the plain view}, and with `flip_tta` also {'flip_': sums of
     the mean of the image's and its mirror's class probabilities}.
   """
-  images = input_pipeline.normalize(batch['image'], mean_std, dtype)
+  images = device_pipeline.normalize(batch['image'], mean_std, dtype)
   apply = lambda x: jax.nn.log_softmax(state.apply_fn(
       {'params': state.params, 'batch_stats': state.batch_stats}, x, train=False))
   log_probs = apply(images)
@@ -123,24 +123,30 @@ def _eval_sums(log_probs, labels, mask, num_classes: int) -> dict:
           'top5': jnp.sum(top5 * mask), 'count': jnp.sum(mask), 'confusion': confusion}
 
 
-def compile_steps(dp: data_parallel.DataParallel, config: ml_collections.ConfigDict,
-                  num_classes: int, mean_std: tuple):
-  """The compiled (train_step, eval_step) of `config` under `dp`."""
+def step_functions(dp: data_parallel.DataParallel, config: ml_collections.ConfigDict,
+                   num_classes: int, mean_std: tuple) -> tuple:
+  """(train_step, eval_step) with the options of `config` bound, uncompiled."""
   dtype = train_state.compute_dtype(config)
   mean_std = tuple(tuple(v) for v in mean_std)
-  p_train = dp.compile(functools.partial(
+  train = functools.partial(
       train_step, mean_std=mean_std, dtype=dtype, seed=config.seed,
       label_smoothing=config.get('label_smoothing', 0.0),
-      ema_decay=config.get('ema_decay', 0.0), axis_name=dp.axis_name),
-                       compiler_options=_train_compiler_options(config))
-  p_eval = dp.compile(functools.partial(
+      ema_decay=config.get('ema_decay', 0.0), axis_name=dp.axis_name)
+  evaluate = functools.partial(
       eval_step, mean_std=mean_std, dtype=dtype, num_classes=num_classes,
-      flip_tta=config.get('flip_tta', False), axis_name=dp.axis_name),
-                      donate_state=False)
-  return p_train, p_eval
+      flip_tta=config.get('flip_tta', False), axis_name=dp.axis_name)
+  return train, evaluate
 
 
-def _train_compiler_options(config: ml_collections.ConfigDict) -> Optional[dict]:
+def compile_steps(dp: data_parallel.DataParallel, config: ml_collections.ConfigDict,
+                  num_classes: int, mean_std: tuple):
+  """The compiled one-step (train_step, eval_step) of `config` under `dp`."""
+  train, evaluate = step_functions(dp, config, num_classes, mean_std)
+  return (dp.compile(train, compiler_options=train_compiler_options(config)),
+          dp.compile(evaluate, donate_state=False))
+
+
+def train_compiler_options(config: ml_collections.ConfigDict) -> Optional[dict]:
   """XLA options of the train step.
 
   XLA:CPU in JAX 0.10 expands optimization barriers before fusion, which

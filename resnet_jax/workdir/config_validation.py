@@ -14,7 +14,8 @@ from resnet_jax import models
 # One line per config field: the public interface of a run (see --help).
 FIELDS = {
     'model': 'network name: resnet20..1202, preact_resnet18/110/164/1001, '
-             'resnet18..152, resnext29_8x64d/16x64d, wrn28_10, wrn16_8, resnet8',
+             'resnet18..152, resnext29_8x64d/16x64d, wrn28_10, wrn16_8 (tiny, for tests: '
+             'resnet8, wrn10_1)',
     'stem': "'cifar' (3x3 conv) or 'imagenet' (7x7/2 conv + max-pool); resnet18..152 only",
     'shortcut': "'' keeps the paper's shortcut; 'A' (zero-pad) or 'B' (1x1 projection)",
     'zero_init_residual': "start each residual branch's last BatchNorm scale at 0",
@@ -62,6 +63,14 @@ FIELDS = {
     'weight_decay': 'L2 coefficient added to the gradient of conv and dense kernels',
     'parallelism': "'jit' (one program over a device mesh) or 'pmap'",
     'num_devices': 'devices used per process; -1 = all',
+    'input_pipeline': "'auto', 'device' (the split lives on the devices; batches are "
+                      "made inside the compiled step) or 'host' (batches made by host "
+                      "workers); auto = device unless TrivialAugment is on or the split "
+                      "does not fit, and a resumed run keeps its own",
+    'steps_per_call': 'training steps per compiled call; -1 = the largest divisor of '
+                      'log_every_steps up to 32; any value gives the same numbers',
+    'input_workers': 'host pipeline: processes building batches; -1 = one per core '
+                     'less one with TrivialAugment, else 1',
     'seed': 'initialisation, example order, augmentation and dropout seed',
     'log_every_steps': 'steps between training-metric lines',
     'checkpoint_every_steps': 'steps between checkpoints (also at evals and the end)',
@@ -86,6 +95,7 @@ RECIPE_FIELDS = (
 # evaluation view): a resume may change them.
 RUNTIME_FIELDS = (
     'store_conv_inputs', 'data_dir', 'eval_batch_size', 'parallelism', 'num_devices',
+    'input_pipeline', 'steps_per_call', 'input_workers',
     'log_every_steps', 'checkpoint_every_steps', 'eval_every_epochs',
     'keep_checkpoints', 'eval_step', 'flip_tta')
 
@@ -162,6 +172,27 @@ def _validate_regularisers(config: ml_collections.ConfigDict) -> None:
     raise bad('warmup_steps', 'must not be negative')
 
 
+# The most steps one call may run: the metrics of a call, and on the host
+# pipeline its stacked batches, are held on the device.
+MAX_STEPS_PER_CALL = 1024
+
+
+def _validate_runtime(config: ml_collections.ConfigDict) -> None:
+  """How batches are made and fed (the numbers do not depend on these,
+  except the pipeline kind, which `run_setup.resolve_pipeline` checks)."""
+  if config.input_pipeline not in ('auto', 'device', 'host'):
+    raise errors.UserError(f"input_pipeline must be 'auto', 'device' or 'host', got "
+                           f'{config.input_pipeline!r}; set --config.input_pipeline')
+  k = config.steps_per_call
+  if not isinstance(k, int) or not (k == -1 or 1 <= k <= MAX_STEPS_PER_CALL):
+    raise errors.UserError(f'steps_per_call must be -1 (auto) or 1..{MAX_STEPS_PER_CALL}, '
+                           f'got {k!r}; set --config.steps_per_call')
+  if not isinstance(config.input_workers, int) or not (
+      config.input_workers == -1 or config.input_workers >= 1):
+    raise errors.UserError(f'input_workers must be -1 (one per core) or positive, got '
+                           f'{config.input_workers!r}; set --config.input_workers')
+
+
 # CIFAR and the image-folder datasets are 32x32.
 IMAGE_SIZE = 32
 
@@ -200,9 +231,14 @@ def validate(config: ml_collections.ConfigDict) -> datasets.Source:
     raise errors.UserError('lr_boundaries are fractions of the run, each in (0, 1); '
                            f'got {tuple(config.lr_boundaries)}')
   _validate_regularisers(config)
+  _validate_runtime(config)
   if config.store_conv_inputs not in ('auto', 'on', 'off'):
     raise errors.UserError(f'store_conv_inputs must be auto, on or off, got '
                            f'{config.store_conv_inputs!r}; set --config.store_conv_inputs')
+  if config.init_from and not os.path.exists(config.init_from):
+    raise errors.UserError(f'init_from {config.init_from} does not exist; pass a '
+                           'resnet_jax workdir, one of its checkpoints '
+                           '(WORKDIR/checkpoints/STEP), or a .pth file')
   if config.init_from and os.path.isdir(config.init_from):
     pass  # A resnet_jax run: its model is checked when it is read.
   elif config.init_from:
@@ -221,3 +257,26 @@ def validate(config: ml_collections.ConfigDict) -> datasets.Source:
     raise errors.UserError(f'{e} (check --config.stem, shortcut, dropout_rate, '
                            'zero_init_residual)') from e
   return source
+
+
+def reference_markdown(defaults: ml_collections.ConfigDict) -> str:
+  """docs/config.md: every field, its default and meaning, from `FIELDS`."""
+  rows = [f'| `{k}` | `{defaults.get(k)!r}` | {v.replace("|", "/")} |'
+          for k, v in FIELDS.items()]
+  kind = lambda k: ('recipe (a resume refuses a change)' if k in RECIPE_FIELDS
+                    else 'runtime (a resume may change it)')
+  kinds = [f'| `{k}` | {kind(k)} |' for k in FIELDS]
+  return '\n'.join([
+      '# Config reference', '',
+      'Generated from `resnet_jax/workdir/config_validation.py` (`FIELDS`) and the',
+      'defaults of `configs/cifar.py`; `tests/test_docs.py` fails when it is stale.',
+      'Regenerate: `python -m resnet_jax.workdir.config_validation > docs/config.md`.',
+      'Any field is set as `--config.FIELD=VALUE`.', '',
+      '| field | default | meaning |', '|---|---|---|', *rows, '',
+      '## Which fields a resume may change', '',
+      '| field | kind |', '|---|---|', *kinds, ''])
+
+
+if __name__ == '__main__':
+  from configs import cifar  # Run from the repository root.
+  print(reference_markdown(cifar.get_config()), end='')

@@ -1,0 +1,90 @@
+"""One training step on the accelerator against the same step on the CPU.
+
+  python benchmarks/device_parity.py            # default backend vs CPU, resnet20
+  python benchmarks/device_parity.py --smoke    # resnet8 (on a CPU-only machine:
+                                                # CPU vs CPU, the script's own check)
+
+From the same initial state and batch, at the highest matmul precision (so
+TF32 or bf16 passes of the accelerator's matrix units do not stand in for
+float32), the two steps must agree to float rounding: loss, parameters and
+BatchNorm statistics within `RTOL` of each leaf's largest value (the largest
+relative difference of a leaf, as `tests/conftest.py` measures layouts). A
+bfloat16 step (`half_precision`) must give a finite loss. Prints one JSON
+object; exits 1 when a check fails.
+"""
+
+import argparse
+import functools
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+
+from configs import cifar  # noqa: E402
+from resnet_jax.data import datasets  # noqa: E402
+from resnet_jax.training import steps  # noqa: E402
+from resnet_jax.training import train_state  # noqa: E402
+
+# cuDNN and XLA:CPU convolutions sum in different orders; float32 rounding of
+# one step is ~1e-6 relative (CPU layouts, tests/conftest.py). A wrong kernel
+# or a silent TF32 pass is 1e-3 or more.
+RTOL = 1e-4
+
+
+def one_step(model: str, batch_size: int, device, half: bool = False):
+  """(loss, parameters, BatchNorm statistics) after one step on `device`."""
+  config = cifar.get_config()
+  config.update(model=model, half_precision=half)
+  net = train_state.create_model(config, 10)
+  tx = train_state.create_optimizer(config, train_state.create_learning_rate_fn(config, 100))
+  with jax.default_device(jax.devices('cpu')[0]):
+    state = train_state.create_train_state(jax.random.key(0), net, tx)
+  rng = np.random.default_rng(0)
+  batch = {'image': rng.integers(0, 256, (batch_size, 32, 32, 3), dtype=np.uint8),
+           'label': rng.integers(0, 10, batch_size).astype(np.int32)}
+  state, batch = jax.device_put((state, batch), device)
+  step = jax.jit(functools.partial(
+      steps.train_step, mean_std=datasets.MEAN_STD['cifar10'],
+      dtype=train_state.compute_dtype(config), seed=0))
+  state, metrics = step(state, batch)
+  return (float(metrics['train_loss']), jax.device_get(state.params),
+          jax.device_get(state.batch_stats))
+
+
+def largest_relative_difference(a, b) -> float:
+  return max(float(np.abs(x - y).max() / max(np.abs(x).max(), 1e-30))
+             for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)) if np.size(x) > 1)
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument('--smoke', action='store_true', help='resnet8, batch 16')
+  args = parser.parse_args()
+  model, batch = ('resnet8', 16) if args.smoke else ('resnet20', 128)
+  accel, cpu = jax.devices()[0], jax.devices('cpu')[0]
+  with jax.default_matmul_precision('highest'):
+    a = one_step(model, batch, accel)
+    c = one_step(model, batch, cpu)
+  half_loss = one_step(model, batch, accel, half=True)[0]
+  record = {
+      'device': f'{accel.platform} {accel.device_kind}', 'model': model,
+      'batch_size': batch, 'loss': a[0], 'cpu_loss': c[0],
+      'loss_relative_difference': abs(a[0] - c[0]) / abs(c[0]),
+      'params_relative_difference': largest_relative_difference(c[1], a[1]),
+      'batch_stats_relative_difference': largest_relative_difference(c[2], a[2]),
+      'bfloat16_loss': half_loss, 'rtol': RTOL}
+  record['parity'] = bool(max(record['loss_relative_difference'],
+                              record['params_relative_difference'],
+                              record['batch_stats_relative_difference']) <= RTOL)
+  record['bfloat16_finite'] = bool(np.isfinite(half_loss))
+  print(json.dumps(record, indent=1))
+  return 0 if record['parity'] and record['bfloat16_finite'] else 1
+
+
+if __name__ == '__main__':
+  sys.exit(main())

@@ -1,0 +1,199 @@
+"""Batches made on the device: pure functions of (seed, step), on any layout.
+
+Images are uint8 and every draw is an integer or a comparison, so the
+batches of two layouts are compared bitwise (only mixup's weight is a float,
+drawn once per batch from the same key).
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from resnet_jax import errors
+from resnet_jax.data import augmentations
+from resnet_jax.data import device_pipeline
+from resnet_jax.data import input_pipeline
+from resnet_jax.parallelism import data_parallel
+from resnet_jax.training import chunks
+from resnet_jax.training import loop
+from resnet_jax.training import run_setup
+from resnet_jax.workdir import checkpointing
+from tests.conftest import STEP_RTOL, relative_differences, tiny_config
+
+N, B = 40, 16  # A batch straddles two epochs at step 2 (positions 32..47).
+
+
+def _data(n=N):
+  rng = np.random.default_rng(0)
+  return {'image': rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8),
+          'label': np.arange(n, dtype=np.int32)}  # Labels name the example.
+
+
+def _batch(strategy, num_devices, spec, data, step):
+  """The global batch of `step`, made under `strategy` on `num_devices`."""
+  dp = data_parallel.DataParallel(strategy, num_devices)
+
+  def make(d, s):
+    return chunks.device_batches(spec, dp)(d, s)(0)
+
+  placed = dp.replicate({**data, **device_pipeline.orders(
+      spec, spec.first_epoch(step), spec.epochs_per_chunk(1))})
+  out = dp.compile(make, donate_state=False, args=('data', 'scalar'))(placed, step)
+  if strategy == 'pmap':  # [devices, rows, ...] -> [global rows, ...]
+    return {k: np.asarray(v).reshape((-1,) + v.shape[2:]) for k, v in out.items()}
+  return {k: np.asarray(v) for k, v in out.items()}
+
+
+@pytest.mark.parametrize('options', [
+    augmentations.Options(),
+    augmentations.Options(cutout_size=8, mixup_alpha=1.0),
+    augmentations.Options(cutmix_alpha=1.0)], ids=['crop_flip', 'cutout_mixup', 'cutmix'])
+def test_a_batch_is_the_same_on_any_layout(options):
+  spec = device_pipeline.Spec(N, B, seed=3, options=options)
+  data = _data()
+  for step in (0, 2):
+    want = _batch('jit', 8, spec, data, step)
+    for layout in (('jit', 1), ('pmap', 8), ('pmap', 2)):
+      got = _batch(*layout, spec, data, step)
+      assert set(got) == set(want)
+      for key in want:
+        np.testing.assert_array_equal(got[key], want[key], err_msg=f'{layout} {key}')
+  # Another seed, another batch.
+  other = _batch('jit', 8, device_pipeline.Spec(N, B, seed=4, options=options), data, 0)
+  assert not np.array_equal(other['image'], want['image'])
+
+
+def test_each_epoch_is_a_fresh_permutation_and_no_example_is_dropped():
+  spec = device_pipeline.Spec(N, B, seed=0, augment=False)
+  data = _data()
+  # 5 steps = 80 positions = exactly two epochs, the middle batch straddling.
+  labels = np.concatenate([_batch('jit', 8, spec, data, s)['label'] for s in range(5)])
+  first, second = labels[:N], labels[N:]
+  assert sorted(first) == list(range(N)) and sorted(second) == list(range(N))
+  assert not np.array_equal(first, second)
+  # Without augmentation a batch holds the split's images unchanged.
+  batch = _batch('jit', 8, spec, data, 1)
+  np.testing.assert_array_equal(batch['image'], data['image'][batch['label']])
+
+
+def test_crop_and_flip_follow_the_paper_and_the_host_pipeline():
+  rng = np.random.default_rng(1)
+  images = rng.integers(0, 256, (64, 32, 32, 3), dtype=np.uint8)
+  oy, ox = rng.integers(0, 9, 64), rng.integers(0, 9, 64)
+  flip = rng.random(64) < 0.5
+  # The same 4-pixel zero pad, crop offsets and mirror as the host version.
+  np.testing.assert_array_equal(
+      np.asarray(device_pipeline.crop_flip(jnp.asarray(images), oy, ox, flip)),
+      input_pipeline._apply_draws(images, oy, ox, flip))
+  # Uniform offsets over [0, 8], p = 0.5 flips (a fixed key: exact counts).
+  oy, ox, flip = (np.asarray(d) for d in device_pipeline.crop_flip_draws(
+      jax.random.key(0), 90_000))
+  for offsets in (oy, ox):
+    counts = np.bincount(offsets, minlength=9)
+    assert len(counts) == 9 and np.all(np.abs(counts / 90_000 - 1 / 9) < 0.005), counts
+  assert abs(flip.mean() - 0.5) < 0.005
+
+
+def test_cutout_and_cutmix_have_the_host_versions_shapes():
+  key = jax.random.key(5)
+  rows = jnp.arange(B)
+  erase = np.asarray(device_pipeline.cutout_erase(key, rows, B, 8, 32))
+  ky, kx = jax.random.split(key)
+  cy = np.asarray(jax.random.randint(ky, (B,), 0, 32))
+  cx = np.asarray(jax.random.randint(kx, (B,), 0, 32))
+  np.testing.assert_array_equal(erase, augmentations.cutout_mask(cy, cx, 8, 32))
+  for seed in range(20):
+    partner, lam, box = device_pipeline.mix_draws(jax.random.key(seed), B, 'cutmix',
+                                                  1.0, 32)
+    box = np.asarray(box)
+    assert sorted(np.asarray(partner)) == list(range(B))
+    # The label weight is the uncovered fraction; the box is a rectangle.
+    assert float(lam) == pytest.approx(1 - box.sum() / 32**2)
+    ys, xs = np.nonzero(box)
+    if len(ys):
+      assert box.sum() == (ys.max() - ys.min() + 1) * (xs.max() - xs.min() + 1)
+
+
+def test_steps_per_call_picks_a_divisor_of_the_log_cadence():
+  k = lambda platform, **c: chunks.steps_per_call(tiny_config(None, **c), platform)
+  assert k('gpu', log_every_steps=100) == 25 and k('tpu', log_every_steps=64) == 32
+  assert k('gpu', log_every_steps=7) == 7 and k('gpu', steps_per_call=5) == 5
+  # XLA:CPU runs convolutions slowly inside a loop: one step per call there.
+  assert k('cpu', log_every_steps=100) == 1 and k('cpu', steps_per_call=5) == 5
+  # Calls end at every log, checkpoint and evaluation step.
+  assert loop.chunk_plan(3, 20, 4, 8, 12, {10}) == [
+      (3, 4), (7, 1), (8, 2), (10, 2), (12, 4), (16, 4)]
+
+
+def _final_state(tiny_data, workdir, **overrides):
+  config = tiny_config(tiny_data['data_dir'], num_train_steps=10, log_every_steps=4,
+                       checkpoint_every_steps=8, **overrides)
+  loop.train_and_evaluate(config, workdir)
+  run = run_setup.Run(config, workdir, need_train=True)
+  return jax.device_get(run.restore())
+
+
+def test_steps_per_call_leaves_the_numbers_bitwise_unchanged(tiny_data, tmp_path):
+  # Each step in a call's loop is the same program whatever k is, so k = 2, 3
+  # and 4 (calls cut differently by logs, checkpoints and evaluations, as a
+  # resume cuts them) end in the same bits.
+  states = [_final_state(tiny_data, str(tmp_path / str(k)), steps_per_call=k)
+            for k in (2, 3, 4)]
+  for other in states[1:]:
+    for tree in ('params', 'batch_stats', 'opt_state'):
+      jax.tree.map(np.testing.assert_array_equal, getattr(states[0], tree),
+                   getattr(other, tree))
+
+
+def test_a_step_in_a_loop_equals_a_step_alone_up_to_rounding(tiny_data, tmp_path):
+  # k = 1 runs the step with no loop around it; XLA compiles a convolution
+  # in a loop body differently (on the CPU, another algorithm), so the two
+  # agree to float rounding: compared after one step, as across layouts.
+  after = {}
+  for k in (1, 2):
+    config = tiny_config(tiny_data['data_dir'], steps_per_call=k)
+    run = run_setup.Run(config, str(tmp_path / str(k)), need_train=True)
+    calls = loop.feed(run.pipeline, run.dp, run.train, config, [(0, 1)], k)
+    state, metrics = run.p_train_chunk(run.dp.place_state(run.init_state()), next(calls), 1)
+    calls.close()
+    after[k] = (float(run.dp.fetch(metrics)['train_loss'][0]),
+                jax.device_get(run.dp.canonical_state(state)))
+  diffs = relative_differences(after[1][1], after[2][1])
+  print(f'one step alone vs in a loop: losses {after[1][0]} {after[2][0]}, {diffs}')
+  assert after[1][0] == pytest.approx(after[2][0], rel=STEP_RTOL)
+  assert max(diffs.values()) <= STEP_RTOL and int(after[2][1].step) == 1
+
+
+def test_the_pipeline_kind_is_part_of_the_run(tiny_data, tmp_path):
+  workdir = str(tmp_path / 'w')
+  host = tiny_config(tiny_data['data_dir'], input_pipeline='host', num_train_steps=4)
+  loop.train_and_evaluate(host, workdir)
+  meta = checkpointing.Checkpoints(workdir + '/checkpoints').read_meta()
+  assert meta['input_pipeline'] == 'host'
+  # auto resumes with the run's own kind; asking for the other is refused by name.
+  assert run_setup.Run(tiny_config(tiny_data['data_dir'], num_train_steps=4), workdir,
+                       need_train=True).pipeline == 'host'
+  with pytest.raises(errors.UserError, match='input_pipeline=host to resume'):
+    run_setup.Run(tiny_config(tiny_data['data_dir'], input_pipeline='device',
+                              num_train_steps=4), workdir, need_train=True)
+  with pytest.raises(errors.UserError, match='needs the host pipeline'):
+    run_setup.Run(tiny_config(tiny_data['data_dir'], input_pipeline='device',
+                              augment_policy='trivialaugment'),
+                  str(tmp_path / 'ta'), need_train=True)
+  with pytest.raises(errors.UserError, match='steps_per_call must be'):
+    run_setup.preflight(tiny_config(tiny_data['data_dir'], steps_per_call=0))
+
+
+def test_a_split_too_large_for_the_device_is_refused_or_falls_back(tiny_data, tmp_path,
+                                                                   monkeypatch, caplog):
+  monkeypatch.setattr(device_pipeline, 'too_large', lambda nbytes, devices: 'too large here')
+  with pytest.raises(errors.UserError, match='too large here'):
+    run_setup.Run(tiny_config(tiny_data['data_dir'], input_pipeline='device'),
+                  str(tmp_path / 'a'), need_train=True)
+  import logging
+  with caplog.at_level(logging.INFO, logger='resnet_jax'):
+    run = run_setup.Run(tiny_config(tiny_data['data_dir']), str(tmp_path / 'b'),
+                        need_train=True)
+  assert run.pipeline == 'host'
+  assert 'Input pipeline: host (too large here)' in caplog.text
