@@ -33,9 +33,14 @@ from resnet_jax.data import augmentations
 
 PAD = 4
 
-# Streams of `jax.random` draws, folded into the run's key: one per
-# purpose, so turning one augmentation on leaves the others' draws alone.
-_ORDER, _CROP_FLIP, _CUTOUT, _MIX = 0, 1, 2, 3
+# The pipeline's keys hang off their own root, (seed, ROOT): the dropout keys
+# are (seed, step) for steps below 2**31, so no key serves two purposes.
+# Under it, (ORDER, epoch) for the example order and (STEPS, step,
+# augmentation) for the rest, one per augmentation, so that turning one on
+# leaves the others' draws alone.
+_ROOT = 0xD47A0000
+_ORDER, _STEPS = 0, 1
+_CROP_FLIP, _CUTOUT, _MIX = 0, 1, 2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,7 +68,7 @@ class Spec:
 
 
 def _key(seed: int, stream: int):
-  return jax.random.fold_in(jax.random.key(seed), stream)
+  return jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), _ROOT), stream)
 
 
 def epoch_permutations(spec: Spec, first_epoch, count: int) -> jnp.ndarray:
@@ -181,7 +186,7 @@ def make_batch(spec: Spec, images, labels, step, perms, first_epoch,
   constrain = constrain or (lambda x: x)
   b, opts = spec.global_batch, spec.options
   index = example_index(spec, perms, first_epoch, step)
-  step_key = jax.random.fold_in(jax.random.key(spec.seed), step)
+  step_key = jax.random.fold_in(_key(spec.seed, _STEPS), step)
   draws = (crop_flip_draws(jax.random.fold_in(step_key, _CROP_FLIP), b)
            if spec.augment else None)
 
