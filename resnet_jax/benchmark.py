@@ -140,9 +140,7 @@ def loop_rate(config, split, windows: int, steps: int, warmup: int,
       pending.append((m, metrics))
       done += m
       if (first + m) % config.log_every_steps == 0:
-        fetched = [{key: v[i] for key, v in f.items()}
-                   for (m_, _), f in zip(pending, dp.fetch([f for _, f in pending]))
-                   for i in range(m_)]
+        fetched = loop.fetch_steps(dp, pending)
         metrics_io.format_line({'step': first + m, **metrics_io.mean_metrics(fetched)})
         pending = []
     # The loop's own host time: not the wait that ends the timing window,

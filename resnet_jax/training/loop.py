@@ -158,9 +158,7 @@ def _train(run: run_setup.Run, initial: Optional[train_state.TrainState]) -> dic
         if log_now or save_now:
           # One transfer for the steps since the last fetch; never log or
           # checkpoint past a diverged step.
-          fetched = [{key: v[i] for key, v in m.items()}
-                     for (n_, _), m in zip(pending, dp.fetch([m for _, m in pending]))
-                     for i in range(n_)]
+          fetched = fetch_steps(dp, pending)
           bad = metrics_io.first_nonfinite(range(last_step + 1, done + 1),
                                            [m['train_loss'] for m in fetched])
           if bad:
@@ -221,6 +219,14 @@ def chunk_plan(start: int, end: int, k: int, log_every: int, checkpoint_every: i
     plan.append((step, n))
     step += n
   return plan
+
+
+def fetch_steps(dp: data_parallel.DataParallel, pending: list) -> list:
+  """The metrics of calls [(n, {metric: [k]}), ...] in one transfer, as one
+  {metric: value} per step run (the first n of each call's k)."""
+  fetched = dp.fetch([m for _, m in pending])
+  return [{key: v[i] for key, v in m.items()}
+          for (n, _), m in zip(pending, fetched) for i in range(n)]
 
 
 def feed(pipeline: str, dp: data_parallel.DataParallel, train, config, plan: list,
