@@ -64,7 +64,7 @@ has_torch=0
 for model in "${models[@]}"; do
   for half in False True; do
     torch=()
-    [[ $has_torch == 1 && $model =~ ^resnet[0-9]+$ ]] && torch=(--torch)
+    [[ $has_torch == 1 ]] && torch=(--torch)
     dtype=$([[ $half == True ]] && echo bf16 || echo fp32)
     step "$PY" -m resnet_jax.benchmark --config configs/cifar.py --config.model="$model" \
       --config.half_precision=$half "${sizes[@]}" "${torch[@]}" \

@@ -1,9 +1,10 @@
 """PyTorch baseline: throughput for `python -m resnet_jax.benchmark --torch`,
 and full training runs on an image-folder dataset.
 
-The same CIFAR ResNet (6n+2 layers, option-A shortcuts, BatchNorm, He-normal
+The same networks (the CIFAR ResNets: 6n+2 layers, option-A shortcuts; the
+Wide ResNets: pre-activation wide blocks, 1x1 projections; BatchNorm, He-normal
 fan-out convolutions) and recipe (SGD, momentum 0.9, weight decay 1e-4 on the
-kernels, cross-entropy) in PyTorch eager, float32.
+kernels, cross-entropy) in PyTorch eager, float32 (bfloat16 autocast with --bf16).
 
 Throughput, on synthetic batches held in memory (the median over timed
 windows after warm-up, as for the JAX side):
@@ -74,18 +75,83 @@ class CifarResNet(nn.Module):
         cin = width
     self.blocks = nn.Sequential(*blocks)
     self.fc = nn.Linear(64, num_classes)
-    # The JAX model's initialisers: He normal (fan-out) convolutions, LeCun
-    # normal classifier, zero bias; BatchNorm scale 1, offset 0.
-    for m in self.modules():
-      if isinstance(m, nn.Conv2d):
-        nn.init.kaiming_normal_(m.weight, mode='fan_out', nonlinearity='relu')
-    std = 1 / math.sqrt(64) / .87962566103423978  # flax's truncated-normal scale
-    nn.init.trunc_normal_(self.fc.weight, std=std, a=-2 * std, b=2 * std)
-    nn.init.zeros_(self.fc.bias)
+    _init_like_jax(self, 64)
 
   def forward(self, x):
     x = self.blocks(F.relu(self.bn1(self.conv1(x))))
     return self.fc(x.mean((2, 3)))
+
+
+class WideBlock(nn.Module):
+  """Pre-activation wide block (Zagoruyko & Komodakis 2016): BN-ReLU-conv
+  twice, dropout between the convolutions, a 1x1 conv of the activated input
+  where the shape changes."""
+
+  def __init__(self, cin, cout, stride, dropout):
+    super().__init__()
+    self.bn1 = nn.BatchNorm2d(cin)
+    self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+    self.bn2 = nn.BatchNorm2d(cout)
+    self.dropout = nn.Dropout(dropout)
+    self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+    self.shortcut = (nn.Conv2d(cin, cout, 1, stride, bias=False)
+                     if stride > 1 or cin != cout else None)
+
+  def forward(self, x):
+    pre = F.relu(self.bn1(x))
+    out = self.conv2(self.dropout(F.relu(self.bn2(self.conv1(pre)))))
+    return out + (self.shortcut(pre) if self.shortcut is not None else x)
+
+
+class WideResNet(nn.Module):
+  """WRN-depth-k: (depth - 4) / 6 wide blocks per stage, widths 16k/32k/64k."""
+
+  def __init__(self, depth, k, num_classes=10, dropout=0.0):
+    super().__init__()
+    n = (depth - 4) // 6
+    self.conv1 = nn.Conv2d(3, 16, 3, 1, 1, bias=False)
+    blocks, cin = [], 16
+    for i, width in enumerate((16 * k, 32 * k, 64 * k)):
+      for j in range(n):
+        blocks.append(WideBlock(cin, width, 2 if i > 0 and j == 0 else 1, dropout))
+        cin = width
+    self.blocks = nn.Sequential(*blocks)
+    self.bn_final = nn.BatchNorm2d(cin)
+    self.fc = nn.Linear(cin, num_classes)
+    _init_like_jax(self, cin)
+
+  def forward(self, x):
+    x = F.relu(self.bn_final(self.blocks(self.conv1(x))))
+    return self.fc(x.mean((2, 3)))
+
+
+def _init_like_jax(net: nn.Module, features: int) -> None:
+  """The JAX models' initialisers: He normal (fan-out) convolutions, LeCun
+  normal classifier, zero bias; BatchNorm scale 1, offset 0."""
+  for m in net.modules():
+    if isinstance(m, nn.Conv2d):
+      nn.init.kaiming_normal_(m.weight, mode='fan_out', nonlinearity='relu')
+  std = 1 / math.sqrt(features) / .87962566103423978  # flax's truncated-normal scale
+  nn.init.trunc_normal_(net.fc.weight, std=std, a=-2 * std, b=2 * std)
+  nn.init.zeros_(net.fc.bias)
+
+
+def build(model: str, num_classes: int = 10, dropout: float = 0.0) -> nn.Module:
+  """The PyTorch twin of a resnet_jax model name: the CIFAR ResNets
+  (resnet20, 32, ..., option-A shortcuts) and the Wide ResNets (wrn16_8, ...).
+
+  Raises:
+    ValueError: a model the baseline does not have.
+  """
+  name = model.removeprefix('resnet')
+  if name.isdigit() and int(name) > 2 and (int(name) - 2) % 6 == 0:
+    return CifarResNet(int(name), num_classes)
+  depth, _, k = model.removeprefix('wrn').partition('_')
+  if model.startswith('wrn') and depth.isdigit() and k.isdigit() and \
+      int(depth) > 4 and (int(depth) - 4) % 6 == 0:
+    return WideResNet(int(depth), int(k), num_classes, dropout)
+  raise ValueError(f'the PyTorch baseline has the CIFAR ResNets (resnet20, 32, ...) '
+                   f'and the Wide ResNets (wrn16_8, wrn28_10, ...), not {model!r}')
 
 
 def device() -> torch.device:
@@ -95,14 +161,14 @@ def device() -> torch.device:
 
 def run(model: str, batch_size: int, windows: int = 5, steps: int = 10,
         warmup: int = 3, bf16: bool = False) -> dict:
-  """Train and eval images/s of the CIFAR ResNet `model` (e.g. 'resnet20'),
+  """Train and eval images/s of `model` (e.g. 'resnet20', 'wrn16_8'),
   on `device()`: on a GPU with its usual fast settings (channels_last memory
   layout, cuDNN autotuning) and, with `bf16`, bfloat16 autocast."""
   torch.manual_seed(0)
   dev = device()
   layout = torch.channels_last if dev.type == 'cuda' else torch.contiguous_format
   torch.backends.cudnn.benchmark = True
-  net = CifarResNet(_depth(model)).to(dev, memory_format=layout)
+  net = build(model).to(dev, memory_format=layout)
   opt = _optimizer(net, 0.1, 1e-4)
   x = torch.randn(batch_size, 3, 32, 32, device=dev).contiguous(memory_format=layout)
   y = torch.randint(0, 10, (batch_size,), device=dev)
@@ -140,14 +206,6 @@ def run(model: str, batch_size: int, windows: int = 5, steps: int = 10,
           'eval_images_per_sec': round(eval_rate, 1)}
 
 
-def _depth(model: str) -> int:
-  depth = int(model.removeprefix('resnet')) if model.removeprefix('resnet').isdigit() else 0
-  if not depth or (depth - 2) % 6:
-    raise ValueError(f'the PyTorch baseline has the CIFAR ResNets (resnet20, 32, ...), '
-                     f'not {model!r}')
-  return depth
-
-
 def _optimizer(net, lr, weight_decay):
   decay = [p for p in net.parameters() if p.ndim > 1]
   rest = [p for p in net.parameters() if p.ndim <= 1]
@@ -169,7 +227,7 @@ def train(data: str, workdir: str, model: str = 'resnet20', epochs: float = 10.0
   from resnet_jax.workdir import run_record
   if os.path.exists(os.path.join(workdir, 'metrics.jsonl')):
     raise SystemExit(f'error: {workdir} already holds a run; pass a new --workdir')
-  _depth(model)  # A bad name fails before the data is read.
+  build(model)  # A bad name fails before the data is read.
   started = time.perf_counter()
   train_split = image_folder.load_split(data, 'train')
   test = image_folder.load_split(data, 'test')
@@ -182,7 +240,7 @@ def train(data: str, workdir: str, model: str = 'resnet20', epochs: float = 10.0
   boundaries = [round(0.5 * steps), round(0.75 * steps)]
   stream = input_pipeline.TrainStream(train_split, batch_size, seed, True)
   torch.manual_seed(seed)
-  net = CifarResNet(_depth(model), len(train_split.class_names))
+  net = build(model, len(train_split.class_names))
   opt = _optimizer(net, lr, weight_decay)
   os.makedirs(workdir, exist_ok=True)
   config = dict(model=model, dataset=os.path.basename(os.path.normpath(data)),
@@ -264,6 +322,10 @@ if __name__ == '__main__':
   parser.add_argument('--learning_rate', type=float, default=0.1)
   parser.add_argument('--seed', type=int, default=0)
   args = parser.parse_args()
+  try:
+    build(args.model)
+  except ValueError as e:
+    parser.error(str(e))  # One line and exit code 2.
   if args.data:
     if not args.workdir:
       parser.error('--data needs --workdir')

@@ -26,6 +26,7 @@ import jax
 import numpy as np
 from ml_collections import config_flags
 
+from resnet_jax import config_files
 from resnet_jax.data import augmentations
 from resnet_jax.data import batch_workers
 from resnet_jax.data import datasets
@@ -319,6 +320,11 @@ def main(argv):
     raise errors.UserError(f'--torch_python {python} is not an executable; pass the '
                            'path of a Python that has PyTorch')
   baseline = _import_torch_baseline() if _TORCH.value and not python else None
+  if baseline:
+    try:
+      baseline.build(config.model)  # Before the JAX measurements, not after.
+    except ValueError as e:
+      raise errors.UserError(f'--torch: {e}') from e
   try:
     workers = [int(w) for w in _TA_WORKERS.value]
   except ValueError as e:
@@ -345,4 +351,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  errors.run_cli(main)
+  errors.run_cli(main, prepare_argv=config_files.prepare_argv)

@@ -19,9 +19,15 @@ class Stopped(Exception):
     self.exit_code = exit_code
 
 
-def run_cli(main_fn) -> None:
+def run_cli(main_fn, prepare_argv=None) -> None:
   """Runs an absl main: `UserError` is one line and exit code 2, `Stopped` one
-  line and its own code; neither prints a traceback."""
+  line and its own code; neither prints a traceback.
+
+  Args:
+    main_fn: the absl main, called with the arguments flags left.
+    prepare_argv: optional argv -> argv, run before flag parsing (may raise
+      `UserError`).
+  """
   def wrapped(argv):
     try:
       main_fn(argv)
@@ -35,7 +41,14 @@ def run_cli(main_fn) -> None:
     except Stopped as e:
       print(f'stopped: {e}', file=sys.stderr)
       sys.exit(e.exit_code)
-  app.run(wrapped, flags_parser=_parse_flags)
+  def parse(argv):
+    if prepare_argv:
+      try:
+        argv = prepare_argv(argv)
+      except UserError as e:
+        _fail(str(e))
+    return _parse_flags(argv)
+  app.run(wrapped, flags_parser=parse)
 
 
 def _parse_flags(argv):

@@ -24,14 +24,27 @@ class _AboveProgressBars(logging.Handler):
       self.handleError(record)
 
 
-class _OrbaxFailures(logging.Filter):
-  """Drops orbax's error logs: a failed background save is logged there with
-  tracebacks from several threads, and `checkpointing` reports the same
-  failure as one `stopped:` line naming the step and the cause."""
+# Library warnings that mislead more than they tell: tfds looks for a dataset
+# in its default folder before it is built (the run's own error says what to
+# do when it is missing).
+_NOISE = ('has no dataset_info.json',)
+
+
+class _LibraryNoise(logging.Filter):
+  """Drops orbax's error logs and the `_NOISE` warnings. orbax logs a failed
+  background save with tracebacks from several threads, and `checkpointing`
+  reports the same failure as one `stopped:` line naming the step and cause."""
 
   def filter(self, record):
-    return not (record.levelno >= logging.ERROR and
-                f'{os.sep}orbax{os.sep}' in record.pathname)
+    if record.levelno >= logging.ERROR and f'{os.sep}orbax{os.sep}' in record.pathname:
+      return False
+    return not any(n in record.getMessage() for n in _NOISE)
+
+
+def quiet_libraries() -> None:
+  """Library INFO logs off (JAX's distributed start-up logs three lines per
+  process at INFO); safe before `distributed.initialize`."""
+  absl_logging.set_verbosity(absl_logging.WARNING)
 
 
 def setup() -> None:
@@ -39,10 +52,10 @@ def setup() -> None:
 
   Call after `distributed.initialize` (it asks JAX for the process index).
   """
-  absl_logging.set_verbosity(absl_logging.WARNING)
+  quiet_libraries()
   handler = absl_logging.get_absl_handler()
-  if not any(isinstance(f, _OrbaxFailures) for f in handler.filters):
-    handler.addFilter(_OrbaxFailures())
+  if not any(isinstance(f, _LibraryNoise) for f in handler.filters):
+    handler.addFilter(_LibraryNoise())
   if not log.handlers:
     handler = _AboveProgressBars()
     handler.setFormatter(logging.Formatter('%(asctime)s %(message)s', '%H:%M:%S'))

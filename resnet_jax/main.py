@@ -1,10 +1,15 @@
 r"""Trains or evaluates a ResNet on CIFAR.
 
   python -m resnet_jax.main --config configs/cifar.py --workdir runs/resnet20
-  python -m resnet_jax.main --config configs/cifar.py --workdir runs/resnet20 --mode=eval
+  python -m resnet_jax.main --workdir runs/resnet20              # resumes it
+  python -m resnet_jax.main --workdir runs/resnet20 --mode=eval
 
-Running the train command again on the same workdir resumes from its latest
-checkpoint. Any config field can be overridden: `--config.batch_size=256`.
+A workdir remembers its run: given only --workdir, an existing run resumes (or
+is evaluated) with the config its run.json records; --config.FIELD=VALUE may
+still change runtime fields (cadence, data_dir, devices). Without --config a
+new run uses configs/cifar.py, which also ships inside the package: that path
+works from any folder. Any config field can be overridden:
+`--config.batch_size=256`.
 """
 
 import os
@@ -12,13 +17,24 @@ import os
 from absl import flags
 from ml_collections import config_flags
 
-from resnet_jax.parallelism import distributed
+from resnet_jax import config_files
 from resnet_jax import errors
+from resnet_jax.parallelism import distributed
 from resnet_jax import logs
 from resnet_jax.logs import log
 
+
+def _default_config():
+  try:
+    return config_files.default_path()
+  except errors.UserError:  # Reported when a config is needed.
+    return None
+
+
 _CONFIG = config_flags.DEFINE_config_file(
-    'config', None, 'Training config file, e.g. configs/cifar.py.', lock_config=True)
+    'config', _default_config(), 'Training config file[:preset], e.g. '
+    'configs/cifar.py:resnet56; default: the run in --workdir, or configs/cifar.py '
+    'for a new one.', lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Where checkpoints and metrics go.')
 _MODE = flags.DEFINE_enum('mode', 'train', ['train', 'eval'],
                           'train (resuming if possible) or eval the latest checkpoint.')
@@ -27,18 +43,23 @@ _COORDINATOR = flags.DEFINE_string(
 _NUM_PROCESSES = flags.DEFINE_integer('num_processes', None,
                                       'Number of processes of a multi-process run.')
 _PROCESS_ID = flags.DEFINE_integer('process_id', None, 'This process, 0-based.')
-flags.mark_flags_as_required(['config', 'workdir'])
+flags.mark_flags_as_required(['workdir'])
 
 
 def _describe_fields() -> str:
   from resnet_jax.workdir import config_validation
-  width = max(map(len, config_validation.FIELDS))
-  return '\n'.join(f'  --config.{k:<{width}}  {v}'
+  try:
+    defaults = config_files.load_default()
+  except errors.UserError:
+    defaults = {}
+  width = max(len(f'{k}={defaults.get(k)!r}') for k in config_validation.FIELDS)
+  return '\n'.join(f'  --config.{k + "=" + repr(defaults.get(k)):<{width}}  {v}'
                    for k, v in config_validation.FIELDS.items())
 
 
 # absl's --help prints the main module's docstring: list the config fields.
-__doc__ += '\nConfig fields (configs/cifar.py sets them):\n' + _describe_fields() + '\n'
+__doc__ += ('\nConfig fields, with the defaults of configs/cifar.py:\n' +
+            _describe_fields() + '\n')
 
 
 def main(argv):
@@ -51,6 +72,7 @@ def main(argv):
         f'workdir {workdir} is an object-store URL, which this version does not write '
         '(run.json, metrics, the lock and plots use local files); pass a local or '
         'shared directory, e.g. the bucket mounted with gcsfuse')
+  logs.quiet_libraries()
   setup = distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value,
                                  _PROCESS_ID.value)
   logs.setup()
@@ -60,25 +82,45 @@ def main(argv):
   from resnet_jax.training import evaluation
   from resnet_jax.training import loop
   from resnet_jax.training import run_setup  # After flag parsing: keeps --help fast.
-  run_setup.preflight(_CONFIG.value)  # Refuse a bad config before touching anything.
+  config = _config(workdir)
+  run_setup.preflight(config)  # Refuse a bad config before touching anything.
   if _MODE.value == 'eval':
     if not os.path.isdir(workdir):
       raise errors.UserError(f'workdir {workdir} does not exist; pass the '
                              '--workdir of a trained run')
-    step = None if _CONFIG.value.eval_step == -1 else _CONFIG.value.eval_step
-    result = evaluation.evaluate_checkpoint(_CONFIG.value, workdir, step)
+    step = None if config.eval_step == -1 else config.eval_step
+    result = evaluation.evaluate_checkpoint(config, workdir, step)
     others = ', '.join(f'{k[:-len("eval_accuracy")].rstrip("_")} {100 * v:.2f}%'
                        for k, v in result.items()
                        if k.endswith('_eval_accuracy') and k != 'eval_accuracy')
-    log.info('Evaluated step %d: test accuracy %.2f%%%s on %d examples, wrote %s',
+    log.info('Evaluated step %d: test accuracy %.2f%%%s on %d examples, wrote %s and %s',
              result['step'], 100 * result['eval_accuracy'],
              f' ({others})' if others else '', result['eval_examples'],
-             os.path.join(workdir, 'eval.json'))
+             os.path.join(workdir, 'eval.json'), os.path.join(workdir, 'confusion.png'))
     return
   # Creates the workdir only once the run is accepted; refused while another
   # run holds it.
-  loop.train_and_evaluate(_CONFIG.value, workdir)
+  loop.train_and_evaluate(config, workdir)
+
+
+def _config(workdir: str):
+  """--config when given; else the workdir's own run's, else the default."""
+  from resnet_jax.workdir import run_config
+  flag = flags.FLAGS['config']
+  overrides = config_flags.get_override_values(flag)
+  given = ' '.join(f'--config.{k}={v}' for k, v in overrides.items())
+  if not flag.present:
+    remembered = run_config.remembered(workdir, _CONFIG.value, overrides)
+    if remembered is not None:
+      log.info('Config: the run in %s (its run.json)%s', workdir,
+               f', with {given}' if given else '')
+      return remembered
+  if _CONFIG.value is None:
+    config_files.shipped_dir()  # Raises the error that says what is missing.
+  log.info('Config: %s%s%s', config_flags.get_config_filename(flag),
+           '' if flag.present else ' (the default)', f', with {given}' if given else '')
+  return _CONFIG.value
 
 
 if __name__ == '__main__':
-  errors.run_cli(main)
+  errors.run_cli(main, prepare_argv=config_files.prepare_argv)

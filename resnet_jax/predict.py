@@ -40,22 +40,42 @@ SIZE = 32
 
 
 def load_image(path: str) -> np.ndarray:
-  """A file -> uint8 [32, 32, 3]: RGB, shorter side resized to 32, centre crop."""
-  from PIL import Image, UnidentifiedImageError
+  """A file -> uint8 [32, 32, 3]: RGB, shorter side resized to 32, centre crop.
+
+  Keeps Pillow's hard limit against decompression bombs (2 x
+  `Image.MAX_IMAGE_PIXELS`, ~179 megapixels, ~0.5 GB decoded as RGB): a larger
+  image is refused rather than risking the host's memory for a 32x32 input.
+  Below it no warning is printed (a 100-megapixel photo is simply predicted).
+
+  Raises:
+    errors.UserError: naming the file and why it could not be read.
+  """
+  import warnings
+  from PIL import Image
+  limit = 2 * Image.MAX_IMAGE_PIXELS
   try:
-    with Image.open(path) as im:
-      im = im.convert('RGB')
-      w, h = im.size
-      scale = SIZE / min(w, h)
-      im = im.resize((max(SIZE, round(w * scale)), max(SIZE, round(h * scale))),
-                     Image.Resampling.LANCZOS)
-      w, h = im.size
-      left, top = (w - SIZE) // 2, (h - SIZE) // 2
-      return np.asarray(im.crop((left, top, left + SIZE, top + SIZE)), np.uint8)
+    with warnings.catch_warnings():
+      warnings.simplefilter('ignore', Image.DecompressionBombWarning)
+      with Image.open(path) as im:
+        im = im.convert('RGB')
+        w, h = im.size
+        scale = SIZE / min(w, h)
+        im = im.resize((max(SIZE, round(w * scale)), max(SIZE, round(h * scale))),
+                       Image.Resampling.LANCZOS)
+        w, h = im.size
+        left, top = (w - SIZE) // 2, (h - SIZE) // 2
+        return np.asarray(im.crop((left, top, left + SIZE, top + SIZE)), np.uint8)
   except FileNotFoundError as e:
     raise errors.UserError(f'{path}: no such file') from e
-  except (UnidentifiedImageError, OSError, ValueError) as e:
-    raise errors.UserError(f'{path}: not a readable image ({e})') from e
+  except Image.DecompressionBombError as e:
+    raise errors.UserError(
+        f'{path}: larger than the {limit / 1e6:.0f}-megapixel limit kept against '
+        f'decompression bombs ({e}); downscale it first') from e
+  except Exception as e:  # pylint: disable=broad-except
+    # Pillow reports damaged files as OSError, SyntaxError, ValueError,
+    # EOFError, struct.error, ...: any failure is this file's alone.
+    raise errors.UserError(f'{path}: not a readable image ({type(e).__name__}: '
+                           f'{e})') from e
 
 
 def predict(workdir: str, paths: List[str], top_k: int = 5, step=None,

@@ -130,8 +130,9 @@ def prepare_image_folder(source: str, name: str, data_dir: str) -> dict:
   """
   target = os.path.join(data_dir, name)
   if os.path.exists(target):
-    raise errors.UserError(f'{target} already exists; it was left as it is. Use '
-                           'another --data_dir, or delete that folder to rebuild')
+    raise errors.UserError(f'{target} already exists; it was left as it is. Train '
+                           f'with --config.dataset={name} --config.data_dir={data_dir}, '
+                           'or delete that folder (or use another --data_dir) to rebuild')
   os.makedirs(data_dir, exist_ok=True)
   with tempfile.TemporaryDirectory(dir=data_dir, prefix='.extract-') as tmp:
     if os.path.isdir(source):
@@ -289,8 +290,9 @@ def prepare(archive: str, data_dir: str) -> dict:
   builder = tfds.builder(layout.dataset, data_dir=data_dir)
   if builder.is_prepared():
     raise errors.UserError(
-        f'{builder.data_dir} already holds {layout.dataset}; it was left as it '
-        'is. Use another --data_dir, or delete that folder to rebuild')
+        f'{builder.data_dir} already holds {layout.dataset}; it was left as it is. '
+        f'Train with --config.dataset={layout.dataset} --config.data_dir={data_dir}, '
+        'or delete that folder (or use another --data_dir) to rebuild')
   with tempfile.TemporaryDirectory(dir=data_dir, prefix='.extract-') as tmp:
     _extract(archive, tmp)
     src = os.path.join(tmp, layout.folder)

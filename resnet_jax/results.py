@@ -2,6 +2,7 @@ r"""Rows of the README's Results table, read from run workdirs.
 
   python -m resnet_jax.results runs/r20 runs/torch_r20
   python -m resnet_jax.results --format=json runs/*
+  python -m resnet_jax.results runs/          # every run inside runs/
 
 Reads each workdir's `run.json` (config, devices, sessions) and
 `metrics.jsonl` (evaluations, training speed); works for resnet_jax runs and
@@ -84,14 +85,25 @@ def summarize(workdir: str, metric: str = 'eval_accuracy') -> dict:
                            'workdir of a run')
   evals = [l for l in lines if metric in l]
   path = os.path.join(workdir, 'eval.json')
+  final = {}
   if os.path.exists(path):
     with open(path) as f:
       final = json.load(f)
     if metric in final and (not evals or final['step'] >= evals[-1]['step']):
       evals.append(final)
+  recorded = sorted({k for l in lines + [final] for k in l
+                     if k.endswith('_accuracy') and not k.startswith('train')})
+  if not evals and recorded:
+    raise errors.UserError(f'{workdir} records no {metric}; its evaluations have '
+                           f'{", ".join(recorded)}: pass one as --metric')
   rates = [l['images_per_sec'] for l in lines if 'images_per_sec' in l]
   sessions = record['sessions']
   config = record['config']
+  # The training split's size, from any line that has both step and epoch:
+  # a subset of a dataset shows as one.
+  sized = [l for l in lines if l.get('epoch') and 'train_loss' in l]
+  train_images = (round(sized[-1]['step'] * config['batch_size'] / sized[-1]['epoch'])
+                  if sized else None)
   finished = [s for s in sessions if 'final_step' in s]
   return {
       'workdir': workdir, 'model': config['model'], 'framework': record['framework'],
@@ -104,6 +116,7 @@ def summarize(workdir: str, metric: str = 'eval_accuracy') -> dict:
       'complete': bool(finished),
       'images_per_sec': statistics.median(rates) if rates else None,
       'device': _device(sessions[-1]), 'dataset': config['dataset'],
+      'train_images': train_images,
       'date': sessions[0]['started'][:10], 'command': sessions[0]['command'],
   }
 
@@ -115,9 +128,25 @@ def markdown_row(s: dict) -> str:
   accuracy = f"{pct(s['final_accuracy'])} / {pct(s['best_accuracy'])}"
   if s['metric'] != 'eval_accuracy':  # Say which weights and view.
     accuracy += f" ({s['metric']})"
+  data = s['dataset'] + (f", {s['train_images']:,} train images"
+                         if s.get('train_images') else '')
   cells = (s['model'], s['framework'], s['recipe'], str(s['steps']), accuracy, wall, rate,
-           s['device'], s['dataset'], s['date'])
+           s['device'], data, s['date'])
   return '| ' + ' | '.join(cells) + ' |'
+
+
+def expand(paths: list) -> list:
+  """Workdirs: each path that holds a run, and for a folder of runs (`runs/`)
+  the runs directly inside it, sorted."""
+  out = []
+  for path in paths:
+    if os.path.isfile(os.path.join(path, run_record.FILE)) or not os.path.isdir(path):
+      out.append(path)  # A run, or a path `summarize` reports on.
+      continue
+    inside = sorted(os.path.join(path, n) for n in os.listdir(path)
+                    if os.path.isfile(os.path.join(path, n, run_record.FILE)))
+    out += inside or [path]
+  return out
 
 
 def main(argv):
@@ -125,7 +154,7 @@ def main(argv):
   if not workdirs:
     raise errors.UserError('no workdirs given; usage: python -m resnet_jax.results '
                            'WORKDIR...')
-  rows = [summarize(w, _METRIC.value) for w in workdirs]
+  rows = [summarize(w, _METRIC.value) for w in expand(workdirs)]
   if _FORMAT.value == 'json':
     print(json.dumps(rows, indent=1))
     return

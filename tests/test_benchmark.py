@@ -7,6 +7,7 @@ import sys
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from resnet_jax import benchmark
@@ -120,3 +121,23 @@ def test_the_accelerator_check_runs_end_to_end_on_the_cpu(tmp_path):
     assert record['dtype'] == ('bfloat16' if dtype == 'bf16' else 'float32')
   assert (tmp_path / 'accel_r20.tar').stat().st_size > 0
   assert (tmp_path / 'check.log').read_text().count('==') >= 5
+
+
+@pytest.mark.parametrize('model', ['resnet20', 'wrn10_1', 'wrn16_8'])
+def test_the_torch_baseline_builds_the_same_network(model):
+  # The same layers: every parameter tensor's size, in order (flax's kernels
+  # are HWIO, PyTorch's OIHW: compared as sizes), and the same total.
+  pytest.importorskip('torch')
+  sys.path.insert(0, os.path.join(REPO, 'benchmarks'))
+  import torch_baseline
+  from resnet_jax import models
+  net = torch_baseline.build(model)
+  variables = jax.eval_shape(
+      lambda: models.create_model(model, 10).init(jax.random.key(0),
+                                                   jnp.zeros((1, 32, 32, 3))))
+  jax_sizes = sorted(int(np.prod(x.shape))
+                     for x in jax.tree_util.tree_leaves(variables['params']))
+  torch_sizes = sorted(p.numel() for p in net.parameters())
+  assert torch_sizes == jax_sizes
+  with pytest.raises(ValueError, match="not 'preact_resnet18'"):
+    torch_baseline.build('preact_resnet18')

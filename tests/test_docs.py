@@ -48,3 +48,18 @@ def test_links_between_pages_point_at_files_that_exist():
         continue
       path = os.path.normpath(os.path.join(REPO, os.path.dirname(page), target))
       assert os.path.exists(path), f'{page} links to {target}, which does not exist'
+
+
+def test_sections_the_code_cites_exist():
+  # e.g. configs/cifar.py: (docs/recipes.md, "Beyond the paper recipe").
+  cited = []
+  for folder in ('configs', 'resnet_jax', 'benchmarks'):
+    for root, _, files in os.walk(os.path.join(REPO, folder)):
+      for name in files:
+        if name.endswith(('.py', '.sh')):
+          text = open(os.path.join(root, name)).read()
+          cited += re.findall(r'(README\.md|docs/[a-z_]+\.md)[,:]? "([^"]+)"', text)
+  assert ('docs/recipes.md', 'Beyond the paper recipe') in cited
+  for page, section in cited:
+    headings = re.findall(r'^#+ (.+)$', _read(page), re.M)
+    assert any(h.startswith(section) for h in headings), (page, section)

@@ -252,7 +252,7 @@ def test_bad_input_is_refused_leaving_the_workdir_as_it_was(tiny_data, tiny_fold
   blocker = tmp_path / 'a_file'
   blocker.write_text('')
   cases = [
-      (['--config.model=resnet20'], "holds a model 'resnet8' run"),
+      (['--config.model=resnet20'], "different recipe (model 'resnet8' -> 'resnet20')"),
       (['--config.dataset=cifar11'], "unknown dataset 'cifar11'"),
       (['--config.batch_size=-16'], 'batch_size must be a positive integer'),
       (['--config.learning_rate=-0.1'], 'learning_rate must be positive'),
@@ -265,7 +265,7 @@ def test_bad_input_is_refused_leaving_the_workdir_as_it_was(tiny_data, tiny_fold
   before = _listing(tmp_path)
   for workdir in (existing, fresh):
     for extra, message in cases:
-      if workdir == fresh and 'holds a model' in message:
+      if workdir == fresh and 'different recipe' in message:
         continue  # Only an existing run has a model to differ from.
       if workdir == existing and 'zz.png' in message:
         continue  # The existing run's dataset differs first (refused too).

@@ -126,7 +126,10 @@ def test_prepare_data_places_a_checked_archive_and_says_how_to_train(tiny_folder
   again = subprocess.run([sys.executable, '-m', 'resnet_jax.prepare_data', '--archive',
                           str(archive), '--data_dir', str(out)],
                          capture_output=True, text=True, cwd=REPO, timeout=300)
-  assert again.returncode == 2 and 'already exists' in again.stderr
+  assert again.returncode == 2 and again.stderr.strip() == (
+      f'error: {out / "tinyfolder"} already exists; it was left as it is. Train with '
+      f'--config.dataset=tinyfolder --config.data_dir={out}, or delete that folder (or '
+      'use another --data_dir) to rebuild')
 
 
 def test_prepare_data_refuses_a_bad_image_naming_it_in_the_archive(tiny_folder,

@@ -8,7 +8,7 @@ PACKAGE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 # Lower layers never import higher ones; a folder may import itself.
 LAYERS = (
-    {'errors', 'logs'},
+    {'errors', 'logs', 'config_files'},
     {'models', 'layers'},
     {'data', 'parallelism', 'reporting'},
     {'workdir'},
@@ -87,3 +87,14 @@ def test_every_folder_says_what_it_holds_and_modules_stay_small():
     if path.endswith('__init__.py') and name:
       doc = ast.get_docstring(ast.parse(open(path).read()))
       assert doc and 'Imports' in doc, f'{path} needs a docstring saying what it holds'
+
+
+def test_pyproject_installs_every_folder_and_the_configs():
+  import tomllib
+  with open(os.path.join(os.path.dirname(PACKAGE), 'pyproject.toml'), 'rb') as f:
+    setup = tomllib.load(f)['tool']['setuptools']
+  folders = {'resnet_jax'} | {
+      f'resnet_jax.{d}' for d in os.listdir(PACKAGE)
+      if os.path.isfile(os.path.join(PACKAGE, d, '__init__.py'))}
+  assert set(setup['packages']) == folders | {'resnet_jax.configs'}
+  assert setup['package-dir'] == {'resnet_jax.configs': 'configs'}

@@ -124,6 +124,38 @@ def test_every_process_refuses_a_busy_workdir(tiny_data, tmp_path):
   assert os.listdir(workdir) == ['run.lock']
 
 
+def test_processes_that_see_different_workdirs_are_refused(tiny_data, tmp_path):
+  # The same relative --workdir from two folders: as two hosts whose "runs/x"
+  # is each one's local disk. Process 1 finds a folder there, but not the lock
+  # file process 0 wrote.
+  import socket
+  with socket.socket() as s:
+    s.bind(('localhost', 0))
+    port = s.getsockname()[1]
+  (tmp_path / 'a').mkdir()
+  (tmp_path / 'b' / 'w').mkdir(parents=True)
+  flags = ['--config', os.path.join(REPO, 'configs', 'cifar.py'), '--workdir', 'w',
+           f'--config.data_dir={tiny_data["data_dir"]}', '--config.model=resnet8',
+           '--config.batch_size=16', '--config.num_train_steps=2',
+           f'--coordinator_address=localhost:{port}', '--num_processes=2']
+  flags_env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS='cpu',
+                   XLA_FLAGS='--xla_force_host_platform_device_count=1')
+  procs = [subprocess.Popen([sys.executable, '-m', 'resnet_jax.main', *flags,
+                             f'--process_id={i}'], cwd=tmp_path / folder, env=flags_env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+           for i, folder in enumerate('ab')]
+  outs = [p.communicate(timeout=300)[1] for p in procs]
+  for p, err in zip(procs, outs):
+    assert p.returncode == 2 and 'Traceback' not in err, err[-3000:]
+    assert err.strip().splitlines()[-1] == (
+        'error: process(es) 1 do not see the workdir w that process 0 writes (its '
+        'run.lock is missing or another one there); every process needs the same '
+        '--workdir on a shared filesystem (an absolute path on NFS, Lustre or a '
+        'mounted bucket), not a disk of its own')
+  # Process 0 left nothing behind; process 1's folder is as it was.
+  assert os.listdir(tmp_path / 'a') == [] and os.listdir(tmp_path / 'b' / 'w') == []
+
+
 @pytest.mark.parametrize('env,gpus,want', [
     ({'SLURM_NTASKS_PER_NODE': '1', 'SLURM_LOCALID': '0'}, 8, list(range(8))),
     ({'SLURM_TASKS_PER_NODE': '1(x4)', 'SLURM_LOCALID': '0'}, 8, list(range(8))),

@@ -14,8 +14,6 @@ the CPU's kernels, not this code. What the maths fixes is compared instead:
   on/off; resume in tests/test_train.py and tests/test_fault_tolerance.py).
 """
 
-import os
-
 import jax
 import numpy as np
 import pytest

@@ -74,6 +74,21 @@ def test_cli_reports_one_line_and_exit_code(tmp_path):
   assert 'Traceback' not in result.stderr
 
 
+def test_cli_on_a_prepared_folder_repeats_how_to_train(tiny_data):
+  # The README's command run twice: refused, the first copy left alone, and
+  # the flags to train with said again.
+  data_dir = tiny_data['data_dir']
+  result = subprocess.run(
+      [sys.executable, '-m', 'resnet_jax.prepare_data', '--archive',
+       str(tiny_data['archive']), '--data_dir', data_dir],
+      capture_output=True, text=True, timeout=300)
+  assert result.returncode == 2 and 'Traceback' not in result.stderr, result.stderr
+  assert result.stderr.strip().splitlines()[-1] == (
+      f'error: {os.path.join(data_dir, "cifar10", "3.0.2")} already holds cifar10; it '
+      f'was left as it is. Train with --config.dataset=cifar10 --config.data_dir='
+      f'{data_dir}, or delete that folder (or use another --data_dir) to rebuild')
+
+
 def test_crafted_pickle_is_refused_and_runs_nothing(tmp_path):
   """A python-layout archive whose pickle would run code if unpickled freely."""
   import io

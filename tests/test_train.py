@@ -3,6 +3,7 @@
 import json
 import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -159,6 +160,46 @@ def test_predict_png_jpeg_and_a_corrupt_file(trained, tiny_data, tmp_path):
   assert 'error' in printed[1]
 
 
+def _png_header(width: int, height: int) -> bytes:
+  """A PNG that declares width x height and holds no pixels: Pillow's size
+  check sees the declared size without anything being allocated."""
+  import struct
+  import zlib
+  def chunk(kind, data):
+    return (struct.pack('>I', len(data)) + kind + data +
+            struct.pack('>I', zlib.crc32(kind + data)))
+  return (b'\x89PNG\r\n\x1a\n' + chunk(b'IHDR', struct.pack('>IIBBBBB', width, height,
+                                                               8, 0, 0, 0, 0)) +
+          chunk(b'IEND', b''))
+
+
+def test_predict_survives_any_file(trained, tmp_path):
+  # The issue's command: a decompression bomb, a 100-megapixel image (over
+  # Pillow's warning size, under its limit), gray, RGBA and a text file.
+  from PIL import Image
+  _, workdir, _ = trained
+  (tmp_path / 'bomb.png').write_bytes(_png_header(14000, 14000))
+  Image.new('1', (10000, 10000), 1).save(tmp_path / 'big.png')
+  Image.new('L', (40, 30), 128).save(tmp_path / 'gray.png')
+  Image.new('RGBA', (32, 32), (255, 0, 0, 128)).save(tmp_path / 'rgba.png')
+  (tmp_path / 'notes.txt').write_text('not an image')
+  names = ['bomb.png', 'big.png', 'gray.png', 'rgba.png', 'notes.txt']
+  result = subprocess.run(
+      [sys.executable, '-m', 'resnet_jax.predict', '--workdir', workdir, '--json',
+       *names], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+  assert result.returncode == 1 and 'Traceback' not in result.stderr, result.stderr
+  assert 'Warning' not in result.stderr
+  printed = {r['file']: r for r in json.loads(result.stdout)}
+  assert list(printed) == names
+  assert printed['bomb.png']['error'].startswith(
+      'bomb.png: larger than the 179-megapixel limit kept against decompression '
+      'bombs (Image size (196000000 pixels) exceeds limit')
+  assert printed['notes.txt']['error'].startswith(
+      'notes.txt: not a readable image (UnidentifiedImageError:')
+  for name in ('big.png', 'gray.png', 'rgba.png'):
+    assert len(printed[name]['predictions']) == 5, printed[name]
+
+
 def _cli(args, timeout=300):
   env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8')
   return subprocess.run([sys.executable, '-m', 'resnet_jax.main', *args],
@@ -171,13 +212,25 @@ def test_cli_train_then_eval(tiny_data, tmp_path):
   flags = ['--config', 'configs/cifar.py', '--workdir', workdir,
            f'--config.data_dir={tiny_data["data_dir"]}', '--config.model=resnet8',
            '--config.batch_size=16', '--config.eval_batch_size=16',
-           '--config.num_epochs=0.5', '--config.log_every_steps=1']
+           '--config.num_epochs=0.75', '--config.log_every_steps=2']
   result = _cli(flags)
   assert result.returncode == 0, result.stderr[-3000:]
-  assert 'step 2/2' in result.stderr and 'parameters' in result.stderr
-  assert [l['step'] for l in _metrics(workdir)] == [1, 2, 2]
+  assert 'step 3/3' in result.stderr and 'parameters' in result.stderr
+  # The console is never quiet for long: a line before and after reading
+  # the data, and one after the first step, before the first metrics line
+  # (which metrics.jsonl does not get).
+  text = result.stderr
+  assert f'Reading cifar10 from {tiny_data["data_dir"]} ...' in text
+  assert re.search(r'Read 64 training and 20 test images in \d+\.\d s', text)
+  first = re.search(r'Step 1/3 done in \d+\.\d s \(compilation included\); metrics '
+                    r'every 2 steps', text)
+  assert first and first.start() < text.index('step 2/3')
+  assert [l['step'] for l in _metrics(workdir)] == [2, 3, 3]
   result = _cli(flags + ['--mode=eval'])
   assert result.returncode == 0, result.stderr[-3000:]
+  assert (f'on 20 examples, wrote {workdir}/eval.json and {workdir}/confusion.png'
+          in result.stderr)
+  assert os.path.getsize(os.path.join(workdir, 'confusion.png')) > 0
   with open(os.path.join(workdir, 'eval.json')) as f:
     assert json.load(f)['eval_examples'] == 20
 

@@ -104,7 +104,65 @@ def test_a_changed_recipe_is_refused_leaving_the_workdir_as_it_was(tiny_data, fi
   last = result.stderr.strip().splitlines()[-1]
   assert last.startswith('error: ') and 'Traceback' not in result.stderr
   assert 'batch_size 16 -> 32' in last and 'learning_rate 0.1 -> 0.05' in last
-  assert 'new --workdir' in last and 'drop those flags' in last
+  # Both differences at once, and the two ways to resume.
+  assert (f'to resume it, drop --config (python -m resnet_jax.main --workdir {workdir} '
+          "takes the run's own recipe) or add --config.batch_size=16 "
+          '--config.learning_rate=0.1; for the new recipe pass a new --workdir.') in last
+  assert _listing(tmp_path) == before
+
+
+def _main(*args):
+  return subprocess.run([sys.executable, '-m', 'resnet_jax.main', *map(str, args)],
+                        capture_output=True, text=True, cwd=REPO, timeout=300)
+
+
+def test_the_workdir_alone_resumes_and_evaluates_its_own_run(finished, tmp_path):
+  _, source = finished
+  workdir = tmp_path / 'w'
+  shutil.copytree(source, workdir)
+  shutil.rmtree(workdir / 'checkpoints' / '8')  # As if killed after step 4.
+  # No --config, no dataset or data_dir: run.json has them. A runtime field
+  # may still change.
+  result = _main('--workdir', workdir, '--config.log_every_steps=1')
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert (f'Config: the run in {workdir} (its run.json), with '
+          '--config.log_every_steps=1') in result.stderr
+  assert 'Resuming with changed settings that leave the numbers alone: '\
+         'log_every_steps 2 -> 1' in result.stderr
+  record = run_record.read(str(workdir))
+  assert record['sessions'][-1]['start_step'] == 4
+  assert record['sessions'][-1]['final_step'] == 8
+  assert record['config']['model'] == 'resnet8' and record['config']['log_every_steps'] == 1
+  result = _main('--workdir', workdir, '--mode=eval')
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert 'Evaluated step 8: test accuracy' in result.stderr
+  assert json.load(open(workdir / 'eval.json'))['step'] == 8
+
+
+def test_eval_with_another_model_names_it_and_the_way_back(tiny_data, finished):
+  _, workdir = finished
+  result = _train_cli(tiny_data, workdir, '--config.model=resnet20', '--mode=eval')
+  assert result.returncode == 2 and 'Traceback' not in result.stderr, result.stderr
+  assert result.stderr.strip().splitlines()[-1] == (
+      f"error: {workdir}/checkpoints holds a different run (model 'resnet8' -> "
+      "'resnet20'); drop --config to use the run's own config, or pass "
+      '--config.model=resnet8; a new run needs a new --workdir')
+
+
+def test_a_recipe_flag_on_a_remembered_run_is_refused_with_every_difference(finished,
+                                                                            tmp_path):
+  _, source = finished
+  workdir = tmp_path / 'w'
+  shutil.copytree(source, workdir)
+  before = _listing(tmp_path)
+  result = _main('--workdir', workdir, '--config.learning_rate=0.05',
+                 '--config.batch_size=32', '--config.log_every_steps=1')
+  assert result.returncode == 2 and 'Traceback' not in result.stderr, result.stderr
+  assert result.stderr.strip().splitlines()[-1] == (
+      f'error: {workdir} holds a run with a different recipe (batch_size 16 -> 32; '
+      'learning_rate 0.1 -> 0.05); drop --config.batch_size --config.learning_rate '
+      'to resume it, or pass a new --workdir for the new recipe '
+      f'(--config.init_from={workdir} starts it from these weights)')
   assert _listing(tmp_path) == before
 
 
@@ -218,6 +276,18 @@ def test_results_rows_come_from_the_workdir(finished):
   assert result.returncode == 0, result.stderr
   header, rule, line = result.stdout.strip().splitlines()
   assert header.startswith('| model | framework |') and line == results.markdown_row(row)
+  assert row['train_images'] == 64 and '| cifar10, 64 train images |' in line
+  # A folder of runs is scanned; a folder without any is an error.
+  result = subprocess.run([sys.executable, '-m', 'resnet_jax.results',
+                           os.path.dirname(workdir)],
+                          capture_output=True, text=True, cwd=REPO, timeout=120)
+  assert result.returncode == 0 and result.stdout.strip().splitlines()[2] == line
   result = subprocess.run([sys.executable, '-m', 'resnet_jax.results', REPO],
                           capture_output=True, text=True, cwd=REPO, timeout=120)
   assert result.returncode == 2 and 'has no run.json' in result.stderr
+  result = subprocess.run([sys.executable, '-m', 'resnet_jax.results',
+                           '--metric=flip_eval_accuracy', workdir],
+                          capture_output=True, text=True, cwd=REPO, timeout=120)
+  assert result.returncode == 2 and result.stderr.strip() == (
+      f'error: {workdir} records no flip_eval_accuracy; its evaluations have '
+      'eval_accuracy, eval_top5_accuracy: pass one as --metric')

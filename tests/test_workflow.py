@@ -1,6 +1,7 @@
 """Presets, config field help and progress output."""
 
 import io
+import json
 import os
 import subprocess
 import sys
@@ -45,8 +46,9 @@ def test_every_config_field_has_one_line_of_help():
   assert set(config_validation.FIELDS) == set(cifar.get_config().keys())
   result = subprocess.run([sys.executable, '-m', 'resnet_jax.main', '--help'],
                           capture_output=True, text=True, cwd=REPO, timeout=120)
-  for field in cifar.get_config():
-    assert f'--config.{field} ' in result.stdout, field
+  # Each with its default: --config.batch_size=128  global training batch...
+  for field, value in cifar.get_config().items():
+    assert f'--config.{field}={value!r} ' in result.stdout, field
 
 
 class _Terminal(io.StringIO):
@@ -82,11 +84,15 @@ def test_progress_bar_on_a_terminal_only():
     (['--config', 'configs/cifar.py:resnet20_moden'],
      "error: unknown preset 'resnet20_moden'; choose one of: "),
     (['--config', 'configs/cifr.py'],
-     "error: config file configs/cifr.py does not exist; the configs are in the "
-     "repository's configs/ folder: run from the checkout's root or pass the full path"),
+     'error: config file configs/cifr.py does not exist; the configs that ship with '
+     'resnet_jax are cifar.py (pass configs/cifar.py, from any folder), or pass the '
+     'path of your own'),
     (['--config', 'configs/cifar.py', '--config.init_from=runs/nope'],
      'error: init_from runs/nope does not exist; pass a resnet_jax workdir, one of its '
      'checkpoints (WORKDIR/checkpoints/STEP), or a .pth file'),
+    (['--config', 'configs/cifar.py', '--config.init_from=configs'],
+     'error: init_from configs holds no checkpoint (nothing in configs/checkpoints); '
+     'pass the workdir of a run that saved one, or one of its checkpoints'),
     (['--config', 'configs/cifar.py', '--workdir=gs://bucket/r20'],
      'error: workdir gs://bucket/r20 is an object-store URL'),
 ])
@@ -99,3 +105,46 @@ def test_a_mistyped_command_gets_one_error_line_and_writes_nothing(tmp_path, fla
   assert result.returncode == 2 and 'Traceback' not in result.stderr, result.stderr
   assert len(errors) == 1 and errors[0].startswith(line), errors
   assert not (tmp_path / 'w').exists()
+
+
+def test_the_readme_config_path_works_from_any_folder(tmp_path):
+  # Outside the checkout, configs/cifar.py means the copy shipped with the
+  # package; a bad batch size then shows the preset was loaded and checked.
+  result = subprocess.run(
+      [sys.executable, '-m', 'resnet_jax.main', '--config', 'configs/cifar.py:resnet56',
+       '--workdir', 'w', '--config.batch_size=-1'],
+      capture_output=True, text=True, cwd=tmp_path, timeout=120,
+      env=dict(os.environ, PYTHONPATH=REPO))
+  assert result.returncode == 2, result.stderr
+  shipped = os.path.join(REPO, 'configs', 'cifar.py')
+  assert f'Config: {shipped}:resnet56, with --config.batch_size=-1' in result.stderr
+  assert result.stderr.strip().splitlines()[-1].startswith(
+      'error: batch_size must be a positive integer')
+  assert not (tmp_path / 'w').exists()
+
+
+def test_curves_draw_a_lone_first_point_as_a_marker(tmp_path, monkeypatch):
+  from resnet_jax.reporting import plots
+  (tmp_path / 'metrics.jsonl').write_text(json.dumps(
+      {'step': 100, 'epoch': 0.256, 'train_loss': 2.0, 'train_accuracy': 0.27}) + '\n')
+  drawn = []
+  monkeypatch.setattr(plots, '_save', lambda fig, path: drawn.append(fig))
+  plots.draw_curves(str(tmp_path / 'metrics.jsonl'), str(tmp_path / 'curves.png'))
+  (fig,) = drawn
+  for ax in fig.axes:
+    (train,) = ax.get_lines()
+    assert train.get_marker() == 'o' and len(train.get_xdata()) == 1
+
+
+def test_misleading_library_warnings_are_dropped():
+  import logging
+  from absl import logging as absl_logging
+  from resnet_jax import logs
+  logs.setup()
+  handler = absl_logging.get_absl_handler()
+  record = lambda msg, *args: logging.LogRecord('absl', logging.WARNING, 'file_utils.py',
+                                                1, msg, args, None)
+  passes = lambda r: all(f.filter(r) for f in handler.filters)
+  assert not passes(record('Variant folder %s has no %s', '/x/cifar10/3.0.2',
+                           'dataset_info.json'))
+  assert passes(record('Some other warning %s', 'kept'))

@@ -30,8 +30,10 @@ def draw_curves(metrics_path: str, out_path: str) -> None:
   fig, (acc_ax, loss_ax) = plt.subplots(1, 2, figsize=(10, 4))
   for ax, key, label in ((acc_ax, 'accuracy', 'accuracy (%)'), (loss_ax, 'loss', 'loss')):
     scale = 100 if key == 'accuracy' else 1
+    # A single point (the first log line) is a marker: a line needs two.
     ax.plot([l['epoch'] for l in train], [scale * l[f'train_{key}'] for l in train],
-            label='train', color='tab:blue', alpha=0.8)
+            label='train', color='tab:blue', alpha=0.8,
+            marker='o' if len(train) == 1 else None, markersize=3)
     for weights, color in (('', 'tab:orange'), ('ema_', 'tab:green')):
       points = [l for l in evals if f'{weights}{split}_{key}' in l]
       if points:

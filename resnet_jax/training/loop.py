@@ -107,6 +107,9 @@ def _devices(dp: data_parallel.DataParallel, config: ml_collections.ConfigDict) 
 def _train(run: run_setup.Run, initial: Optional[train_state.TrainState]) -> dict:
   """The loop of `train_and_evaluate`, on a held workdir."""
   config, workdir, dp, ckpt = run.config, run.workdir, run.dp, run.ckpt
+  if jax.process_index() == 0:  # Before initialising, which compiles (seconds).
+    for line in summary.describe(run.model, config.model):
+      log.info('%s', line)
   if ckpt.latest_step() is not None:
     state = run.restore()  # The newest intact checkpoint.
     start = ckpt.restored_step
@@ -122,8 +125,6 @@ def _train(run: run_setup.Run, initial: Optional[train_state.TrainState]) -> dic
                              f'jax {jax.__version__}', {**devices, 'start_step': start},
                              changed={k: {'stored': a, 'now': b} for k, (a, b)
                                       in run.runtime_changes.items()})
-    for line in summary.describe(run.model, config.model):
-      log.info('%s', line)
   split_name, _ = run.eval_split()
   eval_data = run.eval_data(split_name)
   epoch_at = lambda step: step * config.batch_size / len(run.train)
@@ -149,6 +150,13 @@ def _train(run: run_setup.Run, initial: Optional[train_state.TrainState]) -> dic
         state, metrics = run.p_train_chunk(state, data, n)
         pending.append((n, metrics))  # Fetched at log time: no wait per call.
         done = first + n
+        if first == start and done % config.log_every_steps and done != run.num_steps:
+          # The one wait outside the log cadence: says that training runs long
+          # before the first metrics line (compilation makes the first call slow).
+          jax.block_until_ready(metrics)
+          log.info('Step %d/%d done in %.1f s (compilation included); '
+                   'metrics every %d steps', done, run.num_steps,
+                   time.perf_counter() - last_time, config.log_every_steps)
         bar.step(done)
         stop = guard.should_stop(done)
         log_now = done % config.log_every_steps == 0 or done == run.num_steps

@@ -2,6 +2,7 @@
 
 import json
 import os
+import time
 from typing import Optional
 
 import jax
@@ -50,15 +51,15 @@ class Run:
     self.ckpt = checkpointing.Checkpoints(os.path.join(workdir, 'checkpoints'),
                                           keep=config.keep_checkpoints)
     stored = self.ckpt.read_meta()
-    checkpointing.check_compatible(self.ckpt, stored, config, self.source.num_classes)
     stored_config = json.loads(stored['config']) if stored else None
-    # Resuming must not blend two recipes (eval needs only the model).
+    # Resuming must not blend two recipes (eval needs only the model); every
+    # difference is listed at once.
     self.runtime_changes = (config_validation.check_resume(stored_config, config, workdir)
                             if stored and need_train else {})
+    checkpointing.check_compatible(self.ckpt, stored, config, self.source.num_classes)
     # The checkpoints' layout follows the run that wrote them.
     self.has_ema = (stored_config or config).get('ema_decay', 0.0) > 0
-    self.test = datasets.load_split(self.source, 'test')
-    self.train = datasets.load_split(self.source, 'train') if need_train else None
+    self.test, self.train = _read_splits(self.source, need_train)
     self.validation = None
     if need_train and config.validation_size:
       self.train, self.validation = datasets.hold_out(
@@ -178,6 +179,19 @@ def resolve_pipeline(config: ml_collections.ConfigDict, stored: Optional[dict],
   if requested == 'auto' and kind == 'host' and too_big and not stored_kind:
     log.info('Input pipeline: host (%s)', too_big)
   return kind
+
+
+def _read_splits(source: datasets.Source, need_train: bool) -> tuple:
+  """(test, train or None) in host memory, with a line before and after: a
+  JPEG folder takes a while, and the console should say why it is quiet."""
+  where = source.root or source.data_dir or 'the tfds default data_dir'
+  log.info('Reading %s from %s ...', source.name, where)
+  started = time.perf_counter()
+  test = datasets.load_split(source, 'test')
+  train = datasets.load_split(source, 'train') if need_train else None
+  log.info('Read %s%s test images in %.1f s', f'{len(train):,} training and '
+           if train is not None else '', f'{len(test):,}', time.perf_counter() - started)
+  return test, train
 
 
 def _mean_std(meta: Optional[dict], source: datasets.Source, train_split) -> tuple:

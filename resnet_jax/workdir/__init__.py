@@ -7,6 +7,7 @@
 - `preemption`: SIGTERM/SIGINT -> checkpoint and exit.
 - `config_validation`: the config checked against itself and against the
   run a workdir holds.
+- `run_config`: the config of that run, for a command given only `--workdir`.
 
 Imports: `resnet_jax.errors`, `logs`, `models`, `resnet_jax.data` and this
 folder.

@@ -17,6 +17,7 @@ from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
 
 from resnet_jax import errors
 from resnet_jax.logs import log
+from resnet_jax.workdir import config_validation
 
 _TMP_MARK = '.orbax-checkpoint-tmp'
 
@@ -214,10 +215,12 @@ def check_compatible(ckpt: Checkpoints, meta: Optional[dict],
   if not meta:
     return
   wanted = {'model': config.model, 'dataset': config.dataset, 'num_classes': num_classes}
-  for field, value in wanted.items():
-    if field in meta and meta[field] != value:
-      fix = (f'--config.{field}={meta[field]} to continue this one'
-             if field != 'num_classes' else 'the dataset it was trained on to continue it')
-      raise errors.UserError(
-          f'{ckpt.directory} holds a {field} {meta[field]!r} run but the config '
-          f'asks for {value!r}; use a new --workdir for a new run, or {fix}')
+  differ = {f: (meta[f], v) for f, v in wanted.items() if f in meta and meta[f] != v}
+  if differ:
+    listed = config_validation.describe_changes(differ)
+    fix = ' '.join(f'--config.{f}={meta[f]}' for f in differ if f != 'num_classes')
+    raise errors.UserError(
+        f'{ckpt.directory} holds a different run ({listed}); drop --config to use '
+        "the run's own config, or pass " +
+        (fix if fix else 'the dataset it was trained on') +
+        '; a new run needs a new --workdir')

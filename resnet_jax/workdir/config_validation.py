@@ -131,15 +131,30 @@ def check_resume(stored: dict, config: ml_collections.ConfigDict, workdir: str) 
   """
   recipe, runtime = config_changes(stored, config)
   if recipe:
-    listed = '; '.join(f'{k} {a!r} -> {b!r}' for k, (a, b) in sorted(recipe.items()))
+    listed = describe_changes(recipe)
+    restore = ' '.join(f'--config.{k}={_flag_value(a)}' for k, (a, _) in sorted(recipe.items()))
     hint = ''
     if {'num_epochs', 'num_train_steps'} & set(recipe):
       hint = (' To train longer, start a new workdir from this one: '
               f'--config.init_from={workdir}.')
     raise errors.UserError(
-        f'{workdir} holds a run with a different recipe ({listed}); pass a new '
-        '--workdir for a new run, or drop those flags to resume this one.' + hint)
+        f'{workdir} holds a run with a different recipe ({listed}); to resume it, '
+        f'drop --config (python -m resnet_jax.main --workdir {workdir} takes the '
+        f"run's own recipe) or add {restore}; for the new recipe pass a new "
+        '--workdir.' + hint)
   return runtime
+
+
+def describe_changes(changes: dict) -> str:
+  """{field: (stored, requested)} as `a 1 -> 2; b 'x' -> 'y'`, sorted by field."""
+  return '; '.join(f'{k} {a!r} -> {b!r}' for k, (a, b) in sorted(changes.items()))
+
+
+def _flag_value(value) -> str:
+  """`value` as a --config.FIELD= command-line value."""
+  if isinstance(value, (list, tuple)):
+    return '"(' + ', '.join(map(str, value)) + (',)"' if len(value) == 1 else ')"')
+  return "''" if value == '' else str(value)
 
 
 def _validate_regularisers(config: ml_collections.ConfigDict) -> None:
@@ -240,7 +255,18 @@ def validate(config: ml_collections.ConfigDict) -> datasets.Source:
                            'resnet_jax workdir, one of its checkpoints '
                            '(WORKDIR/checkpoints/STEP), or a .pth file')
   if config.init_from and os.path.isdir(config.init_from):
-    pass  # A resnet_jax run: its model is checked when it is read.
+    # A resnet_jax run (its model is checked when it is read) or one of its
+    # checkpoints.
+    path = os.path.normpath(config.init_from)
+    steps = os.path.join(path, 'checkpoints')
+    one_step = (os.path.basename(path).isdigit() and
+                os.path.basename(os.path.dirname(path)) == 'checkpoints')
+    if not one_step and not (os.path.isdir(steps) and
+                             any(n.isdigit() for n in os.listdir(steps))):
+      raise errors.UserError(
+          f'init_from {config.init_from} holds no checkpoint (nothing in '
+          f'{steps}); pass the workdir of a run that saved one, or one of its '
+          'checkpoints (WORKDIR/checkpoints/STEP)')
   elif config.init_from:
     if config.model not in models.IMAGENET_FAMILY:
       raise errors.UserError(f'init_from loads torchvision-layout weights, which '
@@ -278,5 +304,5 @@ def reference_markdown(defaults: ml_collections.ConfigDict) -> str:
 
 
 if __name__ == '__main__':
-  from configs import cifar  # Run from the repository root.
-  print(reference_markdown(cifar.get_config()), end='')
+  from resnet_jax import config_files
+  print(reference_markdown(config_files.load_default()), end='')

@@ -9,7 +9,10 @@ on NFS, Linux maps `flock` to byte-range locks that the server releases when
 the client's lease ends (a lost node). The file itself stays, holding the
 last holder's description; only the lock matters.
 
-In a multi-process run, process 0 takes the lock and tells the others.
+In a multi-process run, process 0 takes the lock and tells the others, and
+every process then reads the lock file back: all of them must see the file
+process 0 wrote (one shared filesystem), or the run is refused before any
+process writes a checkpoint or metric to a disk of its own.
 """
 
 import datetime
@@ -17,6 +20,7 @@ import errno
 import fcntl
 import json
 import os
+import secrets
 import socket
 from typing import Optional
 
@@ -93,6 +97,7 @@ class Lock:
     self.workdir = workdir
     self._fd = None
     ok, problem = True, None
+    created = not os.path.isdir(workdir)
     if jax.process_index() == 0:
       try:
         os.makedirs(workdir, exist_ok=True)
@@ -106,12 +111,40 @@ class Lock:
         raise errors.UserError(f'cannot write to workdir {workdir} ({reason}); '
                                'choose a writable --workdir')
       raise _busy_error(workdir)
+    token = secrets.token_hex(8)  # Process 0's is the one that counts.
     if self._fd is not None:
       since = datetime.datetime.now().astimezone().isoformat(timespec='seconds')
       holder = {'host': socket.gethostname(), 'pid': os.getpid(), 'since': since,
-                'command': run_record.command_line()}
+                'command': run_record.command_line(), 'token': token}
       os.ftruncate(self._fd, 0)
       os.pwrite(self._fd, (json.dumps(holder) + '\n').encode(), 0)
+      os.fsync(self._fd)  # Visible to the other hosts of a network filesystem.
+    if jax.process_count() > 1:
+      self._check_shared(token, created)
+
+  def _check_shared(self, token: str, created: bool) -> None:
+    """Refuses a run whose processes do not all see process 0's lock file."""
+    token = bytes(multihost_utils.broadcast_one_to_all(
+        np.frombuffer(bytes.fromhex(token), np.uint8))).hex()
+    try:
+      with open(os.path.join(self.workdir, FILE)) as f:
+        seen = json.load(f).get('token')
+    except (OSError, ValueError):
+      seen = None
+    oks = np.asarray(multihost_utils.process_allgather(np.int32(seen == token)))
+    if oks.all():
+      return
+    blind = [i for i, ok in enumerate(oks.reshape(-1)) if not ok]
+    if self._fd is not None:
+      self.release()
+      os.remove(os.path.join(self.workdir, FILE))
+      if created and not os.listdir(self.workdir):
+        os.rmdir(self.workdir)  # Leave no trace of a refused run.
+    raise errors.UserError(
+        f'process(es) {", ".join(map(str, blind))} do not see the workdir {self.workdir} '
+        'that process 0 writes (its run.lock is missing or another one there); every '
+        'process needs the same --workdir on a shared filesystem (an absolute path '
+        'on NFS, Lustre or a mounted bucket), not a disk of its own')
 
   def release(self) -> None:
     if self._fd is not None:

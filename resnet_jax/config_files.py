@@ -1,0 +1,74 @@
+"""Where `--config` files come from: the path given, or the copy of configs/
+that ships inside the package, so the README's commands work from any folder."""
+
+import importlib.util
+import os
+
+from resnet_jax import errors
+
+DEFAULT = 'cifar.py'
+
+
+def shipped_dir() -> str:
+  """The configs/ folder: the checkout's own (a clone or an editable install)
+  or the copy installed as resnet_jax/configs (pyproject.toml maps it)."""
+  package = os.path.dirname(os.path.abspath(__file__))
+  for folder in (os.path.join(os.path.dirname(package), 'configs'),
+                 os.path.join(package, 'configs')):
+    if os.path.isfile(os.path.join(folder, DEFAULT)):
+      return folder
+  raise errors.UserError(f'no configs/ folder beside or inside {package}; reinstall '
+                         'resnet_jax (pip install -e .) or pass --config with a full path')
+
+
+def default_path() -> str:
+  """The config `--config` means when omitted: the shipped configs/cifar.py."""
+  return os.path.join(shipped_dir(), DEFAULT)
+
+
+def load_default():
+  """The default config (configs/cifar.py's `get_config()`), loaded from its file."""
+  spec = importlib.util.spec_from_file_location('resnet_jax_default_config',
+                                                default_path())
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
+def prepare_argv(argv: list) -> list:
+  """Rewrites a `--config PATH[:PRESET]` that does not exist here to the
+  shipped copy (see `resolve`); other arguments pass unchanged."""
+  out = list(argv)
+  for i, arg in enumerate(out):
+    if arg in ('--config', '-config') and i + 1 < len(out):
+      out[i + 1] = resolve(out[i + 1])
+    elif arg.startswith(('--config=', '-config=')):
+      name, value = arg.split('=', 1)
+      out[i] = f'{name}={resolve(value)}'
+  return out
+
+
+def resolve(argument: str) -> str:
+  """Maps a `--config` value, `PATH[:PRESET]`, to a file that exists.
+
+  A path that does not exist here but names a shipped config (`configs/cifar.py`
+  run outside the checkout, or plain `cifar.py`) means the shipped copy.
+
+  Returns:
+    The argument to load.
+
+  Raises:
+    errors.UserError: when neither the path nor a shipped config matches.
+  """
+  path, colon, preset = argument.partition(':')
+  if os.path.isfile(path):
+    return argument
+  name = os.path.basename(path)
+  shipped = os.path.join(shipped_dir(), name)
+  if os.path.dirname(path) in ('', 'configs') and os.path.isfile(shipped):
+    return shipped + colon + preset
+  known = ', '.join(sorted(f for f in os.listdir(shipped_dir()) if f.endswith('.py')
+                           and not f.startswith('_')))
+  raise errors.UserError(f'config file {path} does not exist; the configs that ship '
+                         f'with resnet_jax are {known} (pass configs/{DEFAULT}, from '
+                         'any folder), or pass the path of your own')
