@@ -69,13 +69,9 @@ def _parse_flags(argv):
 
 
 def _flag_error(message: str) -> str:
-  """One line for a flag error: the config file or preset that is missing
-  rather than the loader's whole report."""
-  missing = re.search(r"No such file or directory: '([^']+)'", message)
-  if missing:
-    return (f'config file {missing[1]} does not exist; the configs are in the '
-            "repository's configs/ folder: run from the checkout's root or pass "
-            'the full path')
+  """One line for a flag error: the preset that is missing rather than the
+  loader's whole report. (A missing config file is reported earlier, by
+  `config_files.prepare_argv`.)"""
   preset = re.search(r"unknown preset '[^']*'; choose one of: [^\n]*", message)
   if preset:
     return f'{preset[0]}; pass --config configs/cifar.py:NAME'
