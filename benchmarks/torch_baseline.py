@@ -75,7 +75,7 @@ class CifarResNet(nn.Module):
         cin = width
     self.blocks = nn.Sequential(*blocks)
     self.fc = nn.Linear(64, num_classes)
-    _init_like_jax(self, 64)
+    _init_like_jax(self)
 
   def forward(self, x):
     x = self.blocks(F.relu(self.bn1(self.conv1(x))))
@@ -118,20 +118,20 @@ class WideResNet(nn.Module):
     self.blocks = nn.Sequential(*blocks)
     self.bn_final = nn.BatchNorm2d(cin)
     self.fc = nn.Linear(cin, num_classes)
-    _init_like_jax(self, cin)
+    _init_like_jax(self)
 
   def forward(self, x):
     x = F.relu(self.bn_final(self.blocks(self.conv1(x))))
     return self.fc(x.mean((2, 3)))
 
 
-def _init_like_jax(net: nn.Module, features: int) -> None:
+def _init_like_jax(net: nn.Module) -> None:
   """The JAX models' initialisers: He normal (fan-out) convolutions, LeCun
   normal classifier, zero bias; BatchNorm scale 1, offset 0."""
   for m in net.modules():
     if isinstance(m, nn.Conv2d):
       nn.init.kaiming_normal_(m.weight, mode='fan_out', nonlinearity='relu')
-  std = 1 / math.sqrt(features) / .87962566103423978  # flax's truncated-normal scale
+  std = 1 / math.sqrt(net.fc.in_features) / .87962566103423978  # flax's truncated-normal scale
   nn.init.trunc_normal_(net.fc.weight, std=std, a=-2 * std, b=2 * std)
   nn.init.zeros_(net.fc.bias)
 

@@ -63,11 +63,11 @@ def resolve(argument: str) -> str:
   path, colon, preset = argument.partition(':')
   if os.path.isfile(path):
     return argument
-  name = os.path.basename(path)
-  shipped = os.path.join(shipped_dir(), name)
+  folder = shipped_dir()
+  shipped = os.path.join(folder, os.path.basename(path))
   if os.path.dirname(path) in ('', 'configs') and os.path.isfile(shipped):
     return shipped + colon + preset
-  known = ', '.join(sorted(f for f in os.listdir(shipped_dir()) if f.endswith('.py')
+  known = ', '.join(sorted(f for f in os.listdir(folder) if f.endswith('.py')
                            and not f.startswith('_')))
   raise errors.UserError(f'config file {path} does not exist; the configs that ship '
                          f'with resnet_jax are {known} (pass configs/{DEFAULT}, from '
