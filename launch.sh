@@ -37,7 +37,10 @@ PYTHON=${PYTHON:-python}
 main=("$PYTHON" -m resnet_jax.main --config "$config" --workdir "$workdir")
 
 if [[ $nproc -gt 1 ]]; then
-  port=${RESNET_JAX_PORT:-$((20000 + RANDOM % 20000))}
+  # A port the OS says is free now (a random one could be taken); any number
+  # the interpreter does not give (PYTHON=echo in tests) falls back to random.
+  port=${RESNET_JAX_PORT:-$("$PYTHON" -c 'import socket; s = socket.socket(); s.bind(("localhost", 0)); print(s.getsockname()[1])' 2>/dev/null)}
+  [[ $port =~ ^[0-9]+$ ]] || port=$((20000 + RANDOM % 20000))
   # On a GPU host each process gets its own share of the GPUs (else every
   # process would see, and preallocate memory on, all of them).
   gpus=0

@@ -24,7 +24,6 @@ import time
 from absl import flags
 import jax
 import numpy as np
-from ml_collections import config_flags
 
 from resnet_jax import config_files
 from resnet_jax.data import augmentations
@@ -37,8 +36,7 @@ from resnet_jax import logs
 from resnet_jax.reporting import metrics_io
 from resnet_jax.reporting import timing
 
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file.',
-                                          lock_config=True)
+_CONFIG = errors.define_config_flag(None, 'Config file.')
 _WINDOWS = flags.DEFINE_integer('windows', 5, 'Timed windows per measurement.')
 _STEPS = flags.DEFINE_integer('steps', 10, 'Steps per timed window.')
 _WARMUP = flags.DEFINE_integer('warmup', 3, 'Untimed steps before the windows.')

@@ -28,11 +28,32 @@ def default_path() -> str:
 
 def load_default():
   """The default config (configs/cifar.py's `get_config()`), loaded from its file."""
-  spec = importlib.util.spec_from_file_location('resnet_jax_default_config',
-                                                default_path())
+  return load_module(default_path()).get_config()
+
+
+def load_module(path: str):
+  """The config file at `path` as a module (its `get_config`, maybe `get_sweep`)."""
+  spec = importlib.util.spec_from_file_location(
+      'resnet_jax_config_' + os.path.basename(path)[:-3], path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
-  return module.get_config()
+  return module
+
+
+def load(argument: str):
+  """(config, module) of a `--config` value `PATH[:PRESET]`, as the flag loads it.
+
+  Raises:
+    errors.UserError: the file does not exist or the preset is unknown.
+  """
+  resolved = resolve(argument)
+  path, _, preset = resolved.partition(':')
+  module = load_module(path)
+  try:
+    config = module.get_config(preset) if preset else module.get_config()
+  except ValueError as e:  # An unknown preset: the config file's own message.
+    raise errors.UserError(f'{e}; pass --config {path}:NAME') from e
+  return config, module
 
 
 def prepare_argv(argv: list) -> list:

@@ -54,18 +54,39 @@ def run_cli(main_fn, prepare_argv=None) -> None:
 def _parse_flags(argv):
   """absl's flag parsing, with every mistake reported as one line."""
   try:
-    return flags.FLAGS(argv)
+    rest = flags.FLAGS(argv)
+    if 'config' in flags.FLAGS:
+      # ml_collections loads a default --config file (and applies the
+      # --config.FIELD overrides) lazily: force it here, where a mistake
+      # becomes the same one line as with an explicit --config.
+      flags.FLAGS['config'].value  # pylint: disable=pointless-statement
+    return rest
   except flags.Error as e:
     _fail(_flag_error(str(e)))
   except (AttributeError, KeyError) as e:
-    # ml_collections raises these for --config.FIELD naming no field, with
-    # its own suggestion inside the message.
-    text = e.args[0] if e.args else str(e)
-    field = re.findall(r"[\w.]+", str(text))[0] if re.findall(r"[\w.]+", str(text)) else text
-    close = re.search(r'Did you mean "([\w.]+)"', str(text))
-    _fail(f'the config has no field {field!r}' +
+    _fail(unknown_field(e))
+
+
+def unknown_field(e: Exception) -> str:
+  """The line for the AttributeError/KeyError ml_collections raises for a
+  --config.FIELD naming no field (its suggestion is inside the message)."""
+  text = str(e.args[0] if e.args else e)
+  names = re.findall(r"[\w.]+", text)
+  close = re.search(r'Did you mean "([\w.]+)"', text)
+  return (f'the config has no field {names[0] if names else text!r}' +
           (f'; did you mean --config.{close[1]}?' if close else '') +
           ' python -m resnet_jax.main --help lists the fields')
+
+
+def define_config_flag(default, help_text: str):
+  """`--config` as ml_collections defines it. Defining it already applies
+  the --config.FIELD flags of sys.argv to the default file: a field that
+  does not exist is the one error line there, not a traceback."""
+  from ml_collections import config_flags
+  try:
+    return config_flags.DEFINE_config_file('config', default, help_text, lock_config=True)
+  except (AttributeError, KeyError) as e:
+    _fail(unknown_field(e))
 
 
 def _flag_error(message: str) -> str:

@@ -31,10 +31,10 @@ def _default_config():
     return None
 
 
-_CONFIG = config_flags.DEFINE_config_file(
-    'config', _default_config(), 'Training config file[:preset], e.g. '
+_CONFIG = errors.define_config_flag(
+    _default_config(), 'Training config file[:preset], e.g. '
     'configs/cifar.py:resnet56; default: the run in --workdir, or configs/cifar.py '
-    'for a new one.', lock_config=True)
+    'for a new one.')
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Where checkpoints and metrics go.')
 _MODE = flags.DEFINE_enum('mode', 'train', ['train', 'eval'],
                           'train (resuming if possible) or eval the latest checkpoint.')

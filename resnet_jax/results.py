@@ -3,6 +3,8 @@ r"""Rows of the README's Results table, read from run workdirs.
   python -m resnet_jax.results runs/r20 runs/torch_r20
   python -m resnet_jax.results --format=json runs/*
   python -m resnet_jax.results runs/          # every run inside runs/
+  python -m resnet_jax.results exps/ls        # an experiment: one row per recipe
+  python -m resnet_jax.results exps/ls --compare=1,2
 
 Reads each workdir's `run.json` (config, devices, sessions) and
 `metrics.jsonl` (evaluations, training speed); works for resnet_jax runs and
@@ -19,7 +21,19 @@ intervals (evaluation excluded).
 `--metric` picks the accuracy: `eval_accuracy` (raw weights) by default, or
 e.g. `ema_eval_accuracy`, `flip_eval_accuracy`, `ema_flip_eval_accuracy`.
 A run's `eval.json` (`--mode=eval`) counts as its final evaluation, so a run
-trained with a validation split reports the test accuracy of its one look.
+trained with a validation split reports the test accuracy of its one look. A
+run that lacks the metric shows `-`.
+
+Groups (`--table=groups`; the default when a path is an experiment folder or
+with --compare): runs that differ only in their seed (and runtime fields) are
+one group, one row each: runs, n finished, mean ± std, the 95% interval of
+the mean and min-max of the final evaluation (`--best`: each run's best), and
+the runs not in those numbers (diverged, unfinished, missing the metric),
+counted, never dropped. `--compare=I,J`: group J minus group I, its 95%
+interval (paired over seeds when both ran the same seeds, else Welch), a
+p-value, and a warning when n cannot tell the difference from noise. A PNG of
+each group's test-accuracy curve (mean ± std against epoch) goes to --plot,
+by default accuracy_bands.png inside a single experiment folder given.
 """
 
 import json
@@ -30,6 +44,10 @@ import sys
 from absl import flags
 
 from resnet_jax import errors
+from resnet_jax.experiments import groups as groups_lib
+from resnet_jax.experiments import plan as plan_lib
+from resnet_jax.experiments import run_status
+from resnet_jax.experiments import statistics as group_stats
 from resnet_jax.reporting import metrics_io
 from resnet_jax.workdir import run_record
 
@@ -39,12 +57,20 @@ _FORMAT = flags.DEFINE_enum('format', 'markdown', ['markdown', 'json'],
 
 _METRIC = flags.DEFINE_string('metric', 'eval_accuracy',
                              'Which test accuracy to report (see above).')
+_TABLE = flags.DEFINE_enum('table', 'auto', ['auto', 'runs', 'groups'],
+                           'One row per run, or per recipe group; auto: groups for '
+                           'experiment folders and --compare.')
+_COMPARE = flags.DEFINE_string('compare', None, 'I,J: compare group J with group I '
+                               '(the # column of the groups table).')
+_BEST = flags.DEFINE_bool('best', False, "Groups: each run's best evaluation instead "
+                          'of its final one.')
+_PLOT = flags.DEFINE_string('plot', None, 'Groups: where the accuracy bands PNG goes.')
 
 COLUMNS = ('model', 'framework', 'recipe', 'steps', 'test accuracy (final / best)',
            'wall time', 'train img/s', 'device', 'data', 'date')
 
 
-def _recipe(c: dict) -> str:
+def _recipe(c: dict, seed: bool = True) -> str:
   length = (f"{c['num_train_steps']} steps" if c.get('num_train_steps', -1) > 0
             else f"{c['num_epochs']:g} epochs")
   parts = [length, f"batch {c['batch_size']}", f"SGD lr {c['learning_rate']:g}"]
@@ -62,6 +88,8 @@ def _recipe(c: dict) -> str:
             ('label_smoothing', 'label smoothing {:g}'), ('ema_decay', 'EMA {:g}'),
             ('validation_size', '{} held out'))
   parts += [form.format(c[k]) for k, form in extras if c.get(k)]
+  if seed and 'seed' in c:
+    parts.append(f"seed {c['seed']}")
   return ', '.join(parts)
 
 
@@ -93,9 +121,6 @@ def summarize(workdir: str, metric: str = 'eval_accuracy') -> dict:
       evals.append(final)
   recorded = sorted({k for l in lines + [final] for k in l
                      if k.endswith('_accuracy') and not k.startswith('train')})
-  if not evals and recorded:
-    raise errors.UserError(f'{workdir} records no {metric}; its evaluations have '
-                           f'{", ".join(recorded)}: pass one as --metric')
   rates = [l['images_per_sec'] for l in lines if 'images_per_sec' in l]
   sessions = record['sessions']
   config = record['config']
@@ -113,7 +138,10 @@ def summarize(workdir: str, metric: str = 'eval_accuracy') -> dict:
       'final_accuracy': evals[-1][metric] if evals else None,
       'best_accuracy': max(l[metric] for l in evals) if evals else None,
       'wall_seconds': sum(s.get('wall_seconds', 0) for s in sessions),
-      'complete': bool(finished),
+      'complete': bool(finished), 'seed': config.get('seed'), 'config': config,
+      'recorded': recorded,
+      'status': run_status.of(workdir).kind,
+      'curve': [(l['epoch'], l[metric]) for l in lines if metric in l and 'epoch' in l],
       'images_per_sec': statistics.median(rates) if rates else None,
       'device': _device(sessions[-1]), 'dataset': config['dataset'],
       'train_images': train_images,
@@ -136,8 +164,9 @@ def markdown_row(s: dict) -> str:
 
 
 def expand(paths: list) -> list:
-  """Workdirs: each path that holds a run, and for a folder of runs (`runs/`)
-  the runs directly inside it, sorted."""
+  """Workdirs: each path that holds a run, and for a folder of runs (`runs/`,
+  an experiment) the runs directly inside it, sorted; an experiment's runs
+  not started yet are included (`summarize` of them is `planned`)."""
   out = []
   for path in paths:
     if os.path.isfile(os.path.join(path, run_record.FILE)) or not os.path.isdir(path):
@@ -145,25 +174,153 @@ def expand(paths: list) -> list:
       continue
     inside = sorted(os.path.join(path, n) for n in os.listdir(path)
                     if os.path.isfile(os.path.join(path, n, run_record.FILE)))
+    stored = plan_lib.read(path)
+    if stored:
+      planned = [os.path.join(path, r['name']) for r in stored['runs']]
+      inside = planned + [w for w in inside if w not in planned]
     out += inside or [path]
   return out
 
 
+def planned(workdir: str) -> dict:
+  """The summary of an experiment's run that has not started: its recipe
+  from experiment.json, no accuracy."""
+  stored = plan_lib.read(os.path.dirname(workdir))
+  run = next(r for r in stored['runs'] if r['name'] == os.path.basename(workdir))
+  return {'workdir': workdir, 'framework': 'jax', 'config': run['recipe'],
+          'seed': run['seed'], 'model': run['recipe'].get('model'),
+          'status': run_status.of(workdir).kind, 'final_accuracy': None,
+          'best_accuracy': None, 'curve': [], 'recorded': [], 'complete': False}
+
+
+def _summaries(workdirs: list, metric: str) -> list:
+  out = []
+  for w in workdirs:
+    if run_record.read(w) is None and plan_lib.read(os.path.dirname(w)):
+      out.append(planned(w))
+    else:
+      out.append(summarize(w, metric))
+  return out
+
+
+def _check_metric(rows: list, metric: str) -> None:
+  """A metric no run records is a mistake; one some runs lack shows as '-'."""
+  if any(r['final_accuracy'] is not None for r in rows):
+    return
+  recorded = sorted({k for r in rows for k in r['recorded']})
+  if recorded:
+    where = rows[0]['workdir'] if len(rows) == 1 else 'none of these runs'
+    raise errors.UserError(f'{where} records no {metric}; its evaluations have '
+                           f'{", ".join(recorded)}: pass one as --metric')
+
+
+def group_table(groups: list, best: bool) -> list:
+  """Markdown lines: one row per group, then the recipe the groups share."""
+  pct = lambda v: '-' if v is None else f'{100 * v:.2f}'
+  key = 'best_accuracy' if best else 'final_accuracy'
+  lines = ['| # | group | framework | model | runs | n | test accuracy % (mean ± std) | '
+           '95% interval of the mean | min - max | seeds | not in n |',
+           '|' + '---|' * 11]
+  for i, g in enumerate(groups, 1):
+    counted = [r for r in g.runs if r['status'] == run_status.COMPLETE
+               and r[key] is not None]
+    s = group_stats.summarize(r[key] for r in counted)
+    mean = '-' if not s.n else pct(s.mean) + (f' ± {pct(s.std)}' if s.std is not None
+                                              else '')
+    interval = '-' if s.low is None else f'{pct(s.low)} - {pct(s.high)}'
+    span = '-' if not s.n else f'{pct(s.min)} - {pct(s.max)}'
+    seeds = plan_lib.format_seeds(sorted(r['seed'] for r in counted
+                                         if isinstance(r.get('seed'), int)))
+    lines.append(f"| {i} | {g.name} | {g.framework} | {g.runs[0].get('model')} | "
+                 f"{len(g.runs)} | {s.n} | {mean} | {interval} | {span} | "
+                 f"{seeds or '-'} | {_left_out(g.runs, counted)} |")
+  return lines
+
+
+def _left_out(runs: list, counted: list) -> str:
+  kinds = {}
+  for r in runs:
+    if r not in counted:
+      kind = 'no metric' if r['status'] == run_status.COMPLETE else r['status']
+      kinds.setdefault(kind, []).append(str(r.get('seed')))
+  return '; '.join(f'{len(v)} {k} (seed {",".join(v)})' for k, v in kinds.items()) or '-'
+
+
+def comparison_lines(groups: list, which: str, best: bool) -> list:
+  """`--compare=I,J`: the difference of group J from group I, and a warning
+  when the runs cannot tell it from noise."""
+  try:
+    i, j = (int(x) for x in which.split(','))
+    a, b = groups[i - 1], groups[j - 1]
+    if min(i, j) < 1 or i == j:
+      raise ValueError
+  except (ValueError, IndexError):
+    raise errors.UserError(f'--compare={which} names no two groups; pass two numbers '
+                           f'of the # column (1 to {len(groups)}), e.g. --compare=1,2') from None
+  key = 'best_accuracy' if best else 'final_accuracy'
+  values = lambda g: {r['seed']: 100 * r[key] for r in g.runs
+                      if r['status'] == run_status.COMPLETE and r[key] is not None}
+  va, vb = values(a), values(b)
+  title = f'{j} ({b.name}) - {i} ({a.name})'
+  try:
+    c = group_stats.compare(va, vb)
+  except ValueError as e:
+    return [f'{title}: not compared: {e}']
+  how = (f'paired over seeds {plan_lib.format_seeds(sorted(va))}, n = {c.n_a}'
+         if c.test == 'paired' else f"Welch's t-test, n = {c.n_a} and {c.n_b}")
+  lines = [f'{title}: {c.difference:+.2f} points, 95% interval [{c.low:+.2f}, '
+           f'{c.high:+.2f}] ({how}); p = {c.p:.3g}']
+  if not c.resolved:
+    more = (f'; about {c.seeds_needed} seeds per group would tell a difference of '
+            'this size, if the spread stays as it is' if c.seeds_needed else '')
+    lines.append(f'warning: n = {min(c.n_a, c.n_b)} cannot tell this difference from '
+                 f'noise (the interval includes 0){more}')
+  return lines
+
+
 def main(argv):
-  workdirs = argv[1:]
-  if not workdirs:
+  paths = argv[1:]
+  if not paths:
     raise errors.UserError('no workdirs given; usage: python -m resnet_jax.results '
                            'WORKDIR...')
-  rows = [summarize(w, _METRIC.value) for w in expand(workdirs)]
+  rows = _summaries(expand(paths), _METRIC.value)
+  _check_metric(rows, _METRIC.value)
+  experiments = [p for p in paths if plan_lib.read(p)]
+  grouped = _TABLE.value == 'groups' or (_TABLE.value == 'auto' and (
+      experiments or _COMPARE.value))
   if _FORMAT.value == 'json':
-    print(json.dumps(rows, indent=1))
+    for row in rows:
+      row.pop('curve', None)
+    print(json.dumps(rows, indent=1, default=str))
     return
-  print('| ' + ' | '.join(COLUMNS) + ' |')
-  print('|' + '---|' * len(COLUMNS))
-  for row in rows:
-    print(markdown_row(row))
-  for row in rows:
-    print(f"{row['workdir']}: {row['command']}", file=sys.stderr)
+  if not grouped:
+    print('| ' + ' | '.join(COLUMNS) + ' |')
+    print('|' + '---|' * len(COLUMNS))
+    for row in rows:
+      print(markdown_row(row))
+    for row in rows:
+      print(f"{row['workdir']}: {row['command']}", file=sys.stderr)
+    return
+  groups = groups_lib.group(rows)
+  for line in group_table(groups, _BEST.value):
+    print(line)
+  started = [r for g in groups for r in g.runs if 'recipe' in r]
+  if len(groups) == 1 and started:
+    print(f"\nRecipe: {started[0]['recipe'].rsplit(', seed', 1)[0]}; "
+          f"{_METRIC.value}, {'best' if _BEST.value else 'final'} evaluation of each run")
+  else:
+    print(f"\n{_METRIC.value}, {'best' if _BEST.value else 'final'} evaluation of each run")
+  if _COMPARE.value:
+    print()
+    for line in comparison_lines(groups, _COMPARE.value, _BEST.value):
+      print(line)
+  plot = _PLOT.value or (os.path.join(experiments[0], 'accuracy_bands.png')
+                         if len(experiments) == 1 and len(paths) == 1 else None)
+  if plot:
+    from resnet_jax.reporting import plots
+    plots.draw_bands([(f'{i}: {g.name}', [r['curve'] for r in g.runs if r['curve']])
+                      for i, g in enumerate(groups, 1)], plot, _METRIC.value)
+    print(f'Accuracy bands: {plot}', file=sys.stderr)
 
 
 if __name__ == '__main__':

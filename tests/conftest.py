@@ -1,17 +1,40 @@
 """Shared fixtures: 8 fake CPU devices and tiny CIFAR data written by the tests."""
 
 import os
+import shutil
+import tempfile
 
-# Before JAX initialises: multi-device code runs on 8 fake CPU devices.
+# Before JAX initialises; subprocesses inherit all of it through os.environ.
+# Multi-device code runs on 8 fake CPU devices.
 os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
                            ' --xla_force_host_platform_device_count=8').strip()
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+# The suite is for the CPU, also where a CUDA or TPU jaxlib is installed.
+os.environ['JAX_PLATFORMS'] = 'cpu'
+# Compile once: the tiny programs (train chunk, evaluation, pipeline) are the
+# same in dozens of tests and CLI runs. JAX's persistent cache, in a folder of
+# this session's own (never a stale one); the key covers the program, its
+# shapes, XLA_FLAGS and the jaxlib, so a cached program is the same program.
+# pytest-xdist's workers inherit the folder the controller made: one cache.
+_WORKER = 'PYTEST_XDIST_WORKER' in os.environ
+if not (_WORKER and os.environ.get('JAX_COMPILATION_CACHE_DIR')):
+  os.environ['JAX_COMPILATION_CACHE_DIR'] = tempfile.mkdtemp(
+      prefix='resnet_jax_tests_xla_')
+CACHE_DIR = os.environ['JAX_COMPILATION_CACHE_DIR']
+os.environ['JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS'] = '0'
+os.environ['JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES'] = '0'
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 from tests import cifar_archives  # noqa: E402
+
+
+def pytest_sessionfinish(session, exitstatus):
+  del session, exitstatus
+  if not _WORKER:  # The controller, once every worker has finished.
+    shutil.rmtree(CACHE_DIR, ignore_errors=True)
 
 
 @pytest.fixture(scope='session')

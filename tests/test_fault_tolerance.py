@@ -7,6 +7,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 
 import jax
@@ -32,24 +33,50 @@ def _flags(data_dir, workdir, *extra):
           '--config.checkpoint_every_steps=5', *extra]
 
 
+class _Run(subprocess.Popen):
+  """`python -m resnet_jax.main` with its output in files: a pipe nobody
+  reads while the test waits could fill and stall a chatty run."""
+
+  def __init__(self, args):
+    self._files = (tempfile.TemporaryFile('w+'), tempfile.TemporaryFile('w+'))
+    # os.environ holds conftest's 8-device flag and any ISA flag of the caller.
+    super().__init__([sys.executable, '-m', 'resnet_jax.main', *args], cwd=REPO,
+                     env=dict(os.environ), stdout=self._files[0], stderr=self._files[1],
+                     text=True)
+
+  def communicate(self, input=None, timeout=None):  # pylint: disable=redefined-builtin
+    del input
+    self.wait(timeout=timeout)
+    return self.output()
+
+  def output(self):
+    """(stdout, stderr) so far."""
+    for f in self._files:
+      f.seek(0)
+    return tuple(f.read() for f in self._files)
+
+
 def _start(args):
-  # os.environ holds conftest's 8-device flag and any ISA flag of the caller.
-  env = dict(os.environ)
-  return subprocess.Popen([sys.executable, '-m', 'resnet_jax.main', *args], cwd=REPO,
-                          env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                          text=True)
+  return _Run(args)
 
 
 def _wait_for_step(workdir, step, proc, timeout=300):
-  """Blocks until metrics.jsonl reaches `step` (or the process ends)."""
+  """Blocks until metrics.jsonl reaches `step`; fails (never returns
+  silently) if the run ends first or the time runs out, so a test never
+  kills at another step than it says."""
   path = os.path.join(workdir, 'metrics.jsonl')
   deadline = time.time() + timeout
-  while time.time() < deadline and proc.poll() is None:
+  while True:
     if os.path.exists(path):
       with open(path) as f:
         steps = [json.loads(l)['step'] for l in f if l.endswith('\n')]
       if steps and max(steps) >= step:
         return
+    if proc.poll() is not None:
+      pytest.fail(f'the run ended (exit {proc.returncode}) before step {step}:\n'
+                  f'{proc.output()[1][-3000:]}')
+    if time.time() > deadline:
+      pytest.fail(f'the run did not reach step {step} in {timeout} s')
     time.sleep(0.02)
 
 
@@ -251,39 +278,49 @@ def test_bad_input_is_refused_leaving_the_workdir_as_it_was(tiny_data, tiny_fold
   (tmp_path / 'data' / 'broken' / 'test' / 'cat' / 'zz.png').write_bytes(b'not a png')
   blocker = tmp_path / 'a_file'
   blocker.write_text('')
+  # Behaviour (refused, nothing written) in-process; the command line's own
+  # contract (one error line, exit 2, no traceback) for a flag error, a
+  # config error and a data error, below.
   cases = [
-      (['--config.model=resnet20'], "different recipe (model 'resnet8' -> 'resnet20')"),
-      (['--config.dataset=cifar11'], "unknown dataset 'cifar11'"),
-      (['--config.batch_size=-16'], 'batch_size must be a positive integer'),
-      (['--config.learning_rate=-0.1'], 'learning_rate must be positive'),
-      (['--config.no_such_field=1'], "the config has no field 'no_such_field'"),
-      (['--config.batch_size=abc'], 'batch_size'),
-      (['--config.store_conv_inputs=yes'], 'store_conv_inputs must be auto, on or off'),
-      ([f'--config.data_dir={tmp_path / "data"}', '--config.dataset=broken'],
+      (dict(model='resnet20'), "different recipe (model 'resnet8' -> 'resnet20')"),
+      (dict(dataset='cifar11'), "unknown dataset 'cifar11'"),
+      (dict(batch_size=-16), 'batch_size must be a positive integer'),
+      (dict(learning_rate=-0.1), 'learning_rate must be positive'),
+      (dict(store_conv_inputs='yes'), 'store_conv_inputs must be auto, on or off'),
+      (dict(data_dir=str(tmp_path / 'data'), dataset='broken'),
        'zz.png is not a readable image'),
   ]
   before = _listing(tmp_path)
   for workdir in (existing, fresh):
-    for extra, message in cases:
+    for overrides, message in cases:
       if workdir == fresh and 'different recipe' in message:
         continue  # Only an existing run has a model to differ from.
       if workdir == existing and 'zz.png' in message:
         continue  # The existing run's dataset differs first (refused too).
-      flags = _flags(tiny_data['data_dir'], workdir) + extra
-      result = subprocess.run([sys.executable, '-m', 'resnet_jax.main', *flags],
-                              capture_output=True, text=True, cwd=REPO, timeout=300)
-      assert result.returncode == 2, (extra, result.stderr[-2000:])
-      last = result.stderr.strip().splitlines()[-1]
-      assert last.startswith('error: ') and message in last, (extra, last)
-      assert 'Traceback' not in result.stderr, extra
+      fields = {'data_dir': tiny_data['data_dir'], **overrides}
+      config = tiny_config(fields.pop('data_dir'), num_train_steps=STEPS,
+                           log_every_steps=1, checkpoint_every_steps=5, **fields)
+      with pytest.raises(errors.UserError) as refused:
+        loop.train_and_evaluate(config, str(workdir))
+      assert message in str(refused.value), (overrides, str(refused.value))
       # Byte-identical, and nothing created anywhere under tmp_path.
-      assert _listing(tmp_path) == before, (workdir, extra)
-  result = subprocess.run(
-      [sys.executable, '-m', 'resnet_jax.main',
-       *_flags(tiny_data['data_dir'], blocker / 'sub')],
-      capture_output=True, text=True, cwd=REPO, timeout=300)
-  assert result.returncode == 2 and 'choose a writable --workdir' in result.stderr
-  assert _listing(tmp_path) == before
+      assert _listing(tmp_path) == before, (workdir, overrides)
+  for workdir, extra, message in [
+      (existing, ['--config.no_such_field=1'], "the config has no field 'no_such_field'"),
+      (fresh, ['--config.batch_size=abc'], 'batch_size'),
+      (existing, ['--config.model=resnet20'], "different recipe (model 'resnet8' -> "
+                                              "'resnet20')"),
+      (fresh, [f'--config.data_dir={tmp_path / "data"}', '--config.dataset=broken'],
+       'zz.png is not a readable image'),
+      (blocker / 'sub', [], 'choose a writable --workdir')]:
+    result = subprocess.run([sys.executable, '-m', 'resnet_jax.main',
+                             *_flags(tiny_data['data_dir'], workdir), *extra],
+                            capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert result.returncode == 2, (extra, result.stderr[-2000:])
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith('error: ') and message in last, (extra, last)
+    assert 'Traceback' not in result.stderr, extra
+    assert _listing(tmp_path) == before, (workdir, extra)
 
 
 def test_a_busy_workdir_refuses_a_second_run(tiny_data, reference, tmp_path):

@@ -28,6 +28,19 @@ def test_augment_is_a_padded_crop_and_optional_flip():
   # Both flips and several offsets occur.
   identity = sum(np.array_equal(out[i], images[i]) for i in range(len(images)))
   assert identity < len(images) // 4
+  # Half the images are flipped: over 4,096 draws a flip rate of 0.5 lies in
+  # 0.5 ± 0.06 with probability 1 - 1e-14 (a pipeline that never, or always,
+  # flips fails), and the 81 crop offsets each occur.
+  ys, xs, flips = input_pipeline.augment_draws(np.random.default_rng(5), 4096)
+  assert abs(np.mean(flips) - 0.5) < 0.06
+  assert len(set(zip(ys.tolist(), xs.tolist()))) == 81
+  flipped = input_pipeline.augment(np.repeat(images[:1], 256, 0), np.random.default_rng(6))
+  mirrored = sum(any(np.array_equal(f, w[:, ::-1]) for w in (
+      padded[0, y:y + 32, x:x + 32] for y in range(9) for x in range(9)))
+      and not any(np.array_equal(f, w) for w in (
+          padded[0, y:y + 32, x:x + 32] for y in range(9) for x in range(9)))
+      for f in flipped)
+  assert 0.35 < mirrored / 256 < 0.65  # Flips reach the images, not only the draws.
 
 
 def test_batches_are_a_pure_function_of_the_step():

@@ -12,8 +12,9 @@ LAYERS = (
     {'models', 'layers'},
     {'data', 'parallelism', 'reporting'},
     {'workdir'},
-    {'training'},
-    {'main', 'predict', 'prepare_data', 'results', 'benchmark', 'accelerator_check'},
+    {'training', 'experiments'},
+    {'main', 'predict', 'prepare_data', 'results', 'benchmark', 'accelerator_check',
+     'experiment'},
 )
 MAX_LINES = 420
 

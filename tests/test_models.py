@@ -113,9 +113,19 @@ def test_output_shapes_and_variable_collections(name):
 def test_imagenet_stem_downsamples_by_four():
   model = models.create_model('resnet18', 10, stem='imagenet')
   variables = model.init(jax.random.key(0), jnp.ones((1, 64, 64, 3)))
-  _, state = model.apply(variables, jnp.ones((1, 64, 64, 3)), train=True,
-                         mutable=['intermediates', 'batch_stats'])
-  assert model.apply(variables, jnp.ones((1, 64, 64, 3))).shape == (1, 10)
+  logits, state = model.apply(variables, jnp.ones((1, 64, 64, 3)),
+                              capture_intermediates=True, mutable=['intermediates'])
+  assert logits.shape == (1, 10)
+  size = lambda name: state['intermediates'][name]['__call__'][0].shape[1:3]
+  # The 7x7 conv halves 64 to 32, the max-pool halves it again: the first
+  # stage sees 16x16 (a stride-1 stem or no pool would give 32 or 64).
+  assert size('conv1') == (32, 32) and size('layer1_0') == (16, 16)
+  assert size('layer4_1') == (2, 2)
+  cifar = models.create_model('resnet18', 10)
+  _, state = cifar.apply(cifar.init(jax.random.key(0), jnp.ones((1, 64, 64, 3))),
+                         jnp.ones((1, 64, 64, 3)), capture_intermediates=True,
+                         mutable=['intermediates'])
+  assert size('layer1_0') == (64, 64)  # The CIFAR stem keeps the resolution.
 
 
 def test_option_a_shortcut_has_no_parameters_and_option_b_has():

@@ -84,11 +84,15 @@ def test_inconsistent_process_flags_are_refused(tmp_path):
     ['--nproc', '2', 'configs/cifar.py', 'runs/x', '--config.seed=3'],
     ['configs/cifar.py', '--nproc=2', '--config.seed=3', 'runs/x'],
     ['configs/cifar.py', 'runs/x', '--config.seed=3', '--nproc', '2']])
-def test_launcher_takes_options_anywhere(args):
-  # PYTHON=echo prints the command each process would run.
+def test_launcher_takes_options_anywhere(args, tmp_path):
+  # PYTHON=echo prints the command each process would run; a host without
+  # GPUs whatever this machine has (launch.sh splits real GPUs over --nproc).
+  (tmp_path / 'nvidia-smi').write_text('#!/bin/sh\nexit 0\n')
+  (tmp_path / 'nvidia-smi').chmod(0o755)
+  env = {k: v for k, v in os.environ.items() if k != 'CUDA_VISIBLE_DEVICES'}
+  env.update(PYTHON='echo', RESNET_JAX_PORT='1234', PATH=f'{tmp_path}:{env["PATH"]}')
   result = subprocess.run(['./launch.sh', *args], capture_output=True, text=True,
-                          cwd=REPO, env=dict(os.environ, PYTHON='echo',
-                                             RESNET_JAX_PORT='1234'), timeout=60)
+                          cwd=REPO, env=env, timeout=60)
   assert result.returncode == 0, result.stderr
   assert sorted(result.stdout.strip().splitlines()) == [
       f'-m resnet_jax.main --config configs/cifar.py --workdir runs/x '

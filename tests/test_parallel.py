@@ -40,6 +40,15 @@ def _one_step(tiny_data, tmp_path, strategy, num_devices, **overrides):
           jax.device_get(run.dp.canonical_state(state)))
 
 
+def _initial_state(tiny_data):
+  """The state every layout starts from (the seed's initialisation)."""
+  config = tiny_config(tiny_data['data_dir'], batch_size=BATCH)
+  from resnet_jax.training import train_state
+  model = train_state.create_model(config, 10)
+  tx = train_state.create_optimizer(config, lambda s: 0.1)
+  return train_state.create_train_state(jax.random.key(config.seed), model, tx)
+
+
 @pytest.fixture(scope='module')
 def jit8(tiny_data, tmp_path_factory):
   return _one_step(tiny_data, tmp_path_factory.mktemp('j'), 'jit', 8)
@@ -56,8 +65,15 @@ def test_one_step_is_the_same_on_any_layout(tiny_data, tmp_path, jit8, strategy,
   assert loss == pytest.approx(jit8[0], rel=STEP_RTOL)
   for tree, diff in diffs.items():
     assert diff <= STEP_RTOL, (tree, diff)
-  # The step did something: parameters and statistics moved.
+  # The step did something: parameters and statistics moved (a step that
+  # updated nothing would pass the comparison above).
   assert int(state.step) == 1
+  initial = jax.device_get(_initial_state(tiny_data))
+  for tree in ('params', 'batch_stats'):
+    moved = jax.tree.map(lambda a, b: float(np.abs(a - b).max()), getattr(initial, tree),
+                         getattr(state, tree))
+    changes = jax.tree.leaves(moved)
+    assert sum(c > 0 for c in changes) >= 0.9 * len(changes), (tree, moved)
 
 
 def test_stored_conv_inputs_leave_the_trajectory_bitwise_unchanged(tiny_data, tmp_path):

@@ -75,3 +75,36 @@ def draw_confusion(matrix: np.ndarray, class_names: Sequence[str], out_path: str
   ax.set_title(title)
   fig.tight_layout()
   _save(fig, out_path)
+
+
+def draw_bands(groups: Sequence, out_path: str, metric: str = 'eval_accuracy') -> None:
+  """Each group's accuracy against epoch: the mean over its runs as a line,
+  ± one standard deviation as a band.
+
+  Args:
+    groups: [(label, [curve, ...])], each curve [(epoch, accuracy fraction)].
+    out_path: the PNG to write.
+    metric: the accuracy's name, for the axis.
+  """
+  fig, ax = plt.subplots(figsize=(7, 4.5))
+  for index, (label, curves) in enumerate(groups):
+    by_epoch = {}
+    for curve in curves:
+      for epoch, value in curve:
+        by_epoch.setdefault(round(epoch, 3), []).append(100 * value)
+    if not by_epoch:
+      continue
+    epochs = sorted(by_epoch)
+    mean = np.array([np.mean(by_epoch[e]) for e in epochs])
+    std = np.array([np.std(by_epoch[e], ddof=1) if len(by_epoch[e]) > 1 else 0.0
+                    for e in epochs])
+    color = f'C{index % 10}'
+    ax.plot(epochs, mean, 'o-', color=color, markersize=3,
+            label=f'{label} (n={len(curves)})')
+    ax.fill_between(epochs, mean - std, mean + std, color=color, alpha=0.25, linewidth=0)
+  ax.set_xlabel('epoch')
+  ax.set_ylabel(f'{metric} (%), mean ± std over seeds')
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=8)
+  fig.tight_layout()
+  _save(fig, out_path)

@@ -1,5 +1,6 @@
 """The training loop of a run: resume, train, evaluate, checkpoint, stop."""
 
+import collections
 import json
 import os
 import signal
@@ -25,6 +26,10 @@ from resnet_jax.training import run_setup
 from resnet_jax.training import train_state
 from resnet_jax.workdir import preemption
 from resnet_jax.workdir import run_record
+
+
+# Calls dispatched but maybe not yet run by the device, at most.
+MAX_CALLS_IN_FLIGHT = 2
 
 
 def _report_resume(run: run_setup.Run, devices: dict) -> None:
@@ -73,7 +78,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     outcome.update({'final_step': run.num_steps, key: value})
     return result
   except errors.Stopped as e:
-    outcome['stopped'] = str(e)
+    outcome.update(stopped=str(e), exit_code=e.exit_code)
     raise
   finally:
     run.release()
@@ -142,6 +147,7 @@ def _train(run: run_setup.Run, initial: Optional[train_state.TrainState]) -> dic
                           enabled=None if jax.process_index() == 0 else False)
   writer = metrics_io.MetricsWriter(workdir, resume_step=start, progress=bar)
   pending, last_time, last_step, eval_seconds = [], time.perf_counter(), start, 0.0
+  in_flight = collections.deque()
   result = None
   calls = feed(run.pipeline, dp, run.train, config, plan, k)
   try:
@@ -149,6 +155,12 @@ def _train(run: run_setup.Run, initial: Optional[train_state.TrainState]) -> dic
       for (first, n), data in zip(plan, calls):
         state, metrics = run.p_train_chunk(state, data, n)
         pending.append((n, metrics))  # Fetched at log time: no wait per call.
+        in_flight.append(metrics)
+        if len(in_flight) > MAX_CALLS_IN_FLIGHT:
+          # The loop stays at most this many calls ahead of the device: enough
+          # to keep it busy, and a stop signal is acted on within a call or
+          # two, not after every step queued since the last log line.
+          jax.block_until_ready(in_flight.popleft())
         done = first + n
         if first == start and done % config.log_every_steps and done != run.num_steps:
           # The one wait outside the log cadence: says that training runs long

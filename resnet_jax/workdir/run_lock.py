@@ -73,15 +73,21 @@ def check_free(workdir: str) -> None:
   Raises:
     errors.UserError: naming the holder.
   """
-  ok = True
-  path = os.path.join(workdir, FILE)
-  if jax.process_index() == 0 and os.path.exists(path):  # No file: nobody holds it.
-    fd = _try_lock(path)
-    ok = fd is not None
-    if ok:
-      os.close(fd)  # Closing drops the probe's lock.
+  ok = jax.process_index() != 0 or not is_held(workdir)
   if not _agree(ok):
     raise _busy_error(workdir)
+
+
+def is_held(workdir: str) -> bool:
+  """Whether a live process holds `workdir`'s lock; probes, changes nothing."""
+  path = os.path.join(workdir, FILE)
+  if not os.path.exists(path):  # No file: nobody holds it.
+    return False
+  fd = _try_lock(path)
+  if fd is None:
+    return True
+  os.close(fd)  # Closing drops the probe's lock.
+  return False
 
 
 class Lock:

@@ -1,0 +1,280 @@
+"""Experiments without training: seeds, sweeps, plans, statuses, groups and
+their statistics, read from run folders written here by hand."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from configs import cifar
+from resnet_jax import errors
+from resnet_jax.experiments import groups
+from resnet_jax.experiments import plan as plan_lib
+from resnet_jax.experiments import run_status
+from resnet_jax.experiments import statistics
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.mark.parametrize('text,seeds', [('0-4', [0, 1, 2, 3, 4]), ('3', [3]),
+                                        ('0,3,7', [0, 3, 7]), ('0-2,10', [0, 1, 2, 10]),
+                                        (' 1 - 2 ', [1, 2])])
+def test_seed_lists(text, seeds):
+  assert plan_lib.parse_seeds(text) == seeds
+  assert plan_lib.parse_seeds(plan_lib.format_seeds(seeds)) == seeds
+
+
+@pytest.mark.parametrize('text', ['', '4-2', 'a', '0-', '-1', '1,,2', '0-2,1'])
+def test_bad_seed_lists_are_one_error(text):
+  with pytest.raises(errors.UserError, match='seed'):
+    plan_lib.parse_seeds(text)
+
+
+def test_sweeps_are_typed_like_their_fields_and_expand_to_a_grid():
+  defaults = cifar.get_config()
+  axes = plan_lib.parse_sweeps(
+      ['label_smoothing=0,0.1', 'model=resnet8,resnet20', 'nesterov=true,0',
+       'lr_boundaries=(0.5,0.75),(0.3,0.6,0.8)', 'config.batch_size=64'], defaults)
+  assert axes == {'label_smoothing': [0.0, 0.1], 'model': ['resnet8', 'resnet20'],
+                  'nesterov': [True, False],
+                  'lr_boundaries': [(0.5, 0.75), (0.3, 0.6, 0.8)], 'batch_size': [64]}
+  assert isinstance(axes['label_smoothing'][0], float)
+  points = plan_lib.points_of(axes, defaults, 'test')
+  assert len(points) == 2 * 2 * 2 * 2 and points[0] == {
+      'label_smoothing': 0.0, 'model': 'resnet8', 'nesterov': True,
+      'lr_boundaries': (0.5, 0.75), 'batch_size': 64}
+  assert plan_lib.run_name(points[-1], 3) == (
+      'label_smoothing=0.1,model=resnet20,nesterov=False,lr_boundaries=(0.3,0.6,0.8),'
+      'batch_size=64,seed=3')
+  # Explicit points (a config's own sweep) are taken as they are.
+  assert plan_lib.points_of([{'mixup_alpha': 1.0}, {'cutmix_alpha': 1.0}], defaults,
+                            'test') == [{'mixup_alpha': 1.0}, {'cutmix_alpha': 1.0}]
+
+
+@pytest.mark.parametrize('item,message', [
+    ('label_smothing=0,0.1', "names no config field 'label_smothing'; nearest: "
+                             'label_smoothing'),
+    ('log_every_steps=10,20', 'sweeps log_every_steps, a runtime field: it changes no '
+                              'result'),
+    ('seed=0,1', 'sweeps seed; give seeds as --seeds=0-4'),
+    ('label_smoothing', 'is not FIELD=V1,V2'),
+    ('label_smoothing=0,0', 'repeats a value'),
+    ('batch_size=64,big', "value 'big' of batch_size is not a int"),
+])
+def test_bad_sweeps_are_one_error(item, message):
+  with pytest.raises(errors.UserError, match=None) as e:
+    plan_lib.parse_sweeps([item], cifar.get_config())
+  assert message in str(e.value)
+
+
+def _plan(**kwargs):
+  base = dict(config=os.path.join(REPO, 'configs', 'cifar.py'),
+              overrides={'model': 'resnet8', 'num_epochs': 2.0},
+              points=[{'label_smoothing': 0.0}, {'label_smoothing': 0.1}], seeds=[0, 1],
+              sweep={'label_smoothing': [0.0, 0.1]})
+  base.update(kwargs)
+  return plan_lib.Plan(**base)
+
+
+def test_a_plan_is_its_runs_and_their_commands(tmp_path):
+  plan = _plan()
+  runs = plan.runs()
+  assert [r.name for r in runs] == ['label_smoothing=0,seed=0', 'label_smoothing=0,seed=1',
+                                    'label_smoothing=0.1,seed=0',
+                                    'label_smoothing=0.1,seed=1']
+  assert runs[3].recipe['label_smoothing'] == 0.1 and runs[3].recipe['seed'] == 1
+  assert runs[3].recipe['model'] == 'resnet8' and 'data_dir' not in runs[3].recipe
+  workdir = str(tmp_path / runs[3].name)
+  assert plan.command(workdir, python='py') == [
+      'py', '-m', 'resnet_jax.main', '--config', plan.config, '--workdir', workdir,
+      '--config.model=resnet8', '--config.num_epochs=2.0',
+      '--config.label_smoothing=0.1', '--config.seed=1']
+
+
+def test_a_different_plan_lists_every_difference(tmp_path):
+  plan_lib.write(str(tmp_path), _plan())
+  stored = plan_lib.read(str(tmp_path))
+  plan_lib.check_same(str(tmp_path), stored, _plan(overrides={
+      'model': 'resnet8', 'num_epochs': 2.0, 'data_dir': '/elsewhere'}))  # Runtime.
+  other = _plan(overrides={'model': 'resnet20', 'num_epochs': 2.0}, seeds=[0, 1, 2])
+  with pytest.raises(errors.UserError) as e:
+    plan_lib.check_same(str(tmp_path), stored, other)
+  assert str(e.value) == (
+      f'{tmp_path} holds an experiment with a different plan (seeds 0-1 -> 0-2; runs only '
+      'in the new plan: label_smoothing=0,seed=2, label_smoothing=0.1,seed=2; model '
+      '"resnet8" -> "resnet20"); rerun it with its own plan (python -m '
+      f'resnet_jax.experiment --workdir {tmp_path}), or pass a new --workdir for the new '
+      'plan (results reads several experiment folders together)')
+
+
+def _fake_run(folder, name, seed, curve, framework='jax 0.10.2', outcome=None,
+              **fields):
+  """A run folder as training leaves it: run.json and metrics.jsonl with
+  evaluations at the given (epoch, accuracy) points."""
+  workdir = os.path.join(folder, name)
+  os.makedirs(workdir)
+  config = json.loads(cifar.get_config().to_json())
+  config.update(model='resnet8', num_epochs=2.0, seed=seed, **fields)
+  session = {'started': '2026-12-01T08:00:00+00:00', 'command': 'python -m x',
+             'platform': 'cpu', 'host_cpu': 'Test CPU', 'wall_seconds': 60.0,
+             **(outcome if outcome is not None else {'final_step': 100})}
+  with open(os.path.join(workdir, 'run.json'), 'w') as f:
+    json.dump({'framework': framework, 'config': config, 'sessions': [session]}, f)
+  with open(os.path.join(workdir, 'metrics.jsonl'), 'w') as f:
+    for i, (epoch, accuracy) in enumerate(curve, 1):
+      f.write(json.dumps({'step': 50 * i, 'train_loss': 1.0, 'epoch': epoch}) + '\n')
+      f.write(json.dumps({'step': 50 * i, 'eval_accuracy': accuracy, 'epoch': epoch})
+              + '\n')
+  return workdir
+
+
+# Final accuracies of two groups of 4 seeds, and a fifth seed that diverged.
+A = {0: 0.4512, 1: 0.4630, 2: 0.4471, 3: 0.4588}
+B = {0: 0.4577, 1: 0.4702, 2: 0.4519, 3: 0.4660}
+
+
+@pytest.fixture()
+def experiment(tmp_path):
+  folder = str(tmp_path / 'ls')
+  plan = _plan(seeds=[0, 1, 2, 3, 4])
+  plan_lib.write(folder, plan)
+  for point, accuracies in (({'label_smoothing': 0.0}, A), ({'label_smoothing': 0.1}, B)):
+    for seed, final in accuracies.items():
+      _fake_run(folder, plan_lib.run_name(point, seed), seed,
+                [(1.0, final - 0.1), (2.0, final)], **point)
+  _fake_run(folder, 'label_smoothing=0.1,seed=4', 4, [(1.0, 0.1)], label_smoothing=0.1,
+            outcome={'stopped': 'training loss is nan at step 7; ...', 'exit_code': 3})
+  # label_smoothing=0,seed=4 never started.
+  return folder
+
+
+def test_statuses_come_from_the_run_folders(experiment):
+  kinds = {n: run_status.of(os.path.join(experiment, n)).kind
+           for n in ('label_smoothing=0,seed=0', 'label_smoothing=0.1,seed=4',
+                     'label_smoothing=0,seed=4')}
+  assert kinds == {'label_smoothing=0,seed=0': 'complete',
+                   'label_smoothing=0.1,seed=4': 'diverged',
+                   'label_smoothing=0,seed=4': 'pending'}
+
+
+def test_summary_is_mean_std_and_the_t_interval():
+  s = statistics.summarize([1.0, 2.0, 4.0, 5.0])
+  assert (s.n, s.mean, s.min, s.max) == (4, 3.0, 1.0, 5.0)
+  assert s.std == pytest.approx(math.sqrt(10 / 3))
+  # t(0.975, 3) = 3.182446305284263.
+  half = 3.182446305284263 * math.sqrt(10 / 3) / 2
+  assert (s.low, s.high) == pytest.approx((3.0 - half, 3.0 + half))
+  one = statistics.summarize([0.5])
+  assert (one.n, one.mean, one.std, one.low) == (1, 0.5, None, None)
+
+
+def test_compare_pairs_equal_seeds_and_uses_welch_otherwise():
+  paired = statistics.compare(A, B)
+  d = np.array([B[s] - A[s] for s in range(4)])
+  assert paired.test == 'paired' and paired.difference == pytest.approx(d.mean())
+  half = 3.182446305284263 * d.std(ddof=1) / 2
+  assert (paired.low, paired.high) == pytest.approx((d.mean() - half, d.mean() + half))
+  assert paired.p == pytest.approx(stats.ttest_rel(list(B.values()), list(A.values())).pvalue)
+  assert paired.resolved  # Every seed gained: the pairs tell.
+  welch = statistics.compare(A, {s + 10: v for s, v in B.items()})
+  assert welch.test == 'Welch' and not welch.resolved  # The seeds' spread hides it.
+  assert welch.p == pytest.approx(stats.ttest_ind(list(B.values()), list(A.values()),
+                                                  equal_var=False).pvalue)
+  # n = 2 (z_0.975 + z_0.8)^2 s^2 / d^2 with s the pooled std.
+  s = math.sqrt((np.var(list(A.values()), ddof=1) + np.var(list(B.values()), ddof=1)) / 2)
+  assert welch.seeds_needed == math.ceil(2 * ((1.959964 + 0.841621) * s / welch.difference) ** 2)
+  with pytest.raises(ValueError, match='at least 2 finished runs per group'):
+    statistics.compare({0: 1.0}, B)
+
+
+def test_groups_are_recipes_named_by_what_differs(experiment, tmp_path):
+  from resnet_jax import results
+  rows = [results.summarize(w) if os.path.exists(os.path.join(w, 'run.json'))
+          else results.planned(w) for w in results.expand([experiment])]
+  # A runtime field (data_dir) never splits a group; the framework does.
+  rows.append(results.summarize(_fake_run(str(tmp_path), 'moved', 9, [(2.0, 0.5)],
+                                          data_dir='/elsewhere', log_every_steps=7)))
+  rows.append(results.summarize(_fake_run(str(tmp_path), 'torch', 0, [(2.0, 0.5)],
+                                          framework='torch 2.13.0+cpu eager')))
+  found = groups.group(rows)
+  assert [(g.name, len(g.runs)) for g in found] == [
+      ('jax, label_smoothing=0', 6), ('jax, label_smoothing=0.1', 5),
+      ('torch, label_smoothing=0', 1)]
+
+
+def _results(*args):
+  return subprocess.run([sys.executable, '-m', 'resnet_jax.results', *args],
+                        capture_output=True, text=True, cwd=REPO, timeout=120)
+
+
+def test_results_table_and_compare_of_an_experiment(experiment):
+  result = _results(experiment, '--compare=1,2')
+  assert result.returncode == 0, result.stderr
+  pct = lambda v: f'{100 * v:.2f}'
+  rows = []
+  for i, (name, values, left) in enumerate(
+      (('label_smoothing=0', A, '1 pending (seed 4)'),
+       ('label_smoothing=0.1', B, '1 diverged (seed 4)')), 1):
+    s = statistics.summarize(values.values())
+    rows.append(f'| {i} | {name} | jax | resnet8 | 5 | 4 | {pct(s.mean)} ± {pct(s.std)} | '
+                f'{pct(s.low)} - {pct(s.high)} | {pct(s.min)} - {pct(s.max)} | 0-3 | '
+                f'{left} |')
+  c = statistics.compare({k: 100 * v for k, v in A.items()},
+                         {k: 100 * v for k, v in B.items()})
+  assert result.stdout.splitlines() == [
+      '| # | group | framework | model | runs | n | test accuracy % (mean ± std) | '
+      '95% interval of the mean | min - max | seeds | not in n |',
+      '|---|---|---|---|---|---|---|---|---|---|---|', *rows, '',
+      'eval_accuracy, final evaluation of each run', '',
+      f'2 (label_smoothing=0.1) - 1 (label_smoothing=0): {c.difference:+.2f} points, 95% '
+      f'interval [{c.low:+.2f}, {c.high:+.2f}] (paired over seeds 0-3, n = 4); '
+      f'p = {c.p:.3g}']
+  assert c.resolved
+  # The band plot: one coloured band per group, not a blank image.
+  from PIL import Image
+  with Image.open(os.path.join(experiment, 'accuracy_bands.png')) as im:
+    pixels = np.asarray(im.convert('RGB')).reshape(-1, 3).astype(int)
+  blue = (np.abs(pixels - [31, 119, 180]).sum(1) < 30).sum()
+  orange = (np.abs(pixels - [255, 127, 14]).sum(1) < 30).sum()
+  assert blue > 100 and orange > 100
+
+
+def test_results_warns_when_n_cannot_tell(experiment, tmp_path):
+  # Two seeds each, one of them swapped: the interval includes 0.
+  small = str(tmp_path / 'small')
+  plan_lib.write(small, _plan(seeds=[0, 1]))
+  for point, values in (({'label_smoothing': 0.0}, {0: 0.45, 1: 0.47}),
+                        ({'label_smoothing': 0.1}, {0: 0.47, 1: 0.46})):
+    for seed, final in values.items():
+      _fake_run(small, plan_lib.run_name(point, seed), seed, [(2.0, final)], **point)
+  result = _results(small, '--compare=1,2')
+  assert result.returncode == 0, result.stderr
+  c = statistics.compare({0: 45.0, 1: 47.0}, {0: 47.0, 1: 46.0})
+  assert result.stdout.splitlines()[-1] == (
+      'warning: n = 2 cannot tell this difference from noise (the interval includes 0); '
+      f'about {c.seeds_needed} seeds per group would tell a difference of this size, if '
+      'the spread stays as it is')
+  bad = _results(small, '--compare=1,3')
+  assert bad.returncode == 2 and bad.stderr.strip() == (
+      'error: --compare=1,3 names no two groups; pass two numbers of the # column (1 to '
+      '2), e.g. --compare=1,2')
+
+
+def test_a_run_without_the_metric_shows_a_dash(experiment, tmp_path):
+  from resnet_jax import results
+  ema = _fake_run(str(tmp_path), 'ema', 0, [(2.0, 0.5)], ema_decay=0.9)
+  with open(os.path.join(ema, 'metrics.jsonl'), 'a') as f:
+    f.write(json.dumps({'step': 100, 'ema_eval_accuracy': 0.52, 'epoch': 2.0}) + '\n')
+  plain = os.path.join(experiment, 'label_smoothing=0,seed=0')
+  result = _results('--metric=ema_eval_accuracy', ema, plain)
+  assert result.returncode == 0, result.stderr
+  lines = result.stdout.splitlines()
+  assert '| 52.00% / 52.00% (ema_eval_accuracy) |' in lines[2]
+  assert '| - / - (ema_eval_accuracy) |' in lines[3]
+  assert lines[3].split(' | ')[2].endswith(', seed 0')  # The seed is in the recipe.
+  assert results.summarize(plain, 'ema_eval_accuracy')['final_accuracy'] is None
