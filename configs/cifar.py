@@ -128,3 +128,22 @@ PRESETS = {
                             warmup_steps=200, label_smoothing=0.1, ema_decay=0.999,
                             flip_tta=True),
 }
+
+# Where each preset's recipe comes from (docs/presets.md is generated from
+# PRESETS and these).
+SOURCES = {
+    'resnet20': 'He et al. 2015, sec. 4.2', 'resnet32': 'He et al. 2015, sec. 4.2',
+    'resnet44': 'He et al. 2015, sec. 4.2', 'resnet56': 'He et al. 2015, sec. 4.2',
+    'resnet110': 'He et al. 2015, sec. 4.2 (warm-up at 0.01 for ~400 steps)',
+    'resnet1202': 'He et al. 2015, sec. 4.2 (the 110-layer recipe)',
+    'preact_resnet110': 'He et al. 2016 (Identity Mappings)',
+    'preact_resnet164': 'He et al. 2016 (Identity Mappings)',
+    'preact_resnet1001': 'He et al. 2016 (Identity Mappings)',
+    'resnet18': 'the common ResNet-18 CIFAR recipe (kuangliu/pytorch-cifar style)',
+    'wrn28_10': 'Zagoruyko & Komodakis 2016', 'wrn16_8': 'Zagoruyko & Komodakis 2016',
+    'resnext29_8x64d': 'Xie et al. 2017',
+    'resnet18_cutout': 'DeVries & Taylor 2017 (Cutout)',
+    'preact_resnet18_mixup': 'Zhang et al. 2018 (mixup)',
+    'wrn28_10_mixup': 'Zhang et al. 2018 (mixup)',
+    'resnet20_modern': 'this codebase: chosen on a validation split (docs/results.md)',
+}

@@ -26,6 +26,15 @@ def default_path() -> str:
   return os.path.join(shipped_dir(), DEFAULT)
 
 
+def default_or_none():
+  """`default_path()`, or None when no configs/ folder is found (reported
+  once a config is needed): the default of the commands' --config flag."""
+  try:
+    return default_path()
+  except errors.UserError:
+    return None
+
+
 def load_default():
   """The default config (configs/cifar.py's `get_config()`), loaded from its file."""
   return load_module(default_path()).get_config()

@@ -40,16 +40,8 @@ from resnet_jax.experiments import run_status
 from resnet_jax.workdir import run_record
 
 
-
-def _default_config():
-  try:
-    return config_files.default_path()
-  except errors.UserError:  # Reported when a config is needed.
-    return None
-
-
 _CONFIG = errors.define_config_flag(
-    _default_config(), 'Config file[:preset] of every run; '
+    config_files.default_or_none(), 'Config file[:preset] of every run; '
     'default: the experiment in --workdir, or configs/cifar.py for a new one.')
 _WORKDIR = flags.DEFINE_string('workdir', None, 'The experiment folder (one '
                                'workdir per run inside it).')

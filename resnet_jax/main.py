@@ -24,15 +24,8 @@ from resnet_jax import logs
 from resnet_jax.logs import log
 
 
-def _default_config():
-  try:
-    return config_files.default_path()
-  except errors.UserError:  # Reported when a config is needed.
-    return None
-
-
 _CONFIG = errors.define_config_flag(
-    _default_config(), 'Training config file[:preset], e.g. '
+    config_files.default_or_none(), 'Training config file[:preset], e.g. '
     'configs/cifar.py:resnet56; default: the run in --workdir, or configs/cifar.py '
     'for a new one.')
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Where checkpoints and metrics go.')
@@ -119,7 +112,21 @@ def _config(workdir: str):
     config_files.shipped_dir()  # Raises the error that says what is missing.
   log.info('Config: %s%s%s', config_flags.get_config_filename(flag),
            '' if flag.present else ' (the default)', f', with {given}' if given else '')
+  _log_preset(config_flags.get_config_filename(flag))
   return _CONFIG.value
+
+
+def _log_preset(argument: str) -> None:
+  """Names a preset's source and the fields it sets (docs/presets.md)."""
+  path, _, preset = argument.partition(':')
+  if not preset:
+    return
+  from resnet_jax.workdir import config_validation
+  module = config_files.load_module(config_files.resolve(path))
+  if preset in getattr(module, 'PRESETS', {}):
+    changes = config_validation.preset_changes(module, preset)
+    log.info('Preset %s (%s): %s', preset, getattr(module, 'SOURCES', {}).get(preset, '?'),
+             ', '.join(f'{k}={v!r}' for k, v in changes.items()) or 'the defaults')
 
 
 if __name__ == '__main__':

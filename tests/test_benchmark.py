@@ -55,6 +55,7 @@ def test_benchmark_record_has_every_field(half, heavy):
     assert record[key] > 0, key
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('torch_flag', ['--torch', f'--torch_python={sys.executable}'])
 def test_cli_with_torch_baseline_prints_both_and_ratios(torch_flag):
   pytest.importorskip('torch')
@@ -104,6 +105,7 @@ def test_store_conv_inputs_is_on_for_cpu_under_auto():
   assert not train_state.create_model(config, 10).store_conv_inputs
 
 
+@pytest.mark.slow
 def test_the_accelerator_check_runs_end_to_end_on_the_cpu(tmp_path):
   # What a session with a lent GPU runs first, at tiny sizes: known to work
   # before a device is lent.

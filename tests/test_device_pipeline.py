@@ -45,6 +45,7 @@ def _batch(strategy, num_devices, spec, data, step):
   return {k: np.asarray(v) for k, v in out.items()}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('options', [
     augmentations.Options(),
     augmentations.Options(cutout_size=8, mixup_alpha=1.0),
@@ -134,6 +135,7 @@ def _final_state(tiny_data, workdir, **overrides):
   return jax.device_get(run.restore())
 
 
+@pytest.mark.slow
 def test_steps_per_call_leaves_the_numbers_bitwise_unchanged(tiny_data, tmp_path):
   # Each step in a call's loop is the same program whatever k is, so k = 2, 3
   # and 4 (calls cut differently by logs, checkpoints and evaluations, as a

@@ -25,6 +25,13 @@ def test_the_config_reference_is_generated_from_the_fields():
                             'resnet_jax.workdir.config_validation > docs/config.md')
 
 
+def test_the_preset_table_is_generated_from_the_presets():
+  assert _read('docs/presets.md') == config_validation.presets_markdown(cifar), (
+      'docs/presets.md is stale: python -m resnet_jax.workdir.config_validation '
+      'presets > docs/presets.md')
+  assert set(cifar.SOURCES) == set(cifar.PRESETS)  # Every preset says where it is from.
+
+
 def test_the_front_page_stays_a_front_page():
   assert len(_read('README.md')) <= 12_000
 

@@ -14,6 +14,10 @@ import pytest
 from resnet_jax.experiments import plan as plan_lib
 from resnet_jax.experiments import run_status
 
+# Every test here trains in subprocesses: the full suite runs them, the
+# fast tier (-m "not slow") does not.
+pytestmark = pytest.mark.slow
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CIFAR = os.path.join(REPO, 'configs', 'cifar.py')
 

@@ -278,3 +278,39 @@ def test_a_run_without_the_metric_shows_a_dash(experiment, tmp_path):
   assert '| - / - (ema_eval_accuracy) |' in lines[3]
   assert lines[3].split(' | ')[2].endswith(', seed 0')  # The seed is in the recipe.
   assert results.summarize(plain, 'ema_eval_accuracy')['final_accuracy'] is None
+
+
+def test_the_local_launcher_runs_one_run_per_gpu_group_at_a_time(tmp_path):
+  from resnet_jax.experiments import local
+  assert local.visible_gpus({'CUDA_VISIBLE_DEVICES': '2,3,5'}) == ['2', '3', '5']
+  assert local.slots([], 1) == [{}]  # No GPU: one run at a time, as it is.
+  slots = local.slots(['0', '1', '2', '3', '4'], 2)  # The fifth GPU stays idle.
+  assert slots == [{'CUDA_VISIBLE_DEVICES': '0,1'}, {'CUDA_VISIBLE_DEVICES': '2,3'}]
+  with pytest.raises(errors.UserError, match='--gpus_per_run=3 but this host shows 2'):
+    local.slots(['0', '1'], 3)
+
+  class Fake:  # A run that ends after three polls.
+    def __init__(self, env):
+      self.env, self.polls = env, 0
+    def poll(self):
+      self.polls += 1
+      return 0 if self.polls > 3 else None
+
+  started, running, most = [], set(), [0]
+  def spawn(command, env, log_path):
+    proc = Fake(env['CUDA_VISIBLE_DEVICES'])
+    running.add(proc)
+    most[0] = max(most[0], len(running))
+    started.append((command[0], proc.env, os.path.basename(log_path)))
+    return proc
+  ended = []
+  def on_end(name, code):
+    ended.append((name, code))
+    running.difference_update({p for p in running if p.polls > 3})
+  jobs = [(f'run{i}', [f'cmd{i}']) for i in range(5)]
+  assert local.launch(jobs, slots, str(tmp_path), lambda *a: None, on_end, spawn=spawn,
+                      poll_seconds=0) is None
+  assert most[0] == 2 and sorted(ended) == [(f'run{i}', 0) for i in range(5)]
+  assert started[:2] == [('cmd0', '0,1', 'run0.log'), ('cmd1', '2,3', 'run1.log')]
+  # A freed slot's GPUs go to the next run: every run saw one group only.
+  assert {env for _, env, _ in started} == {'0,1', '2,3'}

@@ -21,6 +21,10 @@ from resnet_jax.training import loop
 from resnet_jax.training import run_setup
 from tests.conftest import tiny_config
 
+# Every test here trains in subprocesses: the full suite runs them, the
+# fast tier (-m "not slow") does not.
+pytestmark = pytest.mark.slow
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 30
 

@@ -146,6 +146,7 @@ def test_prepare_data_refuses_a_bad_image_naming_it_in_the_archive(tiny_folder,
 BLOCK_TF = '''raise ImportError('TensorFlow is blocked in this test')\n'''
 
 
+@pytest.mark.slow
 def test_train_eval_predict_without_tensorflow(tiny_folder, tmp_path):
   """The image-folder path where `import tensorflow` fails (as on accelerator
   machines without it): train, evaluate, predict, TensorBoard events."""

@@ -84,6 +84,7 @@ def test_macs_match_known_figures():
   assert round(summary.count_macs(r50, image_size=224) / 1e9, 2) == 4.09
 
 
+@pytest.mark.slow
 def test_scanned_stages_match_unrolled_ones(monkeypatch):
   # resnet1202 and preact_resnet1001 scan their repeated blocks; forcing the
   # scan on resnet20 must leave parameters, MACs and BatchNorm behaviour alone.
@@ -176,6 +177,7 @@ def test_bad_names_and_options_are_refused():
     models.create_model('preact_resnet164', zero_init_residual=True)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('name', ['resnet8', 'preact_resnet164'])
 def test_stored_conv_inputs_give_the_plain_gradients(name):
   """`store_conv_inputs` only changes what XLA keeps in memory: the loss,

@@ -37,6 +37,7 @@ def _state_at(tiny_data, workdir, step):
   return state
 
 
+@pytest.mark.slow
 def test_two_processes_match_one_process(tiny_data, tmp_path):
   overrides = [f'--config.data_dir={tiny_data["data_dir"]}', '--config.model=resnet8',
                '--config.batch_size=16', '--config.eval_batch_size=16',
@@ -109,6 +110,7 @@ def test_launcher_usage_errors_exit_2(args):
   assert result.stderr.startswith('usage: ./launch.sh CONFIG WORKDIR')
 
 
+@pytest.mark.slow
 def test_every_process_refuses_a_busy_workdir(tiny_data, tmp_path):
   from resnet_jax.workdir import run_lock
   workdir = tmp_path / 'w'
@@ -128,6 +130,7 @@ def test_every_process_refuses_a_busy_workdir(tiny_data, tmp_path):
   assert os.listdir(workdir) == ['run.lock']
 
 
+@pytest.mark.slow
 def test_processes_that_see_different_workdirs_are_refused(tiny_data, tmp_path):
   # The same relative --workdir from two folders: as two hosts whose "runs/x"
   # is each one's local disk. Process 1 finds a folder there, but not the lock

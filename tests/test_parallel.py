@@ -108,6 +108,7 @@ def test_pmap_replicas_hold_identical_batch_stats(tiny_data, tmp_path):
     assert len(shards) == 8 and all(np.array_equal(shards[0], s) for s in shards)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('first,second', [(('pmap', 8), ('jit', 1)),
                                           (('jit', 1), ('pmap', 8))])
 def test_checkpoint_restores_across_strategy_and_device_count(tiny_data, tmp_path,
@@ -145,6 +146,7 @@ def test_indivisible_batch_and_bad_device_count_are_refused():
     data_parallel.DataParallel('pjit')
 
 
+@pytest.mark.slow
 def test_dropout_draws_the_same_masks_under_pmap_and_jit(tiny_data, tmp_path):
   # Each pmap replica keeps its rows of the global batch's mask, so the step
   # with dropout equals jit's to rounding (masks drawn per replica from one

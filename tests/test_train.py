@@ -95,9 +95,11 @@ def test_eval_mode_restores_and_writes_eval_json(trained, tiny_data):
   per_class = [saved['per_class_accuracy'][c] for c in saved['class_names']]
   counts = np.bincount(labels, minlength=10)
   np.testing.assert_allclose(np.array(per_class) * counts, np.diag(confusion))
-  from PIL import Image
-  with Image.open(os.path.join(workdir, 'confusion.png')) as im:
-    assert im.size[0] > 200 and im.size[1] > 200
+  pixels = _pixels(os.path.join(workdir, 'confusion.png'))
+  assert pixels.shape[0] > 200 and pixels.shape[1] > 200
+  # Not a blank figure: coloured cells over a good part of it.
+  coloured = (pixels.max(-1) - pixels.min(-1)) > 40
+  assert coloured.mean() > 0.05 and len(np.unique(pixels.reshape(-1, 3), axis=0)) > 50
   assert saved['eval_accuracy'] == pytest.approx(result['eval_accuracy'])
   assert saved['eval_loss'] == pytest.approx(result['eval_loss'], rel=1e-5)
   assert out['eval_accuracy'] == saved['eval_accuracy']
@@ -113,7 +115,6 @@ def test_eval_mode_restores_a_chosen_step(trained):
 
 def test_tensorboard_events_and_curves_are_written(trained):
   _, workdir, _ = trained
-  from PIL import Image
   from tensorboard.backend.event_processing import event_file_loader
   events = os.listdir(os.path.join(workdir, 'tensorboard'))
   assert events
@@ -126,9 +127,18 @@ def test_tensorboard_events_and_curves_are_written(trained):
   assert scalars['train/loss'] == [2, 4, 6, 8, 10, 12]
   assert scalars['eval/accuracy'] == [4, 8, 12]
   assert {'train/learning_rate', 'train/images_per_sec'} <= set(scalars)
-  with Image.open(os.path.join(workdir, 'curves.png')) as im:
-    im.load()
-    assert im.size[0] > 400
+  pixels = _pixels(os.path.join(workdir, 'curves.png'))
+  assert pixels.shape[1] > 400
+  # The train curve (tab:blue at alpha 0.8 on white) and the evaluation curve
+  # (tab:orange) are drawn.
+  for rgb in ((76, 146, 195), (255, 127, 14)):
+    assert (np.abs(pixels - rgb).sum(-1) < 30).sum() > 50, rgb
+
+
+def _pixels(path):
+  from PIL import Image
+  with Image.open(path) as im:
+    return np.asarray(im.convert('RGB')).astype(int)
 
 
 def test_predict_png_jpeg_and_a_corrupt_file(trained, tiny_data, tmp_path):
@@ -207,6 +217,7 @@ def _cli(args, timeout=300):
                         timeout=timeout)
 
 
+@pytest.mark.slow
 def test_cli_train_then_eval(tiny_data, tmp_path):
   workdir = str(tmp_path / 'cli')
   flags = ['--config', 'configs/cifar.py', '--workdir', workdir,
@@ -235,6 +246,7 @@ def test_cli_train_then_eval(tiny_data, tmp_path):
     assert json.load(f)['eval_examples'] == 20
 
 
+@pytest.mark.slow
 def test_cli_bad_input_is_one_line_and_leaves_no_trace(tmp_path):
   workdir = tmp_path / 'w'
   for flags, message in [(['--config.model=resnet21'], 'unknown model'),
@@ -251,3 +263,48 @@ def test_cli_bad_input_is_one_line_and_leaves_no_trace(tmp_path):
   result = _cli(['--config', 'configs/cifar.py', '--workdir', str(workdir), '--mode=eval'])
   assert result.returncode == 2 and 'does not exist' in result.stderr
   assert not workdir.exists()  # Nothing was created for a refused command.
+
+
+def test_predict_takes_a_named_step(trained, tiny_data, tmp_path):
+  from PIL import Image
+  from resnet_jax import predict
+  _, workdir, _ = trained
+  path = str(tmp_path / 'a.png')
+  Image.fromarray(tiny_data['arrays']['test'][0][0]).save(path)
+  (at8,) = predict.predict(workdir, [path], top_k=10, step=8)
+  (latest,) = predict.predict(workdir, [path], top_k=10)
+  assert (at8['step'], latest['step']) == (8, 12)
+  assert at8['predictions'] != latest['predictions']  # Other weights, other output.
+
+
+def test_predict_resizes_the_shorter_side_and_crops_the_centre(tmp_path):
+  # 96x64: red, blue bands outside the centre 64 columns, a 1-pixel black and
+  # white checkerboard inside. Halving (the shorter side 64 -> 32) averages
+  # the checkerboard to grey and the centre crop drops the bands; a missing
+  # resize keeps the checkerboard, another crop shows red or blue.
+  from PIL import Image
+  from resnet_jax import predict
+  image = np.zeros((64, 96, 3), np.uint8)
+  image[:, :16] = (255, 0, 0)
+  image[:, 80:] = (0, 0, 255)
+  checker = ((np.arange(64)[:, None] + np.arange(64)[None]) % 2 * 255).astype(np.uint8)
+  image[:, 16:80] = checker[..., None]
+  Image.fromarray(image).save(tmp_path / 'wide.png')
+  out = predict.load_image(str(tmp_path / 'wide.png')).astype(float)
+  assert out.shape == (32, 32, 3)
+  inside = out[2:30, 2:30]  # Lanczos reaches two output pixels past an edge.
+  assert abs(inside.mean() - 127.5) < 8 and inside.std() < 8
+  assert np.abs(inside[..., 0] - inside[..., 2]).max() < 8  # No red or blue.
+
+
+@pytest.mark.parametrize('args,line', [
+    (['--top_k=0', 'a.png'], 'error: --top_k must be at least 1, got 0'),
+    ([], 'error: no image files given; usage: python -m resnet_jax.predict --workdir W '
+         'IMAGE...'),
+])
+def test_predict_usage_errors_are_one_line(trained, args, line):
+  _, workdir, _ = trained
+  result = subprocess.run([sys.executable, '-m', 'resnet_jax.predict', '--workdir',
+                           workdir, *args], capture_output=True, text=True, cwd=REPO,
+                          timeout=120)
+  assert result.returncode == 2 and result.stderr.strip() == line

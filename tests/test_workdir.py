@@ -116,6 +116,7 @@ def _main(*args):
                         capture_output=True, text=True, cwd=REPO, timeout=300)
 
 
+@pytest.mark.slow
 def test_the_workdir_alone_resumes_and_evaluates_its_own_run(finished, tmp_path):
   _, source = finished
   workdir = tmp_path / 'w'
@@ -173,6 +174,7 @@ def test_a_longer_schedule_is_refused_with_the_way_to_train_longer(tiny_data, fi
                              workdir)
 
 
+@pytest.mark.slow
 def test_resume_with_new_cadence_and_fewer_devices_reaches_the_end(tiny_data, finished,
                                                                   tmp_path, caplog):
   config, source = finished
@@ -215,6 +217,26 @@ def test_a_finished_run_started_again_says_so_and_writes_nothing(tiny_data, fini
   assert _listing(tmp_path) == before
 
 
+def test_a_finished_run_is_known_before_any_image_is_read(tiny_data, finished, tmp_path,
+                                                          monkeypatch, caplog):
+  import logging
+  from resnet_jax.data import datasets
+  config, source = finished
+  workdir = tmp_path / 'w'
+  shutil.copytree(source, workdir)
+  def no_reading(*args, **kwargs):
+    raise AssertionError('the data was read')
+  monkeypatch.setattr(datasets, 'load_split', no_reading)
+  with caplog.at_level(logging.INFO, logger='resnet_jax'):
+    result = loop.train_and_evaluate(config, str(workdir))
+  assert 'holds a complete run (step 8 of 8' in caplog.text
+  assert 0 <= result['eval_accuracy'] <= 1
+  # A longer schedule is not "finished": the full checks run (and read).
+  longer = tiny_config(tiny_data['data_dir'], num_train_steps=9)
+  assert loop.finished_step(longer, str(workdir)) is None
+  assert loop.finished_step(config, str(workdir)) == 8
+
+
 def _logits(model, variables, images):
   return np.asarray(model.apply(variables, jnp.asarray(images, jnp.float32),
                                 train=False))
@@ -248,10 +270,19 @@ def test_init_from_a_run_gives_its_logits_and_a_new_head_for_new_classes(
     if name != 'fc':
       jax.tree.map(np.testing.assert_array_equal, state.params[name],
                    variables['params'][name])
-  # And the whole run trains from it through the command line's path.
-  loop.train_and_evaluate(tiny_config(str(tmp_path / 'data'), dataset='three',
-                                       init_from=source, num_train_steps=2),
-                           str(tmp_path / 'three'))
+  # And the whole run trains from it through the command line's path: with a
+  # learning rate of ~0 its 2 steps leave the carried weights where they were
+  # (a loop that ignored them would hold a fresh initialisation).
+  trained = tiny_config(str(tmp_path / 'data'), dataset='three', init_from=source,
+                        num_train_steps=2, learning_rate=1e-12, weight_decay=0.0)
+  loop.train_and_evaluate(trained, str(tmp_path / 'three'))
+  after = _final(trained, str(tmp_path / 'three'))
+  fresh = run.init_state()
+  for name in variables['params']:
+    if name != 'fc':
+      jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-9),
+                   after.params[name], variables['params'][name])
+  assert not np.allclose(fresh.params['conv1']['kernel'], after.params['conv1']['kernel'])
   with pytest.raises(errors.UserError, match='is a resnet8 run but the config asks for '
                                              'resnet20'):
     bad = tiny_config(tiny_data['data_dir'], init_from=source, model='resnet20')
@@ -270,7 +301,7 @@ def test_results_rows_come_from_the_workdir(finished):
   assert row['model'] == 'resnet8' and row['dataset'] == 'cifar10'
   assert row['device'].startswith('CPU ') and row['wall_seconds'] > 0
   assert row['recipe'] == ('8 steps, batch 16, SGD lr 0.1, x0.1 at 50%/75%, wd 0.0001, '
-                           'crop+flip')
+                           'crop+flip, seed 0')
   result = subprocess.run([sys.executable, '-m', 'resnet_jax.results', workdir],
                           capture_output=True, text=True, cwd=REPO, timeout=120)
   assert result.returncode == 0, result.stderr

@@ -21,6 +21,7 @@ import ml_collections
 
 from resnet_jax import config_files
 from resnet_jax import errors
+from resnet_jax.reporting import metrics_io
 from resnet_jax.workdir import config_validation
 from resnet_jax.workdir import run_record
 
@@ -265,11 +266,7 @@ def write(folder: str, plan: Plan, launches: Optional[list] = None) -> None:
   record = {**plan.to_json(), 'created': stored.get('created', run_record.now()),
             'launches': launches if launches is not None else stored.get('launches', [])}
   os.makedirs(folder, exist_ok=True)
-  tmp = os.path.join(folder, FILE + '.tmp')
-  with open(tmp, 'w') as f:
-    json.dump(record, f, indent=1)
-    f.write('\n')
-  os.replace(tmp, os.path.join(folder, FILE))
+  metrics_io.write_json(os.path.join(folder, FILE), record)
 
 
 def differences(stored: dict, plan: Plan) -> list:

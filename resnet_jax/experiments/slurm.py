@@ -14,6 +14,7 @@ submitit is an optional extra (`pip install -e ".[slurm]"`), imported here only.
 import os
 import signal
 import subprocess
+import time
 
 import submitit
 
@@ -42,7 +43,11 @@ class RunTask(submitit.helpers.Checkpointable):
 
   def __call__(self, name: str, command: list) -> str:
     self._proc = subprocess.Popen(command, preexec_fn=_ignore_usr2)
-    code = self._proc.wait()
+    # Polled, not wait()ed: a blocking wait holds the Popen's lock, and the
+    # USR2 handler (`checkpoint`, run on this thread) could then never reap
+    # the run it stopped.
+    while (code := self._proc.poll()) is None:
+      time.sleep(0.5)
     self._proc = None
     if code:
       raise RuntimeError(f'run {name} exited with code {code}; its console is in '

@@ -24,6 +24,7 @@ from resnet_jax.training import evaluation
 from resnet_jax.training import init_from
 from resnet_jax.training import run_setup
 from resnet_jax.training import train_state
+from resnet_jax.workdir import config_validation
 from resnet_jax.workdir import preemption
 from resnet_jax.workdir import run_record
 
@@ -62,9 +63,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   Returns:
     The last evaluation's metrics.
   """
+  finished = finished_step(config, workdir)
+  if finished is not None:  # Known from its files: no data read, nothing written.
+    run_setup.preflight(config)
+    return _finished(workdir, finished)
   run = run_setup.Run(config, workdir, need_train=True)
   if run.ckpt.latest_step() == run.num_steps:
-    return _finished(run)  # Nothing to do, nothing written.
+    run.release()
+    return _finished(workdir, run.num_steps)  # Nothing to do, nothing written.
   initial = None
   if config.init_from and run.ckpt.latest_step() is None:
     # Read (and maybe refused) before the workdir is touched.
@@ -86,9 +92,28 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       run_record.end_session(workdir, outcome)
 
 
-def _finished(run: run_setup.Run) -> dict:
+def finished_step(config: ml_collections.ConfigDict, workdir: str) -> Optional[int]:
+  """The last step of the complete run in `workdir`, read from run.json and
+  the checkpoint folders alone, when `config` asks for that same recipe;
+  None otherwise (a new, partial or different run: `run_setup.Run` decides)."""
+  if jax.process_count() > 1:  # Every process must take the same path.
+    return None
+  record = run_record.read(workdir)
+  if not record:
+    return None
+  done = [s['final_step'] for s in record.get('sessions', []) if 'final_step' in s]
+  recipe, _ = config_validation.config_changes(record.get('config', {}), config)
+  folder = os.path.join(workdir, 'checkpoints')
+  steps = ([int(n) for n in os.listdir(folder) if n.isdigit()]
+           if os.path.isdir(folder) else [])
+  if not done or recipe or not steps or max(steps) != done[-1]:
+    return None
+  return done[-1]
+
+
+def _finished(workdir: str, num_steps: int) -> dict:
   """A complete run started again: says so and returns its last evaluation."""
-  evals = [l for l in metrics_io.read_lines(run.workdir) if evaluation.headline(l)]
+  evals = [l for l in metrics_io.read_lines(workdir) if evaluation.headline(l)]
   last = evals[-1] if evals else {}
   accuracy = 'no evaluation recorded'
   if last:
@@ -97,8 +122,7 @@ def _finished(run: run_setup.Run) -> dict:
     accuracy = f"{split} accuracy {100 * value:.2f}% at step {last['step']}"
   log.info('%s holds a complete run (step %d of %d, %s); nothing to do. '
            '--mode=eval evaluates it; a new --workdir starts a new run.',
-           run.workdir, run.num_steps, run.num_steps, accuracy)
-  run.release()
+           workdir, num_steps, num_steps, accuracy)
   return {k: v for k, v in last.items() if k.startswith(('eval_', 'val_'))}
 
 

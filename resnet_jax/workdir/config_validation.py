@@ -289,8 +289,13 @@ def reference_markdown(defaults: ml_collections.ConfigDict) -> str:
   """docs/config.md: every field, its default and meaning, from `FIELDS`."""
   rows = [f'| `{k}` | `{defaults.get(k)!r}` | {v.replace("|", "/")} |'
           for k, v in FIELDS.items()]
-  kind = lambda k: ('recipe (a resume refuses a change)' if k in RECIPE_FIELDS
-                    else 'runtime (a resume may change it)')
+  def kind(k):
+    if k in RECIPE_FIELDS:
+      return 'recipe (a resume refuses a change)'
+    if k == 'input_pipeline':  # 'auto' resumes with the run's own kind.
+      return ("runtime, but a resumed run keeps its kind: 'auto' follows it, the "
+              'other kind is refused (it would draw other batches)')
+    return 'runtime (a resume may change it)'
   kinds = [f'| `{k}` | {kind(k)} |' for k in FIELDS]
   return '\n'.join([
       '# Config reference', '',
@@ -303,6 +308,37 @@ def reference_markdown(defaults: ml_collections.ConfigDict) -> str:
       '| field | kind |', '|---|---|', *kinds, ''])
 
 
+def preset_changes(module, name: str) -> dict:
+  """The fields preset `name` of a config module sets to other than the default."""
+  defaults = module.get_config()
+  return {k: v for k, v in module.PRESETS[name].items() if defaults[k] != v}
+
+
+def presets_markdown(module) -> str:
+  """docs/presets.md: every preset of a config module (configs/cifar.py), its
+  source and the fields it sets, from `PRESETS` and `SOURCES`."""
+  rows = []
+  for name, fields in module.PRESETS.items():
+    changed = ', '.join(f'`{k}={v!r}`' for k, v in preset_changes(module, name).items())
+    rows.append(f'| `{name}` | {module.SOURCES.get(name, "-")} | {changed or "(the defaults)"} |')
+  return '\n'.join([
+      '# Presets', '',
+      '[Back to the README](../README.md)', '',
+      'Generated from `configs/cifar.py` (`PRESETS`, `SOURCES`); `tests/test_docs.py` fails',
+      'when it is stale. Regenerate:', '',
+      '```bash', 'python -m resnet_jax.workdir.config_validation presets > docs/presets.md',
+      '```', '',
+      'A preset is `--config configs/cifar.py:NAME`; every field it does not list keeps',
+      'its default ([config.md](config.md)), and `--config.FIELD=...` still overrides any',
+      'of them. The start-up log names the preset and these fields.', '',
+      '| preset | source | fields it sets (beyond the defaults) |', '|---|---|---|',
+      *rows, ''])
+
+
 if __name__ == '__main__':
+  import sys
   from resnet_jax import config_files
-  print(reference_markdown(config_files.load_default()), end='')
+  if sys.argv[1:] == ['presets']:
+    print(presets_markdown(config_files.load_module(config_files.default_path())), end='')
+  else:
+    print(reference_markdown(config_files.load_default()), end='')

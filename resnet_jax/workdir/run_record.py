@@ -24,6 +24,21 @@ def now() -> str:
   return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')
 
 
+def process_started() -> str:
+  """When this process started (Linux: from /proc), so a session's wall time
+  includes imports, reading the data and compilation; now elsewhere."""
+  try:
+    with open('/proc/self/stat') as f:
+      ticks = int(f.read().rsplit(')', 1)[1].split()[19])  # Field 22, starttime.
+    with open('/proc/stat') as f:
+      boot = int(next(l for l in f if l.startswith('btime')).split()[1])
+    started = boot + ticks / os.sysconf('SC_CLK_TCK')
+  except (OSError, ValueError, IndexError, StopIteration):
+    return now()
+  return datetime.datetime.fromtimestamp(started, datetime.timezone.utc).isoformat(
+      timespec='seconds')
+
+
 def versions(packages=PACKAGES) -> dict:
   """Python and the installed versions of `packages` ('missing' if absent)."""
   out = {'python': platform.python_version()}
@@ -112,7 +127,7 @@ def start_session(workdir: str, config: dict, framework: str, devices: dict,
   """
   record = read(workdir) or {'framework': framework, 'config': config,
                              'created': now(), 'sessions': []}
-  session = {'started': now(), 'command': command_line(),
+  session = {'started': process_started(), 'command': command_line(),
              'host': socket.gethostname(), 'host_cpu': host_cpu(),
              'cpu_cores': cpu_cores(),
              'versions': versions(packages), 'git': git_state(), **devices}
