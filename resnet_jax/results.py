@@ -209,8 +209,10 @@ def _check_metric(rows: list, metric: str) -> None:
     return
   recorded = sorted({k for r in rows for k in r['recorded']})
   if recorded:
-    where = rows[0]['workdir'] if len(rows) == 1 else 'none of these runs'
-    raise errors.UserError(f'{where} records no {metric}; its evaluations have '
+    if len(rows) == 1:
+      raise errors.UserError(f'{rows[0]["workdir"]} records no {metric}; its evaluations '
+                             f'have {", ".join(recorded)}: pass one as --metric')
+    raise errors.UserError(f'no run records {metric}; their evaluations have '
                            f'{", ".join(recorded)}: pass one as --metric')
 
 
@@ -306,7 +308,7 @@ def main(argv):
     print(line)
   started = [r for g in groups for r in g.runs if 'recipe' in r]
   if len(groups) == 1 and started:
-    print(f"\nRecipe: {started[0]['recipe'].rsplit(', seed', 1)[0]}; "
+    print(f"\nRecipe: {_recipe(started[0]['config'], seed=False)}; "
           f"{_METRIC.value}, {'best' if _BEST.value else 'final'} evaluation of each run")
   else:
     print(f"\n{_METRIC.value}, {'best' if _BEST.value else 'final'} evaluation of each run")
