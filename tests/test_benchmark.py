@@ -25,6 +25,7 @@ FIELDS = {'device_kind', 'device_count', 'model', 'batch_size', 'dtype',
           'steps_per_call'}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('half,heavy', [(False, False), (True, False), (False, True)])
 def test_benchmark_record_has_every_field(half, heavy):
   # heavy: the most expensive augmentations and the moving average.

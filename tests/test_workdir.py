@@ -242,6 +242,7 @@ def _logits(model, variables, images):
                                 train=False))
 
 
+@pytest.mark.slow
 def test_init_from_a_run_gives_its_logits_and_a_new_head_for_new_classes(
     tiny_data, finished, tmp_path):
   config, source = finished
@@ -290,6 +291,7 @@ def test_init_from_a_run_gives_its_logits_and_a_new_head_for_new_classes(
     init_from.init_from_run(run.init_state(), bad, run.num_classes)
 
 
+@pytest.mark.slow
 def test_results_rows_come_from_the_workdir(finished):
   from resnet_jax import results
   _, workdir = finished
