@@ -1,6 +1,8 @@
 r"""Builds a dataset from a local archive or folder, with no network.
 
   python -m resnet_jax.prepare_data --archive cifar-10-binary.tar.gz --data_dir DIR
+  python -m resnet_jax.prepare_data --archive cifar-10-binary.tar.gz --data_dir DIR \
+      --as_image_folder          # DIR/cifar10-png: the exact pixels, no TensorFlow
   python -m resnet_jax.prepare_data --archive cifar10-jpeg.tar.gz --data_dir DIR
 
 Accepts the official archives of https://www.cs.toronto.edu/~kriz/cifar.html
@@ -37,6 +39,10 @@ _ARCHIVE = flags.DEFINE_string(
     'archive', None, 'Path of the CIFAR .tar.gz archive, or of an image-folder '
     'dataset (a directory or .tar.gz holding NAME/train and NAME/test).')
 _DATA_DIR = flags.DEFINE_string('data_dir', None, 'tfds data_dir to build into.')
+_AS_IMAGE_FOLDER = flags.DEFINE_bool(
+    'as_image_folder', False, 'Official archives: write the exact pixels as a PNG '
+    'image folder, DATA_DIR/cifar10-png (or cifar100-png), instead of a tfds '
+    'dataset: trains without TensorFlow.')
 
 
 class Layout(NamedTuple):
@@ -309,6 +315,52 @@ def prepare(archive: str, data_dir: str) -> dict:
               official=official, **sizes)
 
 
+def prepare_png_folder(archive: str, data_dir: str) -> dict:
+  """Writes an official CIFAR archive as the image folder `data_dir/NAME-png`
+  (PNG: lossless, the exact pixels; CIFAR-100 with its 100 fine classes).
+
+  Returns:
+    {'name', 'path', 'train', 'test', 'classes', 'official'}.
+
+  Raises:
+    errors.UserError: a bad archive, or a folder of that name already there.
+  """
+  from PIL import Image
+  layout = detect_layout(archive)
+  name = f'{layout.dataset}-png'
+  path = os.path.join(data_dir, name)
+  if os.path.exists(path):
+    raise errors.UserError(f'{path} already exists; it was left as it is. Train with '
+                           f'--config.dataset={name} --config.data_dir={data_dir}, or '
+                           'delete it to rebuild')
+  spec = _BIN_FILES[layout.dataset]
+  os.makedirs(data_dir, exist_ok=True)
+  with tempfile.TemporaryDirectory(dir=data_dir, prefix='.extract-') as tmp:
+    _extract(archive, tmp)
+    binary = os.path.join(tmp, _BINARY_FOLDER[layout.dataset])
+    if not layout.binary:
+      _python_to_binary(layout, os.path.join(tmp, layout.folder), binary)
+    sizes = _check_binary(layout.dataset, binary)
+    names_file = 'batches.meta.txt' if layout.dataset == 'cifar10' else 'fine_label_names.txt'
+    with open(os.path.join(binary, names_file)) as f:
+      classes = [l.strip() for l in f if l.strip()]
+    staging = os.path.join(tmp, name)  # Moved into place once complete.
+    for split in image_folder.SPLITS:
+      records = np.concatenate([np.fromfile(os.path.join(binary, n), np.uint8)
+                                .reshape(-1, spec['label_bytes'] + _RECORD_PIXELS)
+                                for n in spec[split]])
+      labels = records[:, spec['label_bytes'] - 1]  # CIFAR-100: the fine label.
+      images = records[:, spec['label_bytes']:].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+      for c in classes:
+        os.makedirs(os.path.join(staging, split, c))
+      for i, (image, label) in enumerate(zip(images, labels)):
+        Image.fromarray(image).save(os.path.join(staging, split, classes[label],
+                                                 f'{i:05d}.png'))
+    shutil.move(staging, path)
+  return dict(name=name, path=path, classes=len(classes),
+              official=_md5(archive) == layout.md5, **sizes)
+
+
 def main(argv):
   del argv
   logs.setup()
@@ -320,6 +372,13 @@ def main(argv):
     print(f"Built image-folder dataset {name} in {info['path']}: {info['train']} train "
           f"and {info['test']} test images of {info['classes']} classes.\n"
           f"Train with --config.dataset={name} --config.data_dir={_DATA_DIR.value}")
+    return
+  if _AS_IMAGE_FOLDER.value:
+    info = prepare_png_folder(_ARCHIVE.value, _DATA_DIR.value)
+    print(f"Built image-folder dataset {info['name']} in {info['path']}: {info['train']} "
+          f"train and {info['test']} test images of {info['classes']} classes, the exact "
+          f"pixels{'' if info['official'] else ' (from an unofficial archive)'}.\n"
+          f"Train with --config.dataset={info['name']} --config.data_dir={_DATA_DIR.value}")
     return
   info = prepare(_ARCHIVE.value, _DATA_DIR.value)
   print(f"Built {info['dataset']} in {info['path']}: {info['train']} train and "

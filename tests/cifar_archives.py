@@ -83,3 +83,22 @@ def write_image_folder(root, arrays, name='tinyfolder', fmt='png'):
       folder.mkdir(parents=True, exist_ok=True)
       Image.fromarray(image).save(folder / f'{i:04d}.{fmt}')
   return root / name
+
+
+FINE100 = [f'fine{i:02d}' for i in range(100)]
+
+
+def write_binary100(path, arrays):
+  """cifar-100-binary.tar.gz: coarse label byte, fine label byte, 3072 pixels;
+  `arrays` hold fine labels 0..99 (coarse = fine // 5)."""
+  record = lambda im, lb: np.concatenate(
+      [(lb // 5).astype(np.uint8)[:, None], lb.astype(np.uint8)[:, None], _planes(im)],
+      axis=1).tobytes()
+  with tarfile.open(path, 'w:gz') as tar:
+    top = 'cifar-100-binary/'
+    _add(tar, top + 'fine_label_names.txt', ('\n'.join(FINE100) + '\n').encode())
+    _add(tar, top + 'coarse_label_names.txt',
+         ('\n'.join(f'coarse{i:02d}' for i in range(20)) + '\n').encode())
+    _add(tar, top + 'train.bin', record(*arrays['train']))
+    _add(tar, top + 'test.bin', record(*arrays['test']))
+  return path

@@ -6,12 +6,15 @@ import pickle
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from resnet_jax import errors
 from resnet_jax.data import datasets
 from resnet_jax import prepare_data
 from tests import cifar_archives
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.mark.parametrize('layout', ['binary', 'python'])
@@ -113,3 +116,49 @@ def test_crafted_pickle_is_refused_and_runs_nothing(tmp_path):
   assert not marker.exists()
   # The official pickles (numpy arrays, Python 2 strings) still load.
   prepare_data.prepare(str(good), str(tmp_path / 'tfds2'))
+
+
+@pytest.mark.parametrize('layout', ['binary', 'python', 'binary100'])
+def test_an_official_archive_becomes_an_exact_png_folder(tmp_path, layout):
+  # No TensorFlow on the way: the exact pixels as an image folder, which the
+  # image-folder reader gives back bit for bit, in class folders by name.
+  from resnet_jax.data import image_folder
+  # Every class in both splits, as the image-folder reader requires.
+  arrays = cifar_archives.random_cifar10(num_train=20, num_test=10, seed=4, balanced=True)
+  if layout == 'binary100':  # Fine labels over 0..99, coarse = fine // 5.
+    big = cifar_archives.random_cifar10(num_train=100, num_test=100, seed=4)
+    rng = np.random.default_rng(0)
+    arrays = {s: (im, rng.permutation(100)) for s, (im, _) in big.items()}
+    archive = cifar_archives.write_binary100(tmp_path / 'c100.tar.gz', arrays)
+    names, dataset = cifar_archives.FINE100, 'cifar100'
+  else:
+    write = getattr(cifar_archives, f'write_{layout}')
+    archive = write(tmp_path / f'cifar-10-{layout}.tar.gz', arrays)
+    names, dataset = cifar_archives.CLASSES, 'cifar10'
+  info = prepare_data.prepare_png_folder(str(archive), str(tmp_path / 'data'))
+  assert (info['name'], info['train'], info['test'], info['classes']) == (
+      f'{dataset}-png', len(arrays['train'][1]), len(arrays['test'][1]), len(names))
+  for split in ('train', 'test'):
+    got = image_folder.load_split(str(tmp_path / 'data' / f'{dataset}-png'), split)
+    images, labels = arrays[split]
+    key = lambda ims, lbs, classes: sorted(
+        zip([classes[l] for l in lbs.tolist()], [im.tobytes() for im in ims]))
+    assert key(got.images, got.labels, got.class_names) == key(images, labels, names)
+  assert os.listdir(tmp_path / 'data') == [f'{dataset}-png']  # No leftovers.
+  with pytest.raises(errors.UserError, match='already exists; it was left as it is'):
+    prepare_data.prepare_png_folder(str(archive), str(tmp_path / 'data'))
+
+
+def test_png_folder_command_says_how_to_train(tmp_path):
+  arrays = cifar_archives.random_cifar10(num_train=5, num_test=5)
+  archive = cifar_archives.write_binary(tmp_path / 'a.tar.gz', arrays)
+  result = subprocess.run(
+      [sys.executable, '-m', 'resnet_jax.prepare_data', '--archive', str(archive),
+       '--data_dir', str(tmp_path / 'd'), '--as_image_folder'],
+      capture_output=True, text=True, cwd=REPO, timeout=120)
+  assert result.returncode == 0, result.stderr
+  assert result.stdout.splitlines() == [
+      f'Built image-folder dataset cifar10-png in {tmp_path / "d" / "cifar10-png"}: 5 '
+      'train and 5 test images of 10 classes, the exact pixels (from an unofficial '
+      'archive).',
+      f'Train with --config.dataset=cifar10-png --config.data_dir={tmp_path / "d"}']
