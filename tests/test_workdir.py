@@ -237,6 +237,20 @@ def test_a_finished_run_is_known_before_any_image_is_read(tiny_data, finished, t
   assert loop.finished_step(config, str(workdir)) == 8
 
 
+def test_a_warmup_longer_than_the_run_is_refused_before_reading(tiny_folder, tmp_path,
+                                                                 monkeypatch):
+  # An image folder's length in epochs comes from its file names: 64 images
+  # at batch 16 for 2 epochs is 8 steps.
+  from resnet_jax.data import image_folder
+  monkeypatch.setattr(image_folder, 'decode', lambda path: pytest.fail('decoded'))
+  config = tiny_config(tiny_folder['data_dir'], dataset='tinyfolder', num_train_steps=-1,
+                       num_epochs=2.0, warmup_steps=8, lr_schedule='cosine')
+  with pytest.raises(errors.UserError, match=r'warmup_steps 8 is not shorter than the '
+                                             r'run \(8 steps\)'):
+    loop.train_and_evaluate(config, str(tmp_path / 'w'))
+  assert not (tmp_path / 'w').exists()
+
+
 def _logits(model, variables, images):
   return np.asarray(model.apply(variables, jnp.asarray(images, jnp.float32),
                                 train=False))

@@ -94,6 +94,10 @@ def test_progress_bar_on_a_terminal_only():
     (['--config', 'configs/cifar.py', '--config.init_from=configs'],
      'error: init_from configs holds no checkpoint (nothing in configs/checkpoints); '
      'pass the workdir of a run that saved one, or one of its checkpoints'),
+    # Checked before any data is looked for or read (cifar10 is not here).
+    (['--config', 'configs/cifar.py:resnet20_modern', '--config.num_train_steps=60'],
+     'error: warmup_steps 200 is not shorter than the run (60 steps); set '
+     '--config.warmup_steps lower'),
     (['--config', 'configs/cifar.py', '--workdir=gs://bucket/r20'],
      'error: workdir gs://bucket/r20 is an object-store URL'),
 ])

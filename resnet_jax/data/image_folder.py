@@ -57,6 +57,11 @@ def class_names(root: str) -> tuple:
   return tuple(found['train'])
 
 
+def count(root: str, split: str) -> int:
+  """How many images `root/split` holds, from the file names alone."""
+  return len(_files(root, split, class_names(root))[0])
+
+
 def _files(root: str, split: str, names: tuple) -> tuple:
   paths, labels = [], []
   for label, name in enumerate(names):

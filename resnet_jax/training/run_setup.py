@@ -59,6 +59,8 @@ class Run:
     checkpointing.check_compatible(self.ckpt, stored, config, self.source.num_classes)
     # The checkpoints' layout follows the run that wrote them.
     self.has_ema = (stored_config or config).get('ema_decay', 0.0) > 0
+    if need_train:  # Before any image is decoded, when the length is known.
+      check_warmup(config, _known_length(config, self.source))
     self.test, self.train = _read_splits(self.source, need_train)
     self.validation = None
     if need_train and config.validation_size:
@@ -68,10 +70,8 @@ class Run:
     self.mean_std = _mean_std(stored, self.source, self.train)
     self.model = train_state.create_model(config, self.num_classes, self.dp.axis_name)
     self.num_steps = train_state.total_steps(config, len(self.train) if need_train else 1)
-    if need_train and config.warmup_steps >= self.num_steps:
-      raise errors.UserError(f'warmup_steps {config.warmup_steps} is not shorter than '
-                             f'the run ({self.num_steps} steps); set '
-                             '--config.warmup_steps lower')
+    if need_train:
+      check_warmup(config, self.num_steps)
     self.lr_fn = train_state.create_learning_rate_fn(config, self.num_steps)
     self.tx = train_state.create_optimizer(config, self.lr_fn)
     self.p_train_step, self.p_eval_step = steps.compile_steps(
@@ -141,6 +141,25 @@ class Run:
             'num_classes': self.num_classes, 'config': self.config.to_json(),
             'class_names': list(self.test.class_names),
             'mean': list(self.mean_std[0]), 'std': list(self.mean_std[1])}
+
+
+def check_warmup(config: ml_collections.ConfigDict, num_steps: Optional[int]) -> None:
+  """Refuses a warm-up as long as the run (`num_steps` None: not known yet)."""
+  if num_steps is not None and config.warmup_steps >= num_steps:
+    raise errors.UserError(f'warmup_steps {config.warmup_steps} is not shorter than '
+                           f'the run ({num_steps} steps); set --config.warmup_steps lower')
+
+
+def _known_length(config: ml_collections.ConfigDict, source: datasets.Source):
+  """The run's steps if known without decoding images: given in steps, or
+  counted from an image folder's file names; None for tfds epochs."""
+  if config.num_train_steps > 0:
+    return int(config.num_train_steps)
+  if source.kind != 'image_folder':
+    return None
+  from resnet_jax.data import image_folder
+  examples = image_folder.count(source.root, 'train') - config.validation_size
+  return train_state.total_steps(config, max(examples, 1))
 
 
 def resolve_pipeline(config: ml_collections.ConfigDict, stored: Optional[dict],
