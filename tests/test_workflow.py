@@ -153,3 +153,49 @@ def test_misleading_library_warnings_are_dropped():
   assert not passes(record('Variant folder %s has no %s', '/x/cifar10/3.0.2',
                            'dataset_info.json'))
   assert passes(record('Some other warning %s', 'kept'))
+
+
+@pytest.mark.parametrize('module', ['resnet_jax.main', 'resnet_jax.experiment',
+                                    'resnet_jax.benchmark'])
+def test_a_mistyped_field_without_config_is_one_line(module, tmp_path):
+  # ml_collections applies --config.FIELD to the default file while the flag
+  # is defined: before, a 52-line traceback (exit 1).
+  workdir = [] if module == 'resnet_jax.benchmark' else ['--workdir', str(tmp_path / 'w')]
+  result = subprocess.run([sys.executable, '-m', module, *workdir,
+                           '--config.num_train_step=50'],
+                          capture_output=True, text=True, cwd=REPO, timeout=120)
+  assert result.returncode == 2 and result.stdout == ''
+  if module == 'resnet_jax.benchmark':  # No default config: no such flag at all.
+    assert result.stderr.strip() == ("error: Unknown command line flag "
+                                     "'config.num_train_step'; --helpfull lists the flags")
+  else:
+    assert result.stderr.strip() == (
+        "error: the config has no field 'num_train_step'; did you mean "
+        '--config.num_train_steps? python -m resnet_jax.main --help lists the fields')
+  assert not (tmp_path / 'w').exists()
+
+
+def test_the_start_up_log_names_the_preset_and_its_fields(tmp_path):
+  result = subprocess.run([sys.executable, '-m', 'resnet_jax.main', '--config',
+                           'configs/cifar.py:wrn28_10', '--workdir', str(tmp_path / 'w'),
+                           '--config.learning_rate=-1'],
+                          capture_output=True, text=True, cwd=REPO, timeout=120)
+  assert result.returncode == 2
+  lines = result.stderr.strip().splitlines()
+  assert lines[-2].split(' ', 1)[1] == (
+      "Preset wrn28_10 (Zagoruyko & Komodakis 2016): model='wrn28_10', num_epochs=200.0, "
+      "weight_decay=0.0005, nesterov=True, lr_boundaries=(0.3, 0.6, 0.8), "
+      'lr_decay_factor=0.2')
+  assert lines[-1] == 'error: learning_rate must be positive, got -1.0; set --config.learning_rate'
+
+
+def test_a_session_starts_when_its_process_did(tmp_path):
+  # Wall time includes start-up (imports, reading data, compilation).
+  code = ('import time; time.sleep(2.5); from resnet_jax.workdir import run_record; '
+          'print(run_record.process_started()); print(run_record.now())')
+  result = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
+                          cwd=REPO, timeout=60)
+  import datetime
+  started, now = (datetime.datetime.fromisoformat(l) for l in result.stdout.split())
+  assert (now - started).total_seconds() >= 2
+
