@@ -6,6 +6,8 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 from configs import cifar
 from resnet_jax.workdir import config_validation
 
@@ -36,6 +38,7 @@ def test_the_front_page_stays_a_front_page():
   assert len(_read('README.md')) <= 12_000
 
 
+@pytest.mark.slow
 def test_every_module_the_docs_run_answers_help():
   modules = sorted({m for page in PAGES
                     for m in re.findall(r'python -m (resnet_jax\.[a-z_]+)(?![\w.])', _read(page))})

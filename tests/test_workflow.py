@@ -155,6 +155,7 @@ def test_misleading_library_warnings_are_dropped():
   assert passes(record('Some other warning %s', 'kept'))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('module', ['resnet_jax.main', 'resnet_jax.experiment',
                                     'resnet_jax.benchmark'])
 def test_a_mistyped_field_without_config_is_one_line(module, tmp_path):
@@ -175,6 +176,7 @@ def test_a_mistyped_field_without_config_is_one_line(module, tmp_path):
   assert not (tmp_path / 'w').exists()
 
 
+@pytest.mark.slow
 def test_the_start_up_log_names_the_preset_and_its_fields(tmp_path):
   result = subprocess.run([sys.executable, '-m', 'resnet_jax.main', '--config',
                            'configs/cifar.py:wrn28_10', '--workdir', str(tmp_path / 'w'),
