@@ -10,6 +10,7 @@ anything else is refused with every difference listed.
 
 import dataclasses
 import difflib
+import functools
 import itertools
 import json
 import os
@@ -174,11 +175,6 @@ def _json(value):
   return json.loads(json.dumps(value))
 
 
-def _recipe(config: ml_collections.ConfigDict) -> dict:
-  values = json.loads(config.to_json())
-  return {k: values[k] for k in config_validation.RECIPE_FIELDS if k in values}
-
-
 @dataclasses.dataclass
 class Plan:
   """What an experiment runs: config + overrides, sweep points, seeds."""
@@ -188,18 +184,22 @@ class Plan:
   seeds: list
   sweep: object = None  # As given: a grid {field: [values]} or explicit points.
 
+  @functools.cached_property
+  def _loaded(self) -> ml_collections.ConfigDict:
+    """The config file with its preset, loaded once per plan."""
+    return config_files.load(self.config)[0]
+
   def base_config(self) -> ml_collections.ConfigDict:
-    """The config every run starts from (file, preset, overrides)."""
-    config, _ = config_files.load(self.config)
-    config = ml_collections.ConfigDict(config.to_dict())
+    """The config every run starts from (file, preset, overrides): a copy."""
+    config = ml_collections.ConfigDict(self._loaded.to_dict())
     for field, value in self.overrides.items():
-      config[field] = tuple(value) if isinstance(config[field], tuple) else value
+      config_validation.assign(config, field, value)
     return config
 
   def run_config(self, run_point: dict, seed: int) -> ml_collections.ConfigDict:
     config = self.base_config()
     for field, value in run_point.items():
-      config[field] = tuple(value) if isinstance(config[field], tuple) else value
+      config_validation.assign(config, field, value)
     config.seed = seed
     return config
 

@@ -106,6 +106,12 @@ ADDED_LATER = {'validation_size': 0, 'augment_policy': '', 'cutout_size': 0,
                'ema_decay': 0.0, 'lr_schedule': 'piecewise', 'flip_tta': False}
 
 
+def assign(config: ml_collections.ConfigDict, field: str, value) -> None:
+  """Sets a field from a JSON value: JSON has no tuples, so a list becomes
+  one where the field is a tuple (lr_boundaries)."""
+  config[field] = tuple(value) if isinstance(config[field], tuple) else value
+
+
 def config_changes(stored: dict, config: ml_collections.ConfigDict) -> tuple:
   """(recipe changes, runtime changes): {field: (stored, requested)} of the
   fields whose value differs from the stored run's config (a JSON dict).

@@ -35,8 +35,7 @@ def remembered(workdir: str, defaults: ml_collections.ConfigDict,
   config = ml_collections.ConfigDict(defaults.to_dict())  # Unlocked copy.
   for field, value in record['config'].items():
     if field in config:  # A field this version dropped: ignored.
-      # JSON has no tuples: lr_boundaries comes back a list.
-      config[field] = tuple(value) if isinstance(config[field], tuple) else value
+      config_validation.assign(config, field, value)
   refused = {f: (config[f], v) for f, v in sorted(overrides.items())
              if f in config_validation.RECIPE_FIELDS and config[f] != v}
   if refused:
