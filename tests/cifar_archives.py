@@ -102,3 +102,29 @@ def write_binary100(path, arrays):
     _add(tar, top + 'train.bin', record(*arrays['train']))
     _add(tar, top + 'test.bin', record(*arrays['test']))
   return path
+
+
+def random_cifar100(num_train: int, num_test: int, seed: int = 0) -> dict:
+  """Random images with fine labels 0..99, each split holding every class
+  once per 100 images (num_train, num_test multiples of 100)."""
+  rng = np.random.default_rng(seed)
+  make = lambda n: (rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8),
+                    rng.permutation(np.arange(n) % 100).astype(np.int64))
+  return {'train': make(num_train), 'test': make(num_test)}
+
+
+def write_python100(path, arrays):
+  """cifar-100-python.tar.gz: pickles 'train', 'test' with fine and coarse
+  labels (coarse = fine // 5) and 'meta' with both name lists."""
+  def split(im, lb, name):
+    return pickle.dumps({b'filenames': [b'x.png'] * len(lb), b'batch_label': name.encode(),
+                         b'fine_labels': lb.tolist(), b'coarse_labels': (lb // 5).tolist(),
+                         b'data': _planes(im)}, protocol=2)
+  with tarfile.open(path, 'w:gz') as tar:
+    top = 'cifar-100-python/'
+    _add(tar, top + 'meta', pickle.dumps(
+        {b'fine_label_names': [n.encode() for n in FINE100],
+         b'coarse_label_names': [f'coarse{i:02d}'.encode() for i in range(20)]}, protocol=2))
+    _add(tar, top + 'train', split(*arrays['train'], 'training batch 1 of 1'))
+    _add(tar, top + 'test', split(*arrays['test'], 'testing batch 1 of 1'))
+  return path

@@ -27,10 +27,13 @@ FIELDS = {'device_kind', 'device_count', 'model', 'batch_size', 'dtype',
 
 @pytest.mark.slow
 @pytest.mark.parametrize('half,heavy', [(False, False), (True, False), (False, True)])
-def test_benchmark_record_has_every_field(half, heavy):
+def test_benchmark_record_has_every_field(half, heavy, monkeypatch):
   # heavy: the most expensive augmentations and the moving average.
   options = dict(augment_policy='trivialaugment', cutout_size=16, mixup_alpha=1.0,
                  ema_decay=0.99) if heavy else {}
+  if not heavy:
+    _control_the_clock(monkeypatch)
+    options = dict(steps_per_call=2)  # So a rate counted per call, not per step, shows.
   config = tiny_config(None, half_precision=half, **options)
   record = benchmark.run(config, windows=2, steps=2, warmup=1, min_window_seconds=0,
                          trivialaugment_workers=(1, 2) if heavy else ())
@@ -39,13 +42,24 @@ def test_benchmark_record_has_every_field(half, heavy):
   assert record['input_vs_train'] == pytest.approx(
       record['input_pipeline_images_per_sec'] / record['train_images_per_sec'], rel=0.01)
   assert FIELDS <= set(record)
-  # TrivialAugment runs on the host; everything else on the device, one
-  # step per call on the CPU (chunks.steps_per_call).
+  # TrivialAugment runs on the host; everything else on the device. Unless
+  # set, one step per call on the CPU (chunks.steps_per_call).
   assert record['input_pipeline'] == ('host' if heavy else 'device')
-  assert record['steps_per_call'] == 1
+  assert record['steps_per_call'] == (1 if heavy else 2)
   if heavy:
     assert set(record['trivialaugment_images_per_sec']) == {'1', '2'}
     assert min(record['trivialaugment_images_per_sec'].values()) > 0
+  else:
+    # Each rate is the global batch (16 images) over the controlled time: a
+    # count of rows per device, of steps instead of images, or of windows
+    # wrong gives another number.
+    assert record['train_images_per_sec'] == pytest.approx(16 / 0.010)
+    assert record['eval_images_per_sec'] == pytest.approx(16 / 0.004)
+    assert record['input_pipeline_images_per_sec'] == pytest.approx(16 / 0.002)
+    assert record['host_input_ms_per_step'] == pytest.approx(2.0)
+    assert record['loop_images_per_sec'] == pytest.approx(16 / 0.020)
+    assert record['host_loop_images_per_sec'] == pytest.approx(16 / 0.020)
+    assert record['loop_overhead_percent'] == pytest.approx(100.0)  # 20 ms vs 10.
   for key in ('loop_images_per_sec', 'host_loop_images_per_sec', 'host_ms_per_step',
               'host_loop_host_ms_per_step', 'host_input_ms_per_step'):
     assert record[key] > 0, key
@@ -54,6 +68,45 @@ def test_benchmark_record_has_every_field(half, heavy):
   for key in ('compile_seconds', 'train_images_per_sec', 'eval_images_per_sec',
               'input_pipeline_images_per_sec'):
     assert record[key] > 0, key
+
+
+class _Clock:
+  """A stand-in for time.perf_counter that moves only when told to."""
+
+  def __init__(self):
+    self.now = 0.0
+
+  def perf_counter(self):
+    return self.now
+
+  def costs(self, fn, seconds):
+    """`fn`, running as before, but taking `seconds` on this clock per call
+    (times the steps it runs, for a chunk)."""
+    def timed(*args):
+      out = fn(*args)
+      self.now += seconds * (args[2] if len(args) == 3 else 1)  # chunk(state, data, n).
+      return out
+    return timed
+
+
+def _control_the_clock(monkeypatch):
+  """The benchmark's clock under the test's control: a train step "takes"
+  10 ms, an eval step 4 ms, a host batch 2 ms, a loop step 20 ms (the real
+  computations still run)."""
+  from resnet_jax.reporting import timing
+  from resnet_jax.training import chunks
+  clock = _Clock()
+  monkeypatch.setattr(timing, 'time', clock)
+  real_compiled, real_chunk = benchmark.compiled_train_step, chunks.compile_train_chunk
+
+  def compiled(config):
+    dp, stream, state, step_fn, eval_fn, batch, compile_s, split = real_compiled(config)
+    monkeypatch.setattr(stream, 'batch', clock.costs(stream.batch, 0.002))
+    return (dp, stream, state, clock.costs(step_fn, 0.010), clock.costs(eval_fn, 0.004),
+            batch, compile_s, split)
+  monkeypatch.setattr(benchmark, 'compiled_train_step', compiled)
+  monkeypatch.setattr(chunks, 'compile_train_chunk',
+                      lambda *a, **k: clock.costs(real_chunk(*a, **k), 0.020))
 
 
 @pytest.mark.slow

@@ -7,6 +7,7 @@ drawn once per batch from the same key).
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 
@@ -19,6 +20,7 @@ from resnet_jax.training import chunks
 from resnet_jax.training import loop
 from resnet_jax.training import run_setup
 from resnet_jax.workdir import checkpointing
+from tests import draw_reference
 from tests.conftest import STEP_RTOL, relative_differences, tiny_config
 
 N, B = 40, 16  # A batch straddles two epochs at step 2 (positions 32..47).
@@ -114,6 +116,56 @@ def test_cutout_and_cutmix_have_the_host_versions_shapes():
     ys, xs = np.nonzero(box)
     if len(ys):
       assert box.sum() == (ys.max() - ys.min() + 1) * (xs.max() - xs.min() + 1)
+
+
+def _many_steps(config, data, steps):
+  """The global batches of steps 0..steps-1 of `config`'s device pipeline,
+  stacked: one compiled program, vmapped over the step."""
+  spec = device_pipeline.Spec.of(config, len(data['label']))
+  order = device_pipeline.orders(spec, 0, spec.epochs_per_chunk(steps))['order']
+  make = jax.jit(jax.vmap(
+      lambda s, images, labels, order: device_pipeline.make_batch(
+          spec, images, labels, s, order, 0, jnp.arange(spec.global_batch)),
+      in_axes=(0, None, None, None)))
+  out = make(jnp.arange(steps), data['image'], data['label'], order)
+  return {k: np.asarray(v) for k, v in out.items()}
+
+
+# One alpha per kind (compiling the Beta draw takes seconds), far from the
+# 1.0 that code ignoring it would likely use; the host pipeline's test covers
+# both alphas of both kinds.
+@pytest.mark.parametrize('kind,alpha', [('mixup', 0.2), ('cutmix', 0.2)])
+def test_mixing_pairs_uniformly_and_draws_its_weight_from_the_configured_alpha(kind, alpha):
+  config = ml_collections.ConfigDict(dict(batch_size=8, seed=0, augment=True,
+                                          **{f'{kind}_alpha': alpha}))
+  b = _many_steps(config, _data(64), 1000)
+  # Partners are a permutation of the batch (labels name the examples) with
+  # one fixed point per batch on average, as a uniform one has.
+  np.testing.assert_array_equal(np.sort(b['mix_label'], 1), np.sort(b['label'], 1))
+  fixed = (b['mix_label'] == b['label']).sum(1).mean()
+  assert 0.8 < fixed < 1.2, fixed
+  assert (b['mix_lam'] == b['mix_lam'][:, :1]).all()  # One weight per batch.
+  draw_reference.assert_weights_follow_alpha(kind, {alpha: b['mix_lam'][:, 0]})
+
+
+def test_cutmix_boxes_and_cutout_squares_are_placed_uniformly():
+  keys = jax.random.split(jax.random.key(0), 4000)
+  _, lam, box = jax.jit(jax.vmap(
+      lambda k: device_pipeline.mix_draws(k, B, 'cutmix', 1.0, 32)))(keys)
+  box = np.asarray(box)
+  np.testing.assert_allclose(np.asarray(lam), 1 - box.sum((1, 2)) / 32**2, rtol=1e-6)
+  got = draw_reference.box_edges(box)
+  want = draw_reference.cutmix(1.0, 4000, seed=1)
+  nonempty = want['lam'] < 1
+  for edge in ('y0', 'y1', 'x0', 'x1'):
+    p = draw_reference.same_distribution_pvalue(got[edge], want[edge][nonempty])
+    assert p > 1e-3, (edge, p)
+  # Cutout: each row (column) is covered as often as a uniform centre covers it.
+  erase = np.asarray(device_pipeline.cutout_erase(jax.random.key(1), jnp.arange(4000),
+                                                  4000, 8, 32))
+  coverage = draw_reference.cutout_row_coverage(8)
+  np.testing.assert_allclose(erase.any(2).mean(0), coverage, atol=0.03)
+  np.testing.assert_allclose(erase.any(1).mean(0), coverage, atol=0.03)
 
 
 def test_steps_per_call_picks_a_divisor_of_the_log_cadence():

@@ -7,8 +7,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
-import time
 
 import jax
 import numpy as np
@@ -19,6 +17,8 @@ from resnet_jax import errors
 from resnet_jax.training import evaluation
 from resnet_jax.training import loop
 from resnet_jax.training import run_setup
+from resnet_jax.workdir import checkpointing
+from tests import processes
 from tests.conftest import tiny_config
 
 # Every test here trains in subprocesses: the full suite runs them, the
@@ -35,53 +35,6 @@ def _flags(data_dir, workdir, *extra):
           '--config.batch_size=16', '--config.eval_batch_size=16',
           f'--config.num_train_steps={STEPS}', '--config.log_every_steps=1',
           '--config.checkpoint_every_steps=5', *extra]
-
-
-class _Run(subprocess.Popen):
-  """`python -m resnet_jax.main` with its output in files: a pipe nobody
-  reads while the test waits could fill and stall a chatty run."""
-
-  def __init__(self, args):
-    self._files = (tempfile.TemporaryFile('w+'), tempfile.TemporaryFile('w+'))
-    # os.environ holds conftest's 8-device flag and any ISA flag of the caller.
-    super().__init__([sys.executable, '-m', 'resnet_jax.main', *args], cwd=REPO,
-                     env=dict(os.environ), stdout=self._files[0], stderr=self._files[1],
-                     text=True)
-
-  def communicate(self, input=None, timeout=None):  # pylint: disable=redefined-builtin
-    del input
-    self.wait(timeout=timeout)
-    return self.output()
-
-  def output(self):
-    """(stdout, stderr) so far."""
-    for f in self._files:
-      f.seek(0)
-    return tuple(f.read() for f in self._files)
-
-
-def _start(args):
-  return _Run(args)
-
-
-def _wait_for_step(workdir, step, proc, timeout=300):
-  """Blocks until metrics.jsonl reaches `step`; fails (never returns
-  silently) if the run ends first or the time runs out, so a test never
-  kills at another step than it says."""
-  path = os.path.join(workdir, 'metrics.jsonl')
-  deadline = time.time() + timeout
-  while True:
-    if os.path.exists(path):
-      with open(path) as f:
-        steps = [json.loads(l)['step'] for l in f if l.endswith('\n')]
-      if steps and max(steps) >= step:
-        return
-    if proc.poll() is not None:
-      pytest.fail(f'the run ended (exit {proc.returncode}) before step {step}:\n'
-                  f'{proc.output()[1][-3000:]}')
-    if time.time() > deadline:
-      pytest.fail(f'the run did not reach step {step} in {timeout} s')
-    time.sleep(0.02)
 
 
 def _metrics(workdir):
@@ -116,24 +69,28 @@ def reference(tiny_data, tmp_path_factory):
 
 def _reference_run(tiny_data, tmp_path_factory, options):
   workdir = tmp_path_factory.mktemp('ref') / 'w'
-  proc = _start(_flags(tiny_data['data_dir'], workdir, *options))
+  proc = processes.main(_flags(tiny_data['data_dir'], workdir, *options))
   _, err = proc.communicate(timeout=600)
   assert proc.returncode == 0, err[-3000:]
   return workdir
 
 
-# Every option beyond the paper recipe, in two runs (mixup and CutMix do not
-# combine): each augmentation must be a pure function of (seed, step) and the
-# moving average must be checkpointed and resumed exactly.
+# Every option beyond the paper recipe, on each input pipeline (mixup and
+# CutMix do not combine: one on each): each augmentation must be a pure
+# function of (seed, step) and the moving average must be checkpointed and
+# resumed exactly.
 OPTION_SETS = {
     'paper': (),
-    'mixup_and_the_rest': (
-        '--config.lr_schedule=cosine', '--config.warmup_steps=4',
-        '--config.label_smoothing=0.1', '--config.cutout_size=8',
-        '--config.mixup_alpha=0.4', '--config.augment_policy=trivialaugment',
-        '--config.ema_decay=0.9', '--config.flip_tta=True',
-        '--config.validation_size=16'),
-    'cutmix': ('--config.cutmix_alpha=1.0', '--config.ema_decay=0.5'),
+    'host_pipeline': (
+        '--config.input_pipeline=host', '--config.lr_schedule=cosine',
+        '--config.warmup_steps=4', '--config.label_smoothing=0.1',
+        '--config.cutout_size=8', '--config.cutmix_alpha=1.0',
+        '--config.augment_policy=trivialaugment', '--config.ema_decay=0.9',
+        '--config.flip_tta=True', '--config.validation_size=16'),
+    'device_pipeline': (
+        '--config.input_pipeline=device', '--config.label_smoothing=0.1',
+        '--config.cutout_size=8', '--config.mixup_alpha=0.4', '--config.ema_decay=0.5',
+        '--config.flip_tta=True', '--config.validation_size=16'),
 }
 
 
@@ -146,12 +103,12 @@ def test_kill_9_at_several_points_then_resume_is_bitwise_identical(
   # The paper recipe is killed at three points; the option sets, whose
   # stream and state code paths are the same, once mid-epoch.
   for kill_after in ((3, 12, 21) if not extra else (13,)):
-    proc = _start(_flags(tiny_data['data_dir'], workdir, *extra))
-    _wait_for_step(workdir, kill_after, proc)
+    proc = processes.main(_flags(tiny_data['data_dir'], workdir, *extra))
+    processes.wait_for_step(workdir, kill_after, proc)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL
-  proc = _start(_flags(tiny_data['data_dir'], workdir, *extra))
+  proc = processes.main(_flags(tiny_data['data_dir'], workdir, *extra))
   _, err = proc.communicate(timeout=600)
   assert proc.returncode == 0, err[-3000:]
   assert 'Resuming from the checkpoint at step' in err
@@ -160,16 +117,18 @@ def test_kill_9_at_several_points_then_resume_is_bitwise_identical(
     key, value = flag[len('--config.'):].split('=')
     config[key] = type(config[key])(value if value != 'True' else True)
   _assert_bitwise_equal(config, expected, workdir)
-  # The moving average was evaluated (and, resumed, evaluated the same).
-  key = {'paper': 'eval_accuracy', 'mixup_and_the_rest': 'ema_flip_val_accuracy',
-         'cutmix': 'ema_eval_accuracy'}[options]
+  # The moving average and the flip view of the validation split were
+  # evaluated (and, resumed, evaluated the same), on the pipeline named.
+  key = 'eval_accuracy' if not extra else 'ema_flip_val_accuracy'
   assert any(key in l for l in _metrics(workdir))
+  meta = checkpointing.Checkpoints(str(workdir / 'checkpoints')).read_meta()
+  assert meta['input_pipeline'] == ('host' if options == 'host_pipeline' else 'device')
 
 
 def test_sigterm_checkpoints_exits_and_resumes(tiny_data, reference, tmp_path):
   workdir = tmp_path / 'w'
-  proc = _start(_flags(tiny_data['data_dir'], workdir))
-  _wait_for_step(workdir, 7, proc)
+  proc = processes.main(_flags(tiny_data['data_dir'], workdir))
+  processes.wait_for_step(workdir, 7, proc)
   proc.send_signal(signal.SIGTERM)
   _, err = proc.communicate(timeout=300)
   assert proc.returncode == 128 + signal.SIGTERM, err[-3000:]
@@ -177,7 +136,7 @@ def test_sigterm_checkpoints_exits_and_resumes(tiny_data, reference, tmp_path):
   assert last.startswith('stopped: SIGTERM at step') and 'Traceback' not in err
   stopped_at = int(last.split('at step ')[1].split(';')[0])
   assert stopped_at >= 7 and str(stopped_at) in os.listdir(workdir / 'checkpoints')
-  proc = _start(_flags(tiny_data['data_dir'], workdir))
+  proc = processes.main(_flags(tiny_data['data_dir'], workdir))
   _, err = proc.communicate(timeout=600)
   assert proc.returncode == 0, err[-3000:]
   assert f'Resuming from the checkpoint at step {stopped_at}' in err
@@ -246,7 +205,7 @@ def test_eval_of_a_damaged_checkpoint_moves_nothing(tiny_data, reference, tmp_pa
 
 def test_diverged_loss_stops_naming_the_step(tiny_data, tmp_path):
   workdir = tmp_path / 'w'
-  proc = _start(_flags(tiny_data['data_dir'], workdir, '--config.learning_rate=1e12'))
+  proc = processes.main(_flags(tiny_data['data_dir'], workdir, '--config.learning_rate=1e12'))
   _, err = proc.communicate(timeout=300)
   assert proc.returncode == 3, err[-3000:]
   last = err.strip().splitlines()[-1]
@@ -329,8 +288,8 @@ def test_bad_input_is_refused_leaving_the_workdir_as_it_was(tiny_data, tiny_fold
 
 def test_a_busy_workdir_refuses_a_second_run(tiny_data, reference, tmp_path):
   workdir = tmp_path / 'w'
-  first = _start(_flags(tiny_data['data_dir'], workdir))
-  _wait_for_step(workdir, 3, first)
+  first = processes.main(_flags(tiny_data['data_dir'], workdir))
+  processes.wait_for_step(workdir, 3, first)
   first.send_signal(signal.SIGSTOP)  # Frozen mid-run, still holding the workdir.
   try:
     before = _listing(workdir)

@@ -6,7 +6,6 @@ import pickle
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 
 from resnet_jax import errors
@@ -17,22 +16,29 @@ from tests import cifar_archives
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.mark.parametrize('layout', ['binary', 'python'])
+@pytest.mark.parametrize('layout', ['binary', 'python', 'binary100', 'python100'])
 def test_both_layouts_build_the_same_examples(tmp_path, layout):
-  arrays = cifar_archives.random_cifar10(num_train=23, num_test=7, seed=1)
   write = getattr(cifar_archives, f'write_{layout}')
-  archive = write(tmp_path / f'cifar-10-{layout}.tar.gz', arrays)
+  if layout.endswith('100'):
+    arrays, dataset, names = (cifar_archives.random_cifar100(100, 100, seed=1), 'cifar100',
+                              cifar_archives.FINE100)
+    archive = write(tmp_path / f'cifar-100-{layout[:-3]}.tar.gz', arrays)
+  else:
+    arrays, dataset, names = (cifar_archives.random_cifar10(num_train=23, num_test=7, seed=1),
+                              'cifar10', cifar_archives.CLASSES)
+    archive = write(tmp_path / f'cifar-10-{layout}.tar.gz', arrays)
   info = prepare_data.prepare(str(archive), str(tmp_path / 'tfds'))
-  assert (info['dataset'], info['train'], info['test']) == ('cifar10', 23, 7)
+  assert (info['dataset'], info['train'], info['test']) == (
+      dataset, len(arrays['train'][1]), len(arrays['test'][1]))
   assert not info['official']
   for split in ('train', 'test'):
-    got = datasets.load_split(datasets.resolve('cifar10', str(tmp_path / 'tfds')), split)
+    got = datasets.load_split(datasets.resolve(dataset, str(tmp_path / 'tfds')), split)
     images, labels = arrays[split]
     # tfds stores examples in file order; compare as sets of (label, image).
     assert len(got) == len(labels)
     key = lambda ims, lbs: sorted(zip(lbs.tolist(), [im.tobytes() for im in ims]))
     assert key(got.images, got.labels) == key(images, labels)
-  assert got.class_names == tuple(cifar_archives.CLASSES)
+  assert got.class_names == tuple(names)  # CIFAR-100: the 100 fine labels.
   # Nothing left behind but the dataset itself.
   assert not [p for p in os.listdir(tmp_path / 'tfds') if p.startswith('.extract')]
 
@@ -118,18 +124,17 @@ def test_crafted_pickle_is_refused_and_runs_nothing(tmp_path):
   prepare_data.prepare(str(good), str(tmp_path / 'tfds2'))
 
 
-@pytest.mark.parametrize('layout', ['binary', 'python', 'binary100'])
+@pytest.mark.parametrize('layout', ['binary', 'python', 'binary100', 'python100'])
 def test_an_official_archive_becomes_an_exact_png_folder(tmp_path, layout):
   # No TensorFlow on the way: the exact pixels as an image folder, which the
   # image-folder reader gives back bit for bit, in class folders by name.
   from resnet_jax.data import image_folder
   # Every class in both splits, as the image-folder reader requires.
   arrays = cifar_archives.random_cifar10(num_train=20, num_test=10, seed=4, balanced=True)
-  if layout == 'binary100':  # Fine labels over 0..99, coarse = fine // 5.
-    big = cifar_archives.random_cifar10(num_train=100, num_test=100, seed=4)
-    rng = np.random.default_rng(0)
-    arrays = {s: (im, rng.permutation(100)) for s, (im, _) in big.items()}
-    archive = cifar_archives.write_binary100(tmp_path / 'c100.tar.gz', arrays)
+  if layout.endswith('100'):  # Fine labels over 0..99, coarse = fine // 5.
+    arrays = cifar_archives.random_cifar100(100, 100, seed=4)
+    write = getattr(cifar_archives, f'write_{layout}')
+    archive = write(tmp_path / f'cifar-100-{layout[:-3]}.tar.gz', arrays)
     names, dataset = cifar_archives.FINE100, 'cifar100'
   else:
     write = getattr(cifar_archives, f'write_{layout}')
@@ -162,3 +167,4 @@ def test_png_folder_command_says_how_to_train(tmp_path):
       'train and 5 test images of 10 classes, the exact pixels (from an unofficial '
       'archive).',
       f'Train with --config.dataset=cifar10-png --config.data_dir={tmp_path / "d"}']
+

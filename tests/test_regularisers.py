@@ -25,6 +25,7 @@ from resnet_jax.training import loop
 from resnet_jax.training import run_setup
 from resnet_jax.training import steps
 from resnet_jax.training import train_state
+from tests import draw_reference
 from tests.conftest import tiny_config
 
 SPLIT = benchmark.synthetic_split(96, 10, seed=3)
@@ -52,8 +53,61 @@ def test_trivialaugment_operations_do_what_they_say():
   np.testing.assert_array_equal(solarized, np.where(image >= 128, 255 - image, image))
   stretched = augmentations.apply_op((image // 4 + 64).astype(np.uint8), 'autocontrast', 0)
   assert stretched.min() == 0 and stretched.max() == 255
+  # equalize spreads a narrow histogram over the whole range, keeping order.
+  narrow = (image // 8 + 100).astype(np.uint8)  # Values 100..131.
+  flat = augmentations.apply_op(narrow, 'equalize', 0)
+  assert flat.min() < 20 and flat.max() == 255
+  for c in range(3):
+    order = np.argsort(narrow[..., c], axis=None, kind='stable')
+    assert (np.diff(flat[..., c].ravel()[order].astype(int)) >= 0).all()
   with pytest.raises(ValueError, match='unknown operation'):
     augmentations.apply_op(image, 'invert', 0.0)
+
+
+def _row_shift(got, want):
+  """The k with got[i] == want[i + k] where both exist, or None."""
+  n = len(want)
+  for k in range(-n // 2, n // 2 + 1):
+    if np.array_equal(got[max(0, -k):n - max(0, k)], want[max(0, k):n + min(0, k)]):
+      return k
+  return None
+
+
+def test_trivialaugment_operations_act_at_their_magnitude():
+  image = SPLIT.images[0]
+  # Shears move each row (column) sideways by magnitude x its distance from
+  # the top (left) edge, to within the nearest pixel.
+  for op, transpose in (('shear_x', False), ('shear_y', True)):
+    out = augmentations.apply_op(image, op, 0.5)
+    a, b = (out, image) if not transpose else (out.swapaxes(0, 1), image.swapaxes(0, 1))
+    shifts = [_row_shift(a[y], b[y]) for y in range(32)]
+    assert shifts[0] == 0 and shifts[31] >= 15, (op, shifts)
+    assert all(s is not None and abs(s - 0.5 * y) <= 1 for y, s in enumerate(shifts)), op
+  # Rotation is counter-clockwise in degrees, about the centre.
+  np.testing.assert_array_equal(augmentations.apply_op(image, 'rotate', 90.0),
+                                np.rot90(image))
+  np.testing.assert_array_equal(augmentations.apply_op(image, 'rotate', -90.0),
+                                np.rot90(image, -1))
+  turned = augmentations.apply_op(image, 'rotate', 45.0)
+  assert (turned[0, 0] == augmentations.FILL).all() and (turned[16, 16] == image[16, 16]).all()
+  # Enhancements scale by 1 + magnitude: -0.5 brightness halves every value,
+  # -0.99 colour is almost grey, -0.99 contrast almost flat.
+  half = augmentations.apply_op(image, 'brightness', -0.5).astype(int)
+  assert np.abs(half - image * 0.5).max() <= 1
+  grey = augmentations.apply_op(image, 'color', -0.99).astype(int)
+  assert np.ptp(grey, axis=2).max() <= 4 < np.ptp(image.astype(int), axis=2).mean()
+  assert augmentations.apply_op(image, 'contrast', -0.99).std() < image.std() / 20
+  # Sharpness: negative blurs (fewer edges), positive sharpens (more).
+  edges = lambda x: (np.abs(np.diff(x.astype(int), axis=0)).sum()
+                     + np.abs(np.diff(x.astype(int), axis=1)).sum())
+  assert (edges(augmentations.apply_op(image, 'sharpness', -0.99)) < edges(image) / 2
+          < edges(image) * 1.2 < edges(augmentations.apply_op(image, 'sharpness', 0.99)))
+  # A batch applies each image's own operation and magnitude.
+  ops = np.array([augmentations.OP_NAMES.index(n) for n in ('rotate', 'brightness')])
+  batch = augmentations.apply_trivialaugment(SPLIT.images[:2], ops, np.array([90.0, -0.5]))
+  np.testing.assert_array_equal(batch[0], np.rot90(SPLIT.images[0]))
+  np.testing.assert_array_equal(batch[1], augmentations.apply_op(SPLIT.images[1],
+                                                                  'brightness', -0.5))
 
 
 def test_trivialaugment_draws_cover_every_operation_within_its_range():
@@ -142,6 +196,37 @@ def test_cutmix_pastes_the_partner_box_and_weights_labels_by_area():
                                 plain['image'][mix.partner][:, inside])
   np.testing.assert_allclose(b['mix_lam'], 1 - inside.sum() / 1024, rtol=1e-6)
   np.testing.assert_array_equal(b['mix_label'], plain['label'][mix.partner])
+
+
+# Labels name the example, so a partner is known by its label.
+UNIQUE = input_pipeline.Split(images=SPLIT.images[:64], labels=np.arange(64, dtype=np.int32),
+                              class_names=tuple(map(str, range(64))))
+
+
+@pytest.mark.parametrize('kind', ['mixup', 'cutmix'])
+def test_mixing_pairs_uniformly_and_draws_its_weight_from_the_configured_alpha(kind):
+  weights = {}
+  for alpha in draw_reference.ALPHAS:
+    options = augmentations.Options.from_config(
+        ml_collections.ConfigDict({f'{kind}_alpha': alpha}))
+    stream = input_pipeline.TrainStream(UNIQUE, 8, seed=0, options=options)
+    batches = [stream.batch(step) for step in range(400)]
+    # A uniform permutation of 8 has one fixed point on average (an example
+    # "mixed" with itself); an identity pairing would have 8, a shift 0.
+    for b in batches:
+      assert sorted(b['mix_label']) == sorted(b['label'])
+    fixed = np.mean([np.sum(b['mix_label'] == b['label']) for b in batches])
+    assert 0.8 < fixed < 1.2, fixed
+    weights[alpha] = np.array([b['mix_lam'][0] for b in batches])
+  draw_reference.assert_weights_follow_alpha(kind, weights)
+
+
+def test_cutout_centres_are_uniform_over_the_image():
+  cy, cx = augmentations.cutout_draws(np.random.default_rng(0), 4000, 32)
+  mask = augmentations.cutout_mask(cy, cx, 8, 32)
+  want = draw_reference.cutout_row_coverage(8)
+  np.testing.assert_allclose(mask.any(2).mean(0), want, atol=0.03)  # Rows.
+  np.testing.assert_allclose(mask.any(1).mean(0), want, atol=0.03)  # Columns.
 
 
 # ----------------------------------------------------------------------------

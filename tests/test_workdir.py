@@ -16,6 +16,8 @@ import pytest
 from configs import cifar
 from resnet_jax.workdir import config_validation
 from resnet_jax import errors
+from resnet_jax import prepare_data
+from resnet_jax.data import datasets
 from resnet_jax.workdir import run_record
 from resnet_jax.training import inference
 from resnet_jax.training import init_from
@@ -237,16 +239,24 @@ def test_a_finished_run_is_known_before_any_image_is_read(tiny_data, finished, t
   assert loop.finished_step(config, str(workdir)) == 8
 
 
-def test_a_warmup_longer_than_the_run_is_refused_before_reading(tiny_folder, tmp_path,
-                                                                 monkeypatch):
-  # An image folder's length in epochs comes from its file names: 64 images
-  # at batch 16 for 2 epochs is 8 steps.
+@pytest.mark.parametrize('kind', ['image_folder', 'tfds'])
+@pytest.mark.parametrize('fields,error', [
+    (dict(num_train_steps=-1, num_epochs=2.0, warmup_steps=8, lr_schedule='cosine'),
+     r'warmup_steps 8 is not shorter than the run \(8 steps\)'),
+    (dict(validation_size=64), r'validation_size 64 leaves no training images \(the '
+                               r'training split has 64\)')])
+def test_a_config_too_big_for_the_split_is_refused_before_reading(
+    tiny_folder, tiny_data, tmp_path, monkeypatch, kind, fields, error):
+  # The split's size is known without decoding: an image folder's file
+  # names, a prepared tfds dataset's metadata. 64 images at batch 16 for 2
+  # epochs is 8 steps.
   from resnet_jax.data import image_folder
   monkeypatch.setattr(image_folder, 'decode', lambda path: pytest.fail('decoded'))
-  config = tiny_config(tiny_folder['data_dir'], dataset='tinyfolder', num_train_steps=-1,
-                       num_epochs=2.0, warmup_steps=8, lr_schedule='cosine')
-  with pytest.raises(errors.UserError, match=r'warmup_steps 8 is not shorter than the '
-                                             r'run \(8 steps\)'):
+  monkeypatch.setattr(datasets, '_load_tfds', lambda *a: pytest.fail('read'))
+  where = (dict(data_dir=tiny_folder['data_dir'], dataset='tinyfolder')
+           if kind == 'image_folder' else dict(data_dir=tiny_data['data_dir']))
+  config = tiny_config(**fields, **where)
+  with pytest.raises(errors.UserError, match=error):
     loop.train_and_evaluate(config, str(tmp_path / 'w'))
   assert not (tmp_path / 'w').exists()
 
@@ -272,32 +282,38 @@ def test_init_from_a_run_gives_its_logits_and_a_new_head_for_new_classes(
     np.testing.assert_array_equal(got, want)
     assert int(state.step) == 0  # Weights only: a fresh optimizer and schedule.
     assert all(np.all(np.asarray(m) == 0) for m in jax.tree.leaves(state.opt_state))
-  # A 3-class dataset: everything but the classifier carries over.
-  arrays = cifar_archives.random_cifar10(num_train=12, num_test=6, seed=3, balanced=True)
-  three = {s: tuple(a[(l < 3)] for a in (im, l)) for s, (im, l) in
-           ((s, arrays[s]) for s in arrays) for l in [arrays[s][1]]}
-  cifar_archives.write_image_folder(tmp_path / 'data', three, 'three')
-  new = tiny_config(str(tmp_path / 'data'), dataset='three', init_from=source)
-  run = run_setup.Run(new, str(tmp_path / 'three'), need_train=True)
+  # CIFAR-100 (its official python layout, through prepare_data and tfds):
+  # everything but the classifier carries over.
+  archive = cifar_archives.write_python100(tmp_path / 'cifar-100-python.tar.gz',
+                                           cifar_archives.random_cifar100(100, 100, seed=3))
+  prepare_data.prepare(str(archive), str(tmp_path / 'data'))
+  new = tiny_config(str(tmp_path / 'data'), dataset='cifar100', init_from=source)
+  run = run_setup.Run(new, str(tmp_path / 'c100'), need_train=True)
   state = init_from.init_from_run(run.init_state(), new, run.num_classes)
-  assert state.params['fc']['kernel'].shape == (64, 3)
+  assert state.params['fc']['kernel'].shape == (64, 100)
   for name in variables['params']:
     if name != 'fc':
       jax.tree.map(np.testing.assert_array_equal, state.params[name],
                    variables['params'][name])
-  # And the whole run trains from it through the command line's path: with a
-  # learning rate of ~0 its 2 steps leave the carried weights where they were
-  # (a loop that ignored them would hold a fresh initialisation).
-  trained = tiny_config(str(tmp_path / 'data'), dataset='three', init_from=source,
+  # And the whole 100-class run trains from it through the command line's
+  # path: with a learning rate of ~0 its 2 steps leave the carried weights
+  # where they were (a loop that ignored them would hold a fresh
+  # initialisation), and it evaluates over the 100 fine classes.
+  trained = tiny_config(str(tmp_path / 'data'), dataset='cifar100', init_from=source,
                         num_train_steps=2, learning_rate=1e-12, weight_decay=0.0)
-  loop.train_and_evaluate(trained, str(tmp_path / 'three'))
-  after = _final(trained, str(tmp_path / 'three'))
+  result = loop.train_and_evaluate(trained, str(tmp_path / 'c100'))
+  assert result['eval_examples'] == 100 and result['confusion'].shape == (100, 100)
+  np.testing.assert_array_equal(result['confusion'].sum(1), np.ones(100))  # One each.
+  after = _final(trained, str(tmp_path / 'c100'))
   fresh = run.init_state()
   for name in variables['params']:
     if name != 'fc':
       jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-9),
                    after.params[name], variables['params'][name])
   assert not np.allclose(fresh.params['conv1']['kernel'], after.params['conv1']['kernel'])
+  _, _, _, names, _, mean_std, _ = inference.load_for_inference(str(tmp_path / 'c100'))
+  assert list(names) == cifar_archives.FINE100
+  assert mean_std == datasets.MEAN_STD['cifar100']
   with pytest.raises(errors.UserError, match='is a resnet8 run but the config asks for '
                                              'resnet20'):
     bad = tiny_config(tiny_data['data_dir'], init_from=source, model='resnet20')

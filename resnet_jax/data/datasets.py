@@ -65,12 +65,33 @@ def load_split(source: Source, split: str):
   return _load_tfds(source.name, split, source.data_dir)
 
 
+def count(source: Source, split: str) -> Optional[int]:
+  """How many examples `split` holds, decoding no image: from an image
+  folder's file names, or from a prepared tfds dataset's metadata (None when
+  tfds has yet to download and prepare it)."""
+  if source.kind == 'image_folder':
+    return image_folder.count(source.root, split)
+  tfds, _ = import_tfds()
+  builder = tfds.builder(source.name, data_dir=source.data_dir)
+  if not builder.is_prepared():
+    return None
+  return int(builder.info.splits[split].num_examples)
+
+
 def normalization(source: Source, train_split) -> tuple:
   """(mean, std) per channel on the [0, 1] scale: the published values for
   tfds's CIFAR, measured on the training images for an image folder."""
   if source.kind == 'tfds':
     return MEAN_STD[source.name]
   return image_folder.mean_std(train_split.images)
+
+
+def check_hold_out(size: int, examples: int) -> None:
+  """Refuses a validation split that leaves no training images."""
+  if size >= examples:
+    raise errors.UserError(f'validation_size {size} leaves no training images (the '
+                           f'training split has {examples}); set '
+                           '--config.validation_size lower')
 
 
 def hold_out(train, size: int, seed: int) -> tuple:
@@ -84,10 +105,7 @@ def hold_out(train, size: int, seed: int) -> tuple:
     errors.UserError: when `size` leaves no training images.
   """
   from resnet_jax.data import input_pipeline
-  if size >= len(train):
-    raise errors.UserError(f'validation_size {size} leaves no training images (the '
-                           f'training split has {len(train)}); set '
-                           '--config.validation_size lower')
+  check_hold_out(size, len(train))
   held = np.zeros(len(train), bool)
   held[np.random.default_rng([seed, 2]).permutation(len(train))[:size]] = True
   part = lambda sel: input_pipeline.Split(train.images[sel], train.labels[sel],

@@ -59,7 +59,7 @@ class Run:
     checkpointing.check_compatible(self.ckpt, stored, config, self.source.num_classes)
     # The checkpoints' layout follows the run that wrote them.
     self.has_ema = (stored_config or config).get('ema_decay', 0.0) > 0
-    if need_train:  # Before any image is decoded, when the length is known.
+    if need_train:  # Before any image is decoded, when the sizes are known.
       check_warmup(config, _known_length(config, self.source))
     self.test, self.train = _read_splits(self.source, need_train)
     self.validation = None
@@ -137,8 +137,9 @@ class Run:
     return self._p_evaluate[per_call](state, group, first)
 
   def meta(self) -> dict:
-    return {'input_pipeline': self.pipeline,'model': self.config.model, 'dataset': self.config.dataset,
-            'num_classes': self.num_classes, 'config': self.config.to_json(),
+    return {'input_pipeline': self.pipeline, 'model': self.config.model,
+            'dataset': self.config.dataset, 'num_classes': self.num_classes,
+            'config': self.config.to_json(),
             'class_names': list(self.test.class_names),
             'mean': list(self.mean_std[0]), 'std': list(self.mean_std[1])}
 
@@ -152,14 +153,16 @@ def check_warmup(config: ml_collections.ConfigDict, num_steps: Optional[int]) ->
 
 def _known_length(config: ml_collections.ConfigDict, source: datasets.Source):
   """The run's steps if known without decoding images: given in steps, or
-  counted from an image folder's file names; None for tfds epochs."""
+  from the split's size (`datasets.count`); None if that needs a download.
+  Refuses a validation split larger than the training split on the way."""
+  examples = datasets.count(source, 'train')
+  if examples is not None and config.validation_size:
+    datasets.check_hold_out(config.validation_size, examples)
   if config.num_train_steps > 0:
     return int(config.num_train_steps)
-  if source.kind != 'image_folder':
+  if examples is None:
     return None
-  from resnet_jax.data import image_folder
-  examples = image_folder.count(source.root, 'train') - config.validation_size
-  return train_state.total_steps(config, max(examples, 1))
+  return train_state.total_steps(config, examples - config.validation_size)
 
 
 def resolve_pipeline(config: ml_collections.ConfigDict, stored: Optional[dict],
