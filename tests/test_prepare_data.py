@@ -16,17 +16,35 @@ from tests import cifar_archives
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.mark.parametrize('layout', ['binary', 'python', 'binary100', 'python100'])
-def test_both_layouts_build_the_same_examples(tmp_path, layout):
-  write = getattr(cifar_archives, f'write_{layout}')
+LAYOUTS = ['binary', 'python', 'binary100', 'python100']
+
+
+def _official_archive(tmp_path, layout, cifar10, seed):
+  """An archive in the official `layout`, under its official file name.
+
+  Args:
+    cifar10: makes the CIFAR-10 arrays; CIFAR-100 layouts hold 100 train and
+      100 test images of fine labels 0..99 (coarse = fine // 5).
+    seed: the CIFAR-100 images' seed.
+
+  Returns:
+    (path, arrays, dataset name, class names).
+  """
   if layout.endswith('100'):
-    arrays, dataset, names = (cifar_archives.random_cifar100(100, 100, seed=1), 'cifar100',
-                              cifar_archives.FINE100)
-    archive = write(tmp_path / f'cifar-100-{layout[:-3]}.tar.gz', arrays)
+    arrays, dataset, names = (cifar_archives.random_cifar100(100, 100, seed=seed),
+                              'cifar100', cifar_archives.FINE100)
   else:
-    arrays, dataset, names = (cifar_archives.random_cifar10(num_train=23, num_test=7, seed=1),
-                              'cifar10', cifar_archives.CLASSES)
-    archive = write(tmp_path / f'cifar-10-{layout}.tar.gz', arrays)
+    arrays, dataset, names = cifar10(), 'cifar10', cifar_archives.CLASSES
+  name = f'cifar-{dataset[len("cifar"):]}-{layout.removesuffix("100")}.tar.gz'
+  path = getattr(cifar_archives, f'write_{layout}')(tmp_path / name, arrays)
+  return path, arrays, dataset, names
+
+
+@pytest.mark.parametrize('layout', LAYOUTS)
+def test_both_layouts_build_the_same_examples(tmp_path, layout):
+  archive, arrays, dataset, names = _official_archive(
+      tmp_path, layout, lambda: cifar_archives.random_cifar10(num_train=23, num_test=7, seed=1),
+      seed=1)
   info = prepare_data.prepare(str(archive), str(tmp_path / 'tfds'))
   assert (info['dataset'], info['train'], info['test']) == (
       dataset, len(arrays['train'][1]), len(arrays['test'][1]))
@@ -124,22 +142,16 @@ def test_crafted_pickle_is_refused_and_runs_nothing(tmp_path):
   prepare_data.prepare(str(good), str(tmp_path / 'tfds2'))
 
 
-@pytest.mark.parametrize('layout', ['binary', 'python', 'binary100', 'python100'])
+@pytest.mark.parametrize('layout', LAYOUTS)
 def test_an_official_archive_becomes_an_exact_png_folder(tmp_path, layout):
   # No TensorFlow on the way: the exact pixels as an image folder, which the
   # image-folder reader gives back bit for bit, in class folders by name.
   from resnet_jax.data import image_folder
   # Every class in both splits, as the image-folder reader requires.
-  arrays = cifar_archives.random_cifar10(num_train=20, num_test=10, seed=4, balanced=True)
-  if layout.endswith('100'):  # Fine labels over 0..99, coarse = fine // 5.
-    arrays = cifar_archives.random_cifar100(100, 100, seed=4)
-    write = getattr(cifar_archives, f'write_{layout}')
-    archive = write(tmp_path / f'cifar-100-{layout[:-3]}.tar.gz', arrays)
-    names, dataset = cifar_archives.FINE100, 'cifar100'
-  else:
-    write = getattr(cifar_archives, f'write_{layout}')
-    archive = write(tmp_path / f'cifar-10-{layout}.tar.gz', arrays)
-    names, dataset = cifar_archives.CLASSES, 'cifar10'
+  archive, arrays, dataset, names = _official_archive(
+      tmp_path, layout, lambda: cifar_archives.random_cifar10(num_train=20, num_test=10,
+                                                               seed=4, balanced=True),
+      seed=4)
   info = prepare_data.prepare_png_folder(str(archive), str(tmp_path / 'data'))
   assert (info['name'], info['train'], info['test'], info['classes']) == (
       f'{dataset}-png', len(arrays['train'][1]), len(arrays['test'][1]), len(names))
@@ -167,4 +179,3 @@ def test_png_folder_command_says_how_to_train(tmp_path):
       'train and 5 test images of 10 classes, the exact pixels (from an unofficial '
       'archive).',
       f'Train with --config.dataset=cifar10-png --config.data_dir={tmp_path / "d"}']
-
