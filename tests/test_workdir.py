@@ -10,6 +10,7 @@ import sys
 
 import jax
 import jax.numpy as jnp
+import jaxlib
 import numpy as np
 import pytest
 
@@ -91,6 +92,19 @@ def test_run_record_says_what_produced_the_workdir(finished):
   assert session['host'] and session['command'] and session['start_step'] == 0
   assert session['final_step'] == 8 and 0 <= session['eval_accuracy'] <= 1
   assert session['wall_seconds'] > 0 and session['ended'] >= session['started']
+  # What decides the bits besides the config (docs/runs.md): the XLA flags
+  # (here conftest's 8 devices), the CPU, the numeric libraries, the devices.
+  numerics = session['numerics']
+  assert numerics['env_XLA_FLAGS'] == os.environ['XLA_FLAGS']
+  assert '--xla_force_host_platform_device_count=8' in numerics['env_XLA_FLAGS']
+  assert numerics['numpy'] == np.__version__ and numerics['jax'] == jax.__version__
+  assert numerics['jaxlib'] == jaxlib.__version__
+  assert (numerics['device_count'], numerics['device_kind']) == (8, session['device_kind'])
+  assert numerics['threads'] == session['cpu_cores'] >= 1
+  assert numerics['cpu_model_name'] == session['host_cpu']
+  if os.path.exists('/proc/cpuinfo') and numerics['machine'] == 'x86_64':
+    assert numerics['cpu_family'] and numerics['cpu_model'].isdigit()
+    assert 'sse2' in numerics['cpu_flags'].split()
 
 
 def test_a_changed_recipe_is_refused_leaving_the_workdir_as_it_was(tiny_data, finished,

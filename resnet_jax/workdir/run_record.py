@@ -2,7 +2,9 @@
 
 Written by process 0 once a run is accepted: the config, and per session (the
 first start and every resume) the command line, versions, git commit, host,
-devices, start and end time. A resume appends its session; nothing earlier is
+devices, start and end time, and `numerics` (CPU model and features, XLA
+flags, every numeric library's version: what decides the bits besides the
+config, `environment.py`). A resume appends its session; nothing earlier is
 rewritten. `python -m resnet_jax.results` reads it to build the README table.
 """
 
@@ -15,6 +17,8 @@ import socket
 import subprocess
 import sys
 from typing import Optional
+
+from resnet_jax.workdir import environment
 
 FILE = 'run.json'
 PACKAGES = ('jax', 'jaxlib', 'flax', 'optax', 'orbax-checkpoint')
@@ -130,13 +134,37 @@ def start_session(workdir: str, config: dict, framework: str, devices: dict,
   session = {'started': process_started(), 'command': command_line(),
              'host': socket.gethostname(), 'host_cpu': host_cpu(),
              'cpu_cores': cpu_cores(),
-             'versions': versions(packages), 'git': git_state(), **devices}
+             'versions': versions(packages), 'git': git_state(), **devices,
+             'numerics': environment.numerics(devices)}
   if changed:
     session['changed'] = changed
   record['sessions'].append(session)
   record['config'] = config
   _write(workdir, record)
   return record
+
+
+def completed_step(workdir: str, record: Optional[dict] = None) -> Optional[int]:
+  """The last step of the run in `workdir` if it is complete, else None.
+
+  Complete: a session ended with its final step, or the checkpoint of the
+  run's last step (`num_steps`, which each session records) is on disk: a
+  signal or a kill that arrives after the final checkpoint must not leave a
+  finished run looking stopped or crashed.
+  """
+  record = record if record is not None else read(workdir)
+  if not record or not record.get('sessions'):
+    return None
+  done = [s['final_step'] for s in record['sessions'] if 'final_step' in s]
+  if done:
+    return done[-1]
+  num_steps = record['sessions'][-1].get('num_steps')
+  folder = os.path.join(workdir, 'checkpoints')
+  steps = ([int(n) for n in os.listdir(folder) if n.isdigit()]
+           if os.path.isdir(folder) else [])
+  if num_steps and steps and max(steps) == num_steps:
+    return num_steps
+  return None
 
 
 def end_session(workdir: str, outcome: dict) -> None:
