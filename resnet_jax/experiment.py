@@ -28,6 +28,9 @@ one job array through submitit (`pip install -e ".[slurm]"`), at most
 
 import importlib
 import os
+import shutil
+import signal
+import time
 
 from absl import flags
 from ml_collections import config_flags
@@ -51,8 +54,9 @@ _SWEEP = flags.DEFINE_multi_string('sweep', [], 'FIELD=V1,V2,...: a sweep axis '
                                    '(repeat for a grid).')
 _LAUNCHER = flags.DEFINE_enum('launcher', 'local', ['local', 'slurm', 'submitit_local'],
                               'Where the runs run (see above).')
-_GPUS = flags.DEFINE_integer('gpus_per_run', 1, 'GPUs each run gets (local with '
-                             'several GPUs, slurm).', lower_bound=0)
+_GPUS = flags.DEFINE_integer('gpus_per_run', None, 'GPUs each run gets (local with '
+                             'several GPUs, slurm); default 1, on SLURM 0 where the '
+                             "partition's nodes have no GPUs.", lower_bound=0)
 _CPUS = flags.DEFINE_integer('cpus_per_run', 0, 'slurm: CPUs per task; 0 = the '
                              "cluster's default.", lower_bound=0)
 _PARTITION = flags.DEFINE_string('partition', '', 'slurm: the partition.')
@@ -61,6 +65,9 @@ _TIME = flags.DEFINE_integer('time_minutes', 240, 'slurm: time limit of one task
                              lower_bound=5)
 _MAX_PARALLEL = flags.DEFINE_integer('max_parallel', 16, 'slurm: most tasks of the '
                                      'array running at once.', lower_bound=1)
+_SBATCH = flags.DEFINE_multi_string('sbatch', [], 'slurm: KEY=VALUE, any further sbatch '
+                                    'option: --sbatch=account=abc --sbatch=qos=high '
+                                    '--sbatch=mem=16G (repeat, or comma-separate).')
 _WAIT = flags.DEFINE_bool('wait', False, 'slurm: wait for the array to end.')
 _DRY_RUN = flags.DEFINE_bool('dry_run', False, 'Print the plan; run and write nothing.')
 flags.mark_flags_as_required(['workdir'])
@@ -85,13 +92,15 @@ def _new_plan(stored) -> plan_lib.Plan:
   else:
     argument, overrides = _config_argument(flag), given
   config, module = config_files.load(argument)
+  # Seeds and sweep not given are the experiment's own, also with a new
+  # --config: a changed recipe then shows as what it is, not as other seeds.
   if _SEEDS.value is not None:
     seeds = plan_lib.parse_seeds(_SEEDS.value)
   else:
-    seeds = stored['seeds'] if own else [config.seed]
+    seeds = stored['seeds'] if stored is not None else [config.seed]
   if _SWEEP.value:
     sweep = plan_lib.parse_sweeps(_SWEEP.value, config)
-  elif own:
+  elif stored is not None:
     sweep = stored.get('sweep')
   else:
     declared = getattr(module, 'get_sweep', None)
@@ -108,6 +117,38 @@ def _new_plan(stored) -> plan_lib.Plan:
   return plan_lib.Plan(argument, overrides, points, seeds, sweep)
 
 
+# The launcher flags an experiment remembers: a rerun without them uses the
+# experiment's own (a SLURM experiment stays on SLURM, its partition, ...).
+_LAUNCH_FLAGS = {'launcher': _LAUNCHER, 'partition': _PARTITION, 'time_minutes': _TIME,
+                 'gpus_per_run': _GPUS, 'cpus_per_run': _CPUS,
+                 'max_parallel': _MAX_PARALLEL, 'sbatch': _SBATCH}
+
+
+def _launch_options(stored) -> dict:
+  """The launcher options of this invocation: flags given, else the
+  experiment's stored ones, else the defaults."""
+  own = (stored or {}).get('launch_options', {})
+  out = {}
+  for name, flag in _LAUNCH_FLAGS.items():
+    given = flags.FLAGS[flag.name].present
+    out[name] = flag.value if given or name not in own else own[name]
+  if isinstance(out['sbatch'], list):
+    out['sbatch'] = _parse_sbatch(out['sbatch'])
+  return out
+
+
+def _parse_sbatch(items: list) -> dict:
+  options = {}
+  for item in (i for text in items for i in text.split(',') if i.strip()):
+    key, eq, value = item.strip().partition('=')
+    key = key.strip().lstrip('-').replace('-', '_')
+    if not eq or not key or not value:
+      raise errors.UserError(f'--sbatch={item!r} is not KEY=VALUE; pass e.g. '
+                             '--sbatch=account=abc --sbatch=mem=16G')
+    options[key] = value
+  return options
+
+
 def _jsonable(overrides: dict) -> dict:
   return {k: (list(v) if isinstance(v, tuple) else v) for k, v in overrides.items()}
 
@@ -120,7 +161,8 @@ def _print_plan(folder: str, plan: plan_lib.Plan, statuses: dict, queued: set) -
   width = max(len(r.name) for r in runs)
   for run in runs:
     status = statuses[run.name]
-    detail = 'queued or running on SLURM' if run.name in queued else status.detail
+    detail = (f'{queued[run.name].lower()} on SLURM' if run.name in queued
+              else status.detail)
     print(f'  {run.name:<{width}}  {detail}')
   counts = {}
   for run in runs:
@@ -145,12 +187,14 @@ def main(argv):
     raise errors.UserError(f'{folder} is not empty and holds no experiment.json; pass '
                            'a new or empty --workdir for the experiment')
   plan = _new_plan(stored)
-  if _LAUNCHER.value == 'slurm' or _LAUNCHER.value == 'submitit_local':
+  options = _launch_options(stored)
+  on_slurm = options['launcher'] in ('slurm', 'submitit_local')
+  if on_slurm:
     try:
       importlib.import_module('submitit')  # Optional: only these launchers need it.
     except ImportError:
-      raise errors.UserError(f'--launcher={_LAUNCHER.value} needs submitit, an optional '
-                             'extra: pip install -e ".[slurm]" (or pip install '
+      raise errors.UserError(f'--launcher={options["launcher"]} needs submitit, an '
+                             'optional extra: pip install -e ".[slurm]" (or pip install '
                              'submitit)') from None
   plan.validate()  # Every run's config, before anything is written.
   if stored is not None:
@@ -158,33 +202,64 @@ def main(argv):
   runs = plan.runs()
   statuses = {r.name: run_status.of(os.path.join(folder, r.name)) for r in runs}
   launches = stored.get('launches', []) if stored else []
-  queued = set()
-  slurm_folder = os.path.join(folder, 'slurm')
-  if launches and launches[-1]['launcher'] == 'slurm' and _LAUNCHER.value == 'slurm':
+  queued = {}
+  if any(l['launcher'] == 'slurm' for l in launches):
     from resnet_jax.experiments import slurm
-    queued = slurm.active(slurm_folder, launches[-1]) - {
-        n for n, s in statuses.items() if s.finished}
+    queued = {n: s for n, s in slurm.active(launches).items()
+              if not statuses[n].finished}
+    _add_sacct_outcomes(folder, launches, statuses, queued)
   _print_plan(folder, plan, statuses, queued)
   todo = [r.name for r in runs if not statuses[r.name].finished
           and statuses[r.name].kind != run_status.RUNNING and r.name not in queued]
   if _DRY_RUN.value:
-    print(f'Dry run: {len(todo)} run(s) would start; nothing was written.')
+    print(f'Dry run: {len(todo)} run(s) would start ({options["launcher"]}); nothing was '
+          'written.')
     return
   if not todo:
     print('Nothing to run: every run is finished, running or queued. '
           f'python -m resnet_jax.results {folder} reads them.')
     return
-  plan_lib.write(folder, plan, launches)
-  jobs = [(name, plan.command(os.path.join(folder, name))) for name in todo]
-  if _LAUNCHER.value == 'local':
-    _run_local(folder, jobs)
+  failed = [n for n in todo if statuses[n].kind == run_status.FAILED]
+  if failed:
+    print(f'Starting again {len(failed)} run(s) that failed: {", ".join(failed)}')
+  # Absolute paths: a task on a compute node may start in another folder.
+  jobs = [(name, plan.command(os.path.abspath(os.path.join(folder, name))))
+          for name in todo]
+  if options['launcher'] == 'local':
+    plan_lib.write(folder, plan, launches, _stored_options(options))
+    _run_local(folder, jobs, options)
   else:
-    _run_slurm(folder, plan, jobs, launches)
+    _run_slurm(folder, plan, jobs, launches, options)
 
 
-def _run_local(folder: str, jobs: list) -> None:
-  slots = local.slots(local.visible_gpus(), _GPUS.value) if _GPUS.value else [{}]
-  where = (f'{len(slots)} at a time, {_GPUS.value} GPU(s) each'
+def _stored_options(options: dict) -> dict:
+  return {k: v for k, v in options.items() if v is not None}
+
+
+def _add_sacct_outcomes(folder: str, launches: list, statuses: dict, queued: dict) -> None:
+  """Runs that left the queue without a word in their own folder or log
+  record (killed, out of memory, a node failure): sacct's state of their
+  latest task, where the cluster keeps accounting."""
+  from resnet_jax.experiments import slurm
+  silent = {n for n, s in statuses.items()
+            if s.kind in (run_status.PENDING, run_status.CRASHED) and n not in queued}
+  for launch in reversed([l for l in launches if l['launcher'] == 'slurm']):
+    mine = silent & set(launch.get('runs', []))
+    if not mine:
+      continue
+    for name, state in slurm.sacct_states(launch).items():
+      if name in mine and not state.startswith(('COMPLETED', 'PENDING', 'RUNNING')):
+        log = os.path.join(folder, 'logs', f'{name}.log')
+        statuses[name] = run_status.Status(
+            run_status.FAILED, statuses[name].step,
+            f'task of job {launch["job_id"]} ended {state} (sacct); log: {log}')
+    silent -= mine
+
+
+def _run_local(folder: str, jobs: list, options: dict) -> None:
+  gpus = 1 if options['gpus_per_run'] is None else options['gpus_per_run']
+  slots = local.slots(local.visible_gpus(), gpus) if gpus else [{}]
+  where = (f'{len(slots)} at a time, {gpus} GPU(s) each'
            if len(slots) > 1 or slots[0] else 'one at a time')
   print(f'Running {len(jobs)} run(s) here, {where}; each run\'s console goes to '
         f'{os.path.join(folder, "logs")}/NAME.log. Ctrl-C stops them at a checkpoint; '
@@ -196,11 +271,16 @@ def _run_local(folder: str, jobs: list) -> None:
     print(f'[start] {name}{gpus}', flush=True)
 
   def on_end(name, code):
+    log_path = os.path.join(folder, 'logs', f'{name}.log')
+    if code and run_status.of(os.path.join(folder, name)).kind != run_status.DIVERGED:
+      if code not in (128 + signal.SIGTERM, 128 + signal.SIGINT, -signal.SIGTERM,
+                      -signal.SIGINT):
+        run_status.write_outcome(log_path, {'outcome': 'failed', 'exit_code': code,
+                                            'reason': run_status.error_line(log_path)})
+      failed.append((name, code))
     status = run_status.of(os.path.join(folder, name))
     print(f'[{"done" if code == 0 else "exit " + str(code)}] {name}: {status.detail}',
           flush=True)
-    if code and status.kind != run_status.DIVERGED:
-      failed.append((name, code))
 
   stopped = local.launch(jobs, slots, os.path.join(folder, 'logs'), on_start, on_end)
   if stopped:
@@ -212,37 +292,74 @@ def _run_local(folder: str, jobs: list) -> None:
             f'{n} (exit {c}, see {os.path.join(folder, "logs", n + ".log")})'
             for n, c in failed) + '; fix the cause and rerun the same command',
         exit_code=1)
+  unfinished = [n for n, _ in jobs if not run_status.of(os.path.join(folder, n)).finished]
+  if unfinished:
+    raise errors.Stopped(f'{len(unfinished)} run(s) did not finish: {", ".join(unfinished)};'
+                         ' the same command resumes them', exit_code=1)
   print(f'All runs finished. python -m resnet_jax.results {folder}')
 
 
-def _run_slurm(folder: str, plan, jobs: list, launches: list) -> None:
+def _run_slurm(folder: str, plan, jobs: list, launches: list, options: dict) -> None:
   from resnet_jax.experiments import slurm
   slurm_folder = os.path.join(folder, 'slurm')
-  cluster = 'local' if _LAUNCHER.value == 'submitit_local' else 'slurm'
-  ex = slurm.executor(slurm_folder, cluster, job_name=f'resnet_jax:{os.path.basename(folder)}',
-                      partition=_PARTITION.value, gpus_per_run=_GPUS.value,
-                      cpus_per_run=_CPUS.value, time_minutes=_TIME.value,
-                      max_parallel=_MAX_PARALLEL.value)
-  submitted = slurm.submit(ex, jobs)
+  cluster = 'local' if options['launcher'] == 'submitit_local' else 'slurm'
+  gpus = options['gpus_per_run']
+  if cluster == 'slurm':  # What sbatch would refuse, or queue forever, said first.
+    gpus = slurm.check_partition(options['partition'], gpus, options['time_minutes'])
+  # Named after the experiment folder, as squeue shows it.
+  job_name = os.path.basename(os.path.abspath(folder))
+  existed = os.path.isdir(folder)
+  before = set(os.listdir(slurm_folder)) if os.path.isdir(slurm_folder) else None
+  try:
+    ex = slurm.executor(slurm_folder, cluster, job_name=job_name,
+                        partition=options['partition'], gpus_per_run=gpus or 0,
+                        cpus_per_run=options['cpus_per_run'],
+                        time_minutes=options['time_minutes'],
+                        max_parallel=options['max_parallel'], sbatch=options['sbatch'])
+    submitted = slurm.submit(ex, jobs, os.path.join(os.path.abspath(folder), 'logs'))
+  except errors.UserError:
+    # Nothing left behind: the folder as it was.
+    if not existed:
+      shutil.rmtree(folder, ignore_errors=True)
+    elif os.path.isdir(slurm_folder):
+      for name in set(os.listdir(slurm_folder)) - (before or set()):
+        path = os.path.join(slurm_folder, name)
+        shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+      if before is None:
+        os.rmdir(slurm_folder)
+    raise
   job_id = slurm.array_id(submitted)
-  launches = launches + [{'launcher': 'slurm' if cluster == 'slurm' else _LAUNCHER.value,
+  launches = launches + [{'launcher': 'slurm' if cluster == 'slurm' else options['launcher'],
                           'job_id': job_id, 'runs': [n for n, _ in jobs],
                           'submitted': run_record.now()}]
-  plan_lib.write(folder, plan, launches)
+  plan_lib.write(folder, plan, launches, _stored_options({**options, 'gpus_per_run': gpus}))
+  logs = os.path.join(folder, 'logs')
   print(f'Submitted {len(jobs)} run(s) as job {job_id} '
         f'({"array of " + str(len(jobs)) if len(jobs) > 1 else "one task"}, at most '
-        f'{_MAX_PARALLEL.value} at a time). Follow it: squeue -j {job_id}; logs: '
-        f'{slurm.log_pattern(slurm_folder, job_id)}. Rerun this command to see '
+        f'{options["max_parallel"]} at a time, named {job_name}). Follow it: squeue -j '
+        f'{job_id}; each run\'s console: {logs}/NAME.log. Rerun this command to see '
         'progress (and resubmit what failed).', flush=True)
   if _WAIT.value or cluster == 'local':
-    for job in submitted:
+    _wait(folder, submitted, jobs)
+
+
+def _wait(folder: str, submitted: list, jobs: list) -> None:
+  """Until every task has left the queue (a requeued task is waited for)."""
+  from resnet_jax.experiments import slurm
+  for job in submitted:
+    while True:
       try:
         job.result()
+        break
       except Exception as e:  # noqa: BLE001  The run's folder says what happened.
+        if slurm.job_state(str(job.job_id)) in slurm.ACTIVE_STATES:
+          time.sleep(5)  # Requeued: its next attempt is still to come.
+          continue
         print(f'[task {job.job_id}] {str(e).strip().splitlines()[-1]}', flush=True)
-    statuses = {n: run_status.of(os.path.join(folder, n)) for n, _ in jobs}
-    for name, status in statuses.items():
-      print(f'[{status.kind}] {name}: {status.detail}')
+        break
+  for name, _ in jobs:
+    status = run_status.of(os.path.join(folder, name))
+    print(f'[{status.kind}] {name}: {status.detail}')
 
 
 if __name__ == '__main__':

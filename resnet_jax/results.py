@@ -224,8 +224,7 @@ def group_table(groups: list, best: bool) -> list:
            '95% interval of the mean | min - max | seeds | not in n |',
            '|' + '---|' * 11]
   for i, g in enumerate(groups, 1):
-    counted = [r for r in g.runs if r['status'] == run_status.COMPLETE
-               and r[key] is not None]
+    counted = _counted(g.runs, key)
     s = group_stats.summarize(r[key] for r in counted)
     mean = '-' if not s.n else pct(s.mean) + (f' ± {pct(s.std)}' if s.std is not None
                                               else '')
@@ -239,11 +238,30 @@ def group_table(groups: list, best: bool) -> list:
   return lines
 
 
+def _counted(runs: list, key: str) -> list:
+  """The runs a group's statistics count: complete, with the metric, and one
+  per seed (the same recipe and seed read through several folders, copies,
+  is one sample, not several)."""
+  out, seeds = [], set()
+  for r in runs:
+    if r['status'] != run_status.COMPLETE or r[key] is None:
+      continue
+    if isinstance(r.get('seed'), int):
+      if r['seed'] in seeds:
+        continue
+      seeds.add(r['seed'])
+    out.append(r)
+  return out
+
+
 def _left_out(runs: list, counted: list) -> str:
   kinds = {}
+  seeds, ids = {r.get('seed') for r in counted}, {id(r) for r in counted}
   for r in runs:
-    if r not in counted:
-      kind = 'no metric' if r['status'] == run_status.COMPLETE else r['status']
+    if id(r) not in ids:  # By identity: a copy read twice is equal, not counted.
+      kind = r['status']
+      if kind == run_status.COMPLETE:
+        kind = 'same seed again' if r.get('seed') in seeds else 'no metric'
       kinds.setdefault(kind, []).append(str(r.get('seed')))
   return '; '.join(f'{len(v)} {k} (seed {",".join(v)})' for k, v in kinds.items()) or '-'
 
@@ -260,8 +278,7 @@ def comparison_lines(groups: list, which: str, best: bool) -> list:
     raise errors.UserError(f'--compare={which} names no two groups; pass two numbers '
                            f'of the # column (1 to {len(groups)}), e.g. --compare=1,2') from None
   key = 'best_accuracy' if best else 'final_accuracy'
-  values = lambda g: {r['seed']: 100 * r[key] for r in g.runs
-                      if r['status'] == run_status.COMPLETE and r[key] is not None}
+  values = lambda g: {r['seed']: 100 * r[key] for r in _counted(g.runs, key)}
   va, vb = values(a), values(b)
   title = f'{j} ({b.name}) - {i} ({a.name})'
   try:
@@ -270,13 +287,26 @@ def comparison_lines(groups: list, which: str, best: bool) -> list:
     return [f'{title}: not compared: {e}']
   how = (f'paired over seeds {plan_lib.format_seeds(sorted(va))}, n = {c.n_a}'
          if c.test == 'paired' else f"Welch's t-test, n = {c.n_a} and {c.n_b}")
+  if c.no_spread:
+    what = ('every paired difference is the same' if c.test == 'paired' else
+            'each group gave one value on every seed')
+    return [f'{title}: {c.difference:+.2f} points ({how}); not tested: {what}, and runs '
+            'without spread cannot support a test (no interval, no p-value); run more '
+            'seeds']
   lines = [f'{title}: {c.difference:+.2f} points, 95% interval [{c.low:+.2f}, '
            f'{c.high:+.2f}] ({how}); p = {c.p:.3g}']
   if not c.resolved:
-    more = (f'; about {c.seeds_needed} seeds per group would tell a difference of '
-            'this size, if the spread stays as it is' if c.seeds_needed else '')
-    lines.append(f'warning: n = {min(c.n_a, c.n_b)} cannot tell this difference from '
-                 f'noise (the interval includes 0){more}')
+    n = min(c.n_a, c.n_b)
+    if c.seeds_needed and c.seeds_needed > n:
+      more = (f'; about {c.seeds_needed} seeds per group would find a real difference of '
+              'this size 80% of the time, if the spread stays as it is')
+    elif c.seeds_needed:
+      more = ('; at this spread n would usually find a real difference of this size, so '
+              'the true one is likely smaller')
+    else:
+      more = ''
+    lines.append(f'warning: n = {n} cannot tell this difference from noise (the '
+                 f'interval includes 0){more}')
   return lines
 
 

@@ -119,6 +119,13 @@ def test_an_experiment_survives_a_killed_launcher_and_reruns_idempotently(
       f'{folder}), or pass a new --workdir for the new plan (results reads several '
       'experiment folders together)')
   assert open(os.path.join(folder, 'experiment.json')).read() == before
+  # Another preset, seeds and sweep not given: the folder's own seeds and
+  # sweep stay, so the refusal names the recipe, not "seeds 0 -> ...".
+  result = _experiment('--config', 'configs/cifar.py:resnet20', '--workdir', folder)
+  assert result.returncode == 2
+  assert 'model "resnet8" -> "resnet20"' in result.stderr
+  assert 'seeds' not in result.stderr and 'sweep' not in result.stderr
+  assert open(os.path.join(folder, 'experiment.json')).read() == before
 
 
 def test_experiment_refusals_are_one_line_and_write_nothing(tiny_folder, tmp_path):
@@ -166,8 +173,9 @@ def test_experiment_refusals_are_one_line_and_write_nothing(tiny_folder, tmp_pat
 
 
 def _fake_slurm(tmp_path):
-  """sbatch (records each script, prints a new job id), srun, and a sacct
-  that answers from STATES (one 'id|state' line each)."""
+  """sbatch (records each script, prints a new job id), srun, squeue that
+  answers from QUEUE and sacct from STATES ('id|state' lines), and a GPU
+  partition `gpu` (scontrol, sinfo)."""
   bin_dir = tmp_path / 'bin'
   bin_dir.mkdir()
   (bin_dir / 'sbatch').write_text(
@@ -175,7 +183,11 @@ def _fake_slurm(tmp_path):
       'cp "$1" "$FAKE_SLURM/script_$n"\necho "Submitted batch job $((4242 + n))"\n')
   (bin_dir / 'srun').write_text('#!/bin/sh\nexit 0\n')
   (bin_dir / 'sacct').write_text(
-      '#!/bin/sh\necho "JobID|State|NodeList"\ncat "$FAKE_SLURM/STATES" 2>/dev/null\n')
+      '#!/bin/sh\ncat "$FAKE_SLURM/STATES" 2>/dev/null\n')
+  (bin_dir / 'squeue').write_text('#!/bin/sh\ncat "$FAKE_SLURM/QUEUE" 2>/dev/null\n')
+  (bin_dir / 'scontrol').write_text(
+      '#!/bin/sh\necho "PartitionName=gpu Nodes=n1 MaxTime=1-00:00:00 Default=YES"\n')
+  (bin_dir / 'sinfo').write_text('#!/bin/sh\necho "gpu:4"\n')
   for f in bin_dir.iterdir():
     f.chmod(0o755)
   state = tmp_path / 'slurm_state'
@@ -194,9 +206,9 @@ def test_slurm_launch_is_one_array_of_the_runs_commands(tiny_folder, tmp_path):
   assert result.returncode == 0, result.stderr[-3000:]
   slurm_dir = os.path.join(folder, 'slurm')
   assert result.stdout.splitlines()[-1] == (
-      'Submitted 3 run(s) as job 4242 (array of 3, at most 2 at a time). Follow it: '
-      f'squeue -j 4242; logs: {slurm_dir}/4242_*_log.out. Rerun this command to see '
-      'progress (and resubmit what failed).')
+      'Submitted 3 run(s) as job 4242 (array of 3, at most 2 at a time, named ls). Follow '
+      f"it: squeue -j 4242; each run's console: {folder}/logs/NAME.log. Rerun this "
+      'command to see progress (and resubmit what failed).')
   script = (state / 'script_0').read_text().splitlines()
   for line in ('#SBATCH --array=0-2%2', '#SBATCH --partition=gpu', '#SBATCH --time=60',
                '#SBATCH --gpus-per-node=1', '#SBATCH --ntasks-per-node=1',
@@ -211,21 +223,28 @@ def test_slurm_launch_is_one_array_of_the_runs_commands(tiny_folder, tmp_path):
     task = submitit_utils.DelayedSubmission.load(
         os.path.join(slurm_dir, f'4242_{i}_submitted.pkl'))
     assert type(task.function).__name__ == 'RunTask'
-    assert task.args == (name, plan.command(os.path.join(folder, name)))
+    workdir = os.path.abspath(os.path.join(folder, name))
+    assert task.args == (name, plan.command(workdir),
+                         os.path.join(os.path.abspath(folder), 'logs', f'{name}.log'))
     assert task.args[1][-1] == f'--config.seed={i}'
-  # Rerun while the array is queued: nothing is submitted twice.
-  (state / 'STATES').write_text('4242_0|RUNNING|n1\n4242_1|PENDING|\n4242_2|PENDING|\n')
-  result = _experiment('--workdir', folder, '--launcher=slurm', env=env)
+  # Rerun while the array is queued (squeue shows pending tasks as one
+  # range): nothing is submitted twice; without --launcher, the experiment's own.
+  (state / 'QUEUE').write_text('4242_0|RUNNING\n4242_[1-2%2]|PENDING\n')
+  result = _experiment('--workdir', folder, env=env)
   assert result.returncode == 0, result.stderr[-3000:]
   assert result.stdout.splitlines()[-2:] == [
       '  3 queued', 'Nothing to run: every run is finished, running or queued. python -m '
       f'resnet_jax.results {folder} reads them.']
-  # One task failed: only its run goes again, as a new job.
-  (state / 'STATES').write_text('4242_0|RUNNING|n1\n4242_1|FAILED|n2\n4242_2|PENDING|\n')
-  result = _experiment('--workdir', folder, '--launcher=slurm', env=env)
+  # One task failed (gone from the queue; sacct says so): only its run goes
+  # again, as a new job, and the plan says why.
+  (state / 'QUEUE').write_text('4242_0|RUNNING\n4242_2|PENDING\n')
+  (state / 'STATES').write_text('4242_0|RUNNING|0:0\n4242_1|FAILED|1:0\n4242_2|PENDING|0:0\n')
+  result = _experiment('--workdir', folder, env=env)
   assert result.returncode == 0, result.stderr[-3000:]
+  assert (f'  seed=1  task of job 4242 ended FAILED 1:0 (sacct); log: {folder}/logs/'
+          'seed=1.log') in result.stdout.splitlines()
   assert result.stdout.splitlines()[-1].startswith(
-      'Submitted 1 run(s) as job 4243 (one task, at most 16 at a time).')
+      'Submitted 1 run(s) as job 4243 (one task, at most 2 at a time, named ls).')
   launches = plan_lib.read(folder)['launches']
   assert [(l['job_id'], l['runs']) for l in launches] == [
       ('4242', ['seed=0', 'seed=1', 'seed=2']), ('4243', ['seed=1'])]
@@ -258,7 +277,7 @@ def test_a_preempted_task_is_requeued_and_its_run_resumes(tiny_folder, tmp_path)
   command = plan.command(workdir) + _tiny(tiny_folder, steps=30)
   ex = slurm.executor(os.path.join(folder, 'slurm'), 'local', job_name='t', partition='',
                       gpus_per_run=0, cpus_per_run=0, time_minutes=30, max_parallel=1)
-  (job,) = slurm.submit(ex, [('seed=0', command)])
+  (job,) = slurm.submit(ex, [('seed=0', command)], os.path.join(folder, 'logs'))
   _wait(lambda: _last_step(workdir) >= 4, 'the run to reach step 4')
   task = _task_pid(int(job.job_id))
   assert task is not None

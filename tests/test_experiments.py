@@ -185,11 +185,52 @@ def test_compare_pairs_equal_seeds_and_uses_welch_otherwise():
   assert welch.test == 'Welch' and not welch.resolved  # The seeds' spread hides it.
   assert welch.p == pytest.approx(stats.ttest_ind(list(B.values()), list(A.values()),
                                                   equal_var=False).pvalue)
-  # n = 2 (z_0.975 + z_0.8)^2 s^2 / d^2 with s the pooled std.
+  # The fewest seeds whose t-test has 80% power (noncentral t), s pooled.
   s = math.sqrt((np.var(list(A.values()), ddof=1) + np.var(list(B.values()), ddof=1)) / 2)
-  assert welch.seeds_needed == math.ceil(2 * ((1.959964 + 0.841621) * s / welch.difference) ** 2)
+  n = welch.seeds_needed
+  assert statistics.power(n, welch.difference, s, False) >= 0.8
+  assert statistics.power(n - 1, welch.difference, s, False) < 0.8
   with pytest.raises(ValueError, match='at least 2 finished runs per group'):
     statistics.compare({0: 1.0}, B)
+
+
+def test_seed_advice_comes_from_the_t_distribution():
+  # A difference of 2 spreads: the normal approximation says 4 seeds per
+  # group, where a t-test with 4 has far less than 80% power; 6 reach it.
+  assert math.ceil(2 * ((1.959964 + 0.841621) * 0.5 / 1.0) ** 2) == 4
+  # Power by simulation (20,000 experiments of 4 + 4 normal runs; its own
+  # standard error 0.0034), independent of the noncentral t.
+  rng = np.random.default_rng(0)
+  x, y = rng.normal(0.0, 0.5, (20000, 4)), rng.normal(1.0, 0.5, (20000, 4))
+  simulated = (stats.ttest_ind(y, x, axis=1).pvalue < 0.05).mean()
+  assert statistics.power(4, 1.0, 0.5, False) == pytest.approx(simulated, abs=0.015)
+  assert statistics.power(4, 1.0, 0.5, False) < 0.7
+  assert statistics.seeds_needed(1.0, 0.5) == 6
+  assert statistics.power(6, 1.0, 0.5, False) >= 0.8 > statistics.power(5, 1.0, 0.5, False)
+  # Paired: df n - 1, so more pairs than groups of the same power.
+  assert statistics.seeds_needed(1.0, 0.5, paired=True) >= 6
+
+
+def test_runs_without_spread_support_no_test(recwarn):
+  # Both seeds lost the same 13 of 1,017 images: every paired difference is
+  # the same, so no interval and no p-value (scipy would give p = 9e-16).
+  a, b = {0: 90.0, 1: 91.0}, {0: 90.0 - 1300 / 1017, 1: 91.0 - 1300 / 1017}
+  c = statistics.compare(a, b)
+  assert c.no_spread and not c.resolved and c.seeds_needed is None
+  assert math.isnan(c.p) and math.isnan(c.low)
+  assert statistics.compare({0: 1.0, 1: 1.0}, {2: 2.0, 3: 2.0}).no_spread  # Welch too.
+  assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]
+
+
+def test_the_same_seed_read_twice_is_one_sample(experiment):
+  from resnet_jax import results
+  rows = [results.summarize(w) if os.path.exists(os.path.join(w, 'run.json'))
+          else results.planned(w) for w in results.expand([experiment])]
+  copies = [dict(r) for r in rows]  # As read from a copy of the folder.
+  table = results.group_table(groups.group(rows + copies), best=False)
+  s = statistics.summarize(A.values())
+  assert f"| 10 | 4 | {100 * s.mean:.2f} ± {100 * s.std:.2f} |" in table[2]
+  assert '4 same seed again (seed 0,1,2,3)' in table[2]
 
 
 def test_groups_are_recipes_named_by_what_differs(experiment, tmp_path):
@@ -255,10 +296,11 @@ def test_results_warns_when_n_cannot_tell(experiment, tmp_path):
   result = _results(small, '--compare=1,2')
   assert result.returncode == 0, result.stderr
   c = statistics.compare({0: 45.0, 1: 47.0}, {0: 47.0, 1: 46.0})
+  assert c.seeds_needed > 2
   assert result.stdout.splitlines()[-1] == (
       'warning: n = 2 cannot tell this difference from noise (the interval includes 0); '
-      f'about {c.seeds_needed} seeds per group would tell a difference of this size, if '
-      'the spread stays as it is')
+      f'about {c.seeds_needed} seeds per group would find a real difference of this size '
+      '80% of the time, if the spread stays as it is')
   bad = _results(small, '--compare=1,3')
   assert bad.returncode == 2 and bad.stderr.strip() == (
       'error: --compare=1,3 names no two groups; pass two numbers of the # column (1 to '

@@ -17,7 +17,10 @@ from resnet_jax import errors
 from resnet_jax.training import evaluation
 from resnet_jax.training import loop
 from resnet_jax.training import run_setup
+from resnet_jax.experiments import run_status
 from resnet_jax.workdir import checkpointing
+from resnet_jax.workdir import preemption
+from resnet_jax.workdir import run_record
 from tests import processes
 from tests.conftest import tiny_config
 
@@ -141,6 +144,51 @@ def test_sigterm_checkpoints_exits_and_resumes(tiny_data, reference, tmp_path):
   assert proc.returncode == 0, err[-3000:]
   assert f'Resuming from the checkpoint at step {stopped_at}' in err
   _assert_bitwise_equal(tiny_config(tiny_data['data_dir']), reference, workdir)
+
+
+def test_a_stop_signal_at_the_last_step_ends_the_run_complete(tiny_data, reference,
+                                                              tmp_path, monkeypatch):
+  # As when a launcher killed at the very end passes SIGTERM on: the signal is
+  # there when the last step is checked. The run is complete, not stopped.
+  config = tiny_config(tiny_data['data_dir'], num_train_steps=STEPS, log_every_steps=1,
+                       checkpoint_every_steps=5)
+
+  def signal_at_the_end(guard, step):
+    if step == STEPS:
+      guard.signum = signal.SIGTERM
+    return guard.signum is not None
+
+  monkeypatch.setattr(preemption.Guard, 'should_stop', signal_at_the_end)
+  workdir = tmp_path / 'w'
+  loop.train_and_evaluate(config, str(workdir))  # Raises errors.Stopped if stopped.
+  (session,) = run_record.read(str(workdir))['sessions']
+  assert session['final_step'] == STEPS and 'stopped' not in session
+  assert run_status.of(str(workdir)).kind == run_status.COMPLETE
+  _assert_bitwise_equal(config, reference, workdir)
+
+
+def test_a_run_stopped_after_its_final_checkpoint_counts_complete(tiny_data, reference,
+                                                                  tmp_path):
+  # A record whose last session says stopped (or has no outcome: killed while
+  # ending) though the final step's checkpoint is on disk.
+  config = tiny_config(tiny_data['data_dir'], num_train_steps=STEPS, log_every_steps=1,
+                       checkpoint_every_steps=5)
+  for outcome in ({'stopped': f'SIGTERM at step {STEPS}; ...', 'exit_code': 143}, {}):
+    workdir = tmp_path / f'w{len(outcome)}'
+    shutil.copytree(reference, workdir)
+    record = run_record.read(str(workdir))
+    session = record['sessions'][-1]
+    for key in ('final_step', 'eval_accuracy', 'ended', 'wall_seconds'):
+      session.pop(key, None)
+    session.update(outcome)
+    with open(workdir / 'run.json', 'w') as f:
+      json.dump(record, f)
+    status = run_status.of(str(workdir))
+    assert (status.kind, status.step) == (run_status.COMPLETE, STEPS), status
+    assert loop.finished_step(config, str(workdir)) == STEPS  # Known without the data.
+    shutil.rmtree(workdir / 'checkpoints' / str(STEPS))  # Really short of the end:
+    assert run_status.of(str(workdir)).kind != run_status.COMPLETE
+    assert loop.finished_step(config, str(workdir)) is None
 
 
 def _damage_empty(step_dir):

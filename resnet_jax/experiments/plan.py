@@ -260,11 +260,15 @@ def read(folder: str) -> Optional[dict]:
     return json.load(f)
 
 
-def write(folder: str, plan: Plan, launches: Optional[list] = None) -> None:
-  """Writes experiment.json (atomically), keeping the launches recorded so far."""
+def write(folder: str, plan: Plan, launches: Optional[list] = None,
+          launch_options: Optional[dict] = None) -> None:
+  """Writes experiment.json (atomically), keeping the launches recorded so far
+  and, unless given, the launcher options (launcher, partition, ...)."""
   stored = read(folder) or {}
   record = {**plan.to_json(), 'created': stored.get('created', run_record.now()),
-            'launches': launches if launches is not None else stored.get('launches', [])}
+            'launches': launches if launches is not None else stored.get('launches', []),
+            'launch_options': (launch_options if launch_options is not None
+                               else stored.get('launch_options', {}))}
   os.makedirs(folder, exist_ok=True)
   metrics_io.write_json(os.path.join(folder, FILE), record)
 

@@ -54,11 +54,14 @@ class Comparison:
   high: float
   p: float
   seeds_needed: Optional[int]  # Per group, to tell this difference from noise.
+  # No spread at all (every paired difference the same, or both groups
+  # constant): n runs then cannot support a test, whatever scipy would say.
+  no_spread: bool = False
 
   @property
   def resolved(self) -> bool:
-    """Whether the 95% interval excludes 0."""
-    return self.low > 0 or self.high < 0
+    """Whether the 95% interval excludes 0 (never without spread)."""
+    return not self.no_spread and (self.low > 0 or self.high < 0)
 
 
 def compare(a: dict, b: dict) -> Comparison:
@@ -71,33 +74,56 @@ def compare(a: dict, b: dict) -> Comparison:
   if len(a) < 2 or len(b) < 2:
     raise ValueError(f'a comparison needs at least 2 finished runs per group, got '
                      f'{len(a)} and {len(b)}')
-  if set(a) == set(b):
+  paired = set(a) == set(b)
+  if paired:
     seeds = sorted(a)
     xa = np.array([a[s] for s in seeds], dtype=np.float64)
     xb = np.array([b[s] for s in seeds], dtype=np.float64)
-    result = stats.ttest_rel(xb, xa)
-    test, spread = 'paired', (xb - xa).std(ddof=1) / math.sqrt(2)
+    samples = [xb - xa]
   else:
     xa = np.array(list(a.values()), dtype=np.float64)
     xb = np.array(list(b.values()), dtype=np.float64)
+    samples = [xa, xb]
+  difference = float(xb.mean() - xa.mean())
+  test = 'paired' if paired else 'Welch'
+  # Equal up to float rounding (accuracies are k/N; their differences carry
+  # rounding of ~1e-15): no spread to test against.
+  scale = max(1.0, float(np.abs(np.concatenate([xa, xb])).max()))
+  if all(np.ptp(x) <= 1e-9 * scale for x in samples):
+    return Comparison(test, len(xa), len(xb), difference, math.nan, math.nan, math.nan,
+                      None, no_spread=True)
+  if paired:
+    result = stats.ttest_rel(xb, xa)
+    spread = (xb - xa).std(ddof=1) / math.sqrt(2)
+  else:
     result = stats.ttest_ind(xb, xa, equal_var=False)
-    test = 'Welch'
     spread = math.sqrt((xa.var(ddof=1) + xb.var(ddof=1)) / 2)
   interval = result.confidence_interval(LEVEL)
-  difference = float(xb.mean() - xa.mean())
-  p = float(result.pvalue)
-  if math.isnan(p):  # Both groups constant (or identical pairs).
-    p = 1.0 if difference == 0 else 0.0
   return Comparison(test, len(xa), len(xb), difference, float(interval.low),
-                    float(interval.high), p, seeds_needed(difference, spread))
+                    float(interval.high), float(result.pvalue),
+                    seeds_needed(difference, spread, paired))
 
 
-def seeds_needed(difference: float, spread: float) -> Optional[int]:
-  """Runs per group for a two-sided 5% test to find a true `difference` with
-  80% power, if the per-run spread stays `spread` (normal approximation:
-  n = 2 (z_0.975 + z_0.8)^2 spread^2 / difference^2). None when there is no
-  difference to find."""
-  if difference == 0 or not np.isfinite(spread):
+def power(n: int, difference: float, spread: float, paired: bool) -> float:
+  """The chance that a two-sided 5% t-test with n runs per group finds a true
+  `difference` when each run's spread is `spread` (the noncentral t: exact
+  for normal runs; the normal approximation overstates small n)."""
+  df = n - 1 if paired else 2 * n - 2
+  ncp = abs(difference) / (spread * math.sqrt(2 / n))
+  t = stats.t.ppf(0.5 + LEVEL / 2, df)
+  return float(stats.nct.sf(t, df, ncp) + stats.nct.cdf(-t, df, ncp))
+
+
+def seeds_needed(difference: float, spread: float, paired: bool = False,
+                 limit: int = 10_000) -> Optional[int]:
+  """The fewest runs per group (at least 2) with `POWER` to find a true
+  `difference` at the 5% level, if the per-run spread stays `spread`. None
+  when there is no difference to find, or more than `limit` would be needed."""
+  if difference == 0 or not np.isfinite(spread) or spread <= 0:
     return None
-  z = stats.norm.ppf(0.5 + LEVEL / 2) + stats.norm.ppf(POWER)
-  return max(2, math.ceil(2 * (z * spread / difference) ** 2))
+  n = 2
+  while power(n, difference, spread, paired) < POWER:
+    n = n + 1 if n < 64 else int(n * 1.25)
+    if n > limit:
+      return None
+  return n

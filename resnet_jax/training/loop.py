@@ -101,14 +101,14 @@ def finished_step(config: ml_collections.ConfigDict, workdir: str) -> Optional[i
   record = run_record.read(workdir)
   if not record:
     return None
-  done = [s['final_step'] for s in record.get('sessions', []) if 'final_step' in s]
   recipe, _ = config_validation.config_changes(record.get('config', {}), config)
   folder = os.path.join(workdir, 'checkpoints')
   steps = ([int(n) for n in os.listdir(folder) if n.isdigit()]
            if os.path.isdir(folder) else [])
-  if not done or recipe or not steps or max(steps) != done[-1]:
+  last = run_record.completed_step(workdir, record)
+  if last is None or recipe or not steps or max(steps) != last:
     return None
-  return done[-1]
+  return last
 
 
 def _finished(workdir: str, num_steps: int) -> dict:
@@ -151,7 +151,8 @@ def _train(run: run_setup.Run, initial: Optional[train_state.TrainState]) -> dic
     _report_resume(run, devices)
   if jax.process_index() == 0:
     run_record.start_session(workdir, json.loads(config.to_json()),
-                             f'jax {jax.__version__}', {**devices, 'start_step': start},
+                             f'jax {jax.__version__}', {**devices, 'start_step': start,
+                                                          'num_steps': run.num_steps},
                              changed={k: {'stored': a, 'now': b} for k, (a, b)
                                       in run.runtime_changes.items()})
   split_name, _ = run.eval_split()
@@ -194,7 +195,8 @@ def _train(run: run_setup.Run, initial: Optional[train_state.TrainState]) -> dic
                    'metrics every %d steps', done, run.num_steps,
                    time.perf_counter() - last_time, config.log_every_steps)
         bar.step(done)
-        stop = guard.should_stop(done)
+        # A signal at the last step changes nothing: the run ends complete.
+        stop = guard.should_stop(done) and done < run.num_steps
         log_now = done % config.log_every_steps == 0 or done == run.num_steps
         eval_now = done in eval_at
         save_now = (done % config.checkpoint_every_steps == 0 or done == run.num_steps
