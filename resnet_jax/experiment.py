@@ -153,7 +153,7 @@ def _jsonable(overrides: dict) -> dict:
   return {k: (list(v) if isinstance(v, tuple) else v) for k, v in overrides.items()}
 
 
-def _print_plan(folder: str, plan: plan_lib.Plan, statuses: dict, queued: set) -> None:
+def _print_plan(folder: str, plan: plan_lib.Plan, statuses: dict, queued: dict) -> None:
   runs = plan.runs()
   print(f'Experiment {folder}: {len(runs)} run(s), {plan.describe()}, of '
         f'{plan.config}' + (' with ' + ' '.join(

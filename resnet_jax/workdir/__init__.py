@@ -4,6 +4,8 @@
   checkpoints set aside.
 - `run_lock`: one run per workdir (an OS file lock).
 - `run_record`: run.json, the sessions of a run and its identity.
+- `environment`: what decides a run's bits besides its config (CPU, XLA
+  flags, library versions), recorded in run.json.
 - `preemption`: SIGTERM/SIGINT -> checkpoint and exit.
 - `config_validation`: the config checked against itself and against the
   run a workdir holds.
