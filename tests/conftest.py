@@ -31,13 +31,6 @@ import pytest  # noqa: E402
 from tests import cifar_archives  # noqa: E402
 
 
-def pytest_collection_modifyitems(items):
-  """The SLURM tier first: it mostly waits on SLURM (a requeued task starts
-  about 2 minutes later), so on one xdist worker it overlaps the rest of the
-  suite instead of ending it."""
-  items.sort(key=lambda item: 'slurm' not in item.keywords)
-
-
 def pytest_sessionfinish(session, exitstatus):
   del session, exitstatus
   if not _WORKER:  # The controller, once every worker has finished.
