@@ -1,8 +1,9 @@
 """The SLURM launcher against a real single-node SLURM (tests/slurm_cluster.sh):
 submission, reruns while queued, preemption by SLURM's default SIGTERM, the
 time-limit warning (USR2), scancel and resubmission, failing tasks, and what
-sbatch would refuse. Runs where SLURM's daemons are installed and this is
-root (`.ci/run` installs them); skipped elsewhere. The fake-sbatch tests in
+sbatch would refuse. A tier of its own: `python -m pytest -q -m slurm tests`
+(`.ci/run` installs SLURM and runs it; the default command leaves it out);
+skipped without SLURM's daemons or root. The fake-sbatch tests in
 test_experiment_cli.py cover the rest."""
 
 import json
