@@ -102,9 +102,7 @@ def finished_step(config: ml_collections.ConfigDict, workdir: str) -> Optional[i
   if not record:
     return None
   recipe, _ = config_validation.config_changes(record.get('config', {}), config)
-  folder = os.path.join(workdir, 'checkpoints')
-  steps = ([int(n) for n in os.listdir(folder) if n.isdigit()]
-           if os.path.isdir(folder) else [])
+  steps = run_record.checkpoint_steps(workdir)
   last = run_record.completed_step(workdir, record)
   if last is None or recipe or not steps or max(steps) != last:
     return None

@@ -144,6 +144,13 @@ def start_session(workdir: str, config: dict, framework: str, devices: dict,
   return record
 
 
+def checkpoint_steps(workdir: str) -> list:
+  """The steps of the checkpoint folders in `workdir` (no checkpoint is read)."""
+  folder = os.path.join(workdir, 'checkpoints')
+  return ([int(n) for n in os.listdir(folder) if n.isdigit()]
+          if os.path.isdir(folder) else [])
+
+
 def completed_step(workdir: str, record: Optional[dict] = None) -> Optional[int]:
   """The last step of the run in `workdir` if it is complete, else None.
 
@@ -159,9 +166,7 @@ def completed_step(workdir: str, record: Optional[dict] = None) -> Optional[int]
   if done:
     return done[-1]
   num_steps = record['sessions'][-1].get('num_steps')
-  folder = os.path.join(workdir, 'checkpoints')
-  steps = ([int(n) for n in os.listdir(folder) if n.isdigit()]
-           if os.path.isdir(folder) else [])
+  steps = checkpoint_steps(workdir)
   if num_steps and steps and max(steps) == num_steps:
     return num_steps
   return None
