@@ -39,7 +39,7 @@ def run_cli(main_fn, prepare_argv=None) -> None:
         raise
       _fail(_flag_error(str(e)))
     except Stopped as e:
-      print(f'stopped: {e}', file=sys.stderr)
+      _line(f'stopped: {e}')
       sys.exit(e.exit_code)
   def parse(argv):
     if prepare_argv:
@@ -101,5 +101,12 @@ def _flag_error(message: str) -> str:
 
 
 def _fail(message: str):
-  print(f'error: {message}', file=sys.stderr)
+  _line(f'error: {message}')
   sys.exit(2)
+
+
+def _line(text: str) -> None:
+  # One write, newline included: a line from another process sharing this
+  # stderr (launch.sh) cannot land inside it (print writes the end apart).
+  sys.stderr.write(text + '\n')
+  sys.stderr.flush()

@@ -19,7 +19,9 @@ class _AboveProgressBars(logging.Handler):
 
   def emit(self, record):
     try:
-      tqdm.tqdm.write(self.format(record), file=sys.stderr)
+      # One write per line: processes sharing a stderr (launch.sh) must not
+      # splice one line into another's (tqdm.write writes `end` separately).
+      tqdm.tqdm.write(self.format(record) + '\n', file=sys.stderr, end='')
     except Exception:  # Never let logging take the run down.
       self.handleError(record)
 

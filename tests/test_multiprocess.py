@@ -3,6 +3,7 @@ resumed together, evaluated together; the launcher's options and refusals."""
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -116,9 +117,11 @@ def test_a_stop_signal_reaches_every_process_and_the_same_command_resumes(two_pr
   # (JAX's preemption sync), save one checkpoint together and exit 128 + 15.
   assert code == 128 + signal.SIGTERM, err[-3000:]
   assert 'process 0 of 2 (2 local devices)' in err
-  lines = [l for l in err.splitlines() if l.startswith('stopped: ')]
-  assert len(lines) == 2 and lines[0] == lines[1], err[-3000:]
-  stopped_at = int(lines[0].split('at step ')[1].split(';')[0])
+  # Both processes write to one stderr, so a line can start mid-line of the
+  # other's: look for the message anywhere, not at a line start.
+  steps = re.findall(r'stopped: SIGTERM at step (\d+);', err)
+  assert len(steps) == 2 and steps[0] == steps[1], err[-3000:]
+  stopped_at = int(steps[0])
   assert 2 <= stopped_at < STEPS
   assert str(stopped_at) in os.listdir(os.path.join(workdir, 'checkpoints'))
   assert resumed.returncode == 0, resumed.stderr[-3000:]
