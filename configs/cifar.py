@@ -37,6 +37,8 @@ def get_config(preset: str = '') -> ml_collections.ConfigDict:
   c.dataset = 'cifar10'
   c.data_dir = ml_collections.config_dict.placeholder(str)
   c.augment = True
+  c.image_size = 0
+  c.crop_min_area = 0.08
   c.validation_size = 0
   # Beyond the paper recipe (all off by default).
   c.augment_policy = ''

@@ -159,7 +159,7 @@ def loop_rate(config, split, windows: int, steps: int, warmup: int,
     feed.close()  # Stops the host pipeline's workers.
   return {'pipeline': pipeline, 'steps_per_call': k, 'images_per_sec': rate,
           'host_ms_per_step': host_ms,
-          'input_workers': loop.input_workers(config) if pipeline == 'host' else 0}
+          'input_workers': run_setup.input_workers(config) if pipeline == 'host' else 0}
 
 
 def trivialaugment_rates(batch_size: int, worker_counts, min_seconds: float) -> dict:

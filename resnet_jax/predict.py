@@ -4,7 +4,9 @@ r"""Predicts the classes of image files with a trained run's checkpoint.
   python -m resnet_jax.predict --workdir runs/resnet20 --json --top_k=3 *.png
 
 Images of any size and mode are converted to RGB, resized (Lanczos) so that
-the shorter side is 32 pixels, and centre-cropped to 32x32, the CIFAR size.
+the shorter side is 32 pixels, and centre-cropped to 32x32, the CIFAR size; a
+run trained with `image_size` N sees each file as its evaluation did (shorter
+side to N/0.875, centre N x N crop).
 An unreadable file gets an error line (or a JSON entry with "error") and the
 other files are still predicted; the exit code is then 1.
 
@@ -39,8 +41,9 @@ flags.mark_flags_as_required(['workdir'])
 SIZE = 32
 
 
-def load_image(path: str) -> np.ndarray:
+def load_image(path: str, image_size: int = 0) -> np.ndarray:
   """A file -> uint8 [32, 32, 3]: RGB, shorter side resized to 32, centre crop.
+  With `image_size` N: the evaluation crop of a run at N (uint8 [N, N, 3]).
 
   Keeps Pillow's hard limit against decompression bombs (2 x
   `Image.MAX_IMAGE_PIXELS`, ~179 megapixels, ~0.5 GB decoded as RGB): a larger
@@ -52,6 +55,8 @@ def load_image(path: str) -> np.ndarray:
   """
   import warnings
   from PIL import Image
+  if image_size:
+    return _evaluation_crop(path, image_size)
   limit = 2 * Image.MAX_IMAGE_PIXELS
   try:
     with warnings.catch_warnings():
@@ -78,6 +83,17 @@ def load_image(path: str) -> np.ndarray:
                            f'{e})') from e
 
 
+def _evaluation_crop(path: str, image_size: int) -> np.ndarray:
+  from resnet_jax.data import image_decoding
+  try:
+    with open(path, 'rb') as f:
+      return image_decoding.eval_image(f.read(), image_size)
+  except FileNotFoundError as e:
+    raise errors.UserError(f'{path}: no such file') from e
+  except (OSError, image_decoding.BadImage) as e:
+    raise errors.UserError(f'{path}: not a readable image ({e})') from e
+
+
 def predict(workdir: str, paths: List[str], top_k: int = 5, step=None,
             ema: bool = True, flip_tta: bool = False) -> List[dict]:
   """Top-k classes and probabilities per file; unreadable files get 'error'.
@@ -90,11 +106,12 @@ def predict(workdir: str, paths: List[str], top_k: int = 5, step=None,
     ema: use the moving-average weights when the run kept them.
     flip_tta: average the probabilities of each image and its mirror image.
   """
-  _, model, variables, names, step, mean_std, weights = _load(workdir, step, ema)
+  config, model, variables, names, step, mean_std, weights = _load(workdir, step, ema)
+  image_size = config.get('image_size', 0)
   results, images, index = [], [], []
   for path in paths:
     try:
-      images.append(load_image(path))
+      images.append(load_image(path, image_size))
       index.append(len(results))
       results.append({'file': path})
     except errors.UserError as e:

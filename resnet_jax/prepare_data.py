@@ -112,7 +112,7 @@ def _image_folder_name(archive: str):
         return None
       for member in [first] + list(iter(tar.next, None)):
         parts = member.name.strip('./').split('/')
-        if len(parts) > 2 and parts[0] == top and parts[1] in image_folder.SPLITS:
+        if len(parts) > 2 and parts[0] == top and parts[1] in ('train',) + image_folder.EVAL_FOLDERS:
           return top
   except (tarfile.TarError, EOFError, OSError):
     return None  # `detect_layout` says what is wrong with it.

@@ -58,8 +58,12 @@ def resolve(dataset: str, data_dir: Optional[str]) -> Source:
       'dataset in --config.data_dir (python -m resnet_jax.prepare_data makes one)')
 
 
-def load_split(source: Source, split: str):
-  """The whole `split` ('train' or 'test') of `source` in host memory."""
+def load_split(source: Source, split: str, image_size: int = 0):
+  """`split` ('train' or 'test') of `source`: all of it in host memory, or
+  with `image_size` > 0 (an image folder) as its files, read while training.
+  """
+  if image_size:
+    return image_folder.file_split(source.root, split)
   if source.kind == 'image_folder':
     return image_folder.load_split(source.root, split)
   return _load_tfds(source.name, split, source.data_dir)
@@ -78,9 +82,13 @@ def count(source: Source, split: str) -> Optional[int]:
   return int(builder.info.splits[split].num_examples)
 
 
-def normalization(source: Source, train_split) -> tuple:
+def normalization(source: Source, train_split, image_size: int = 0) -> tuple:
   """(mean, std) per channel on the [0, 1] scale: the published values for
-  tfds's CIFAR, measured on the training images for an image folder."""
+  tfds's CIFAR, ImageNet's for images read from files, measured on the
+  training images for an in-memory image folder."""
+  if image_size:
+    from resnet_jax.data import file_loader
+    return file_loader.IMAGENET_MEAN_STD
   if source.kind == 'tfds':
     return MEAN_STD[source.name]
   return image_folder.mean_std(train_split.images)
@@ -104,13 +112,10 @@ def hold_out(train, size: int, seed: int) -> tuple:
   Raises:
     errors.UserError: when `size` leaves no training images.
   """
-  from resnet_jax.data import input_pipeline
   check_hold_out(size, len(train))
   held = np.zeros(len(train), bool)
   held[np.random.default_rng([seed, 2]).permutation(len(train))[:size]] = True
-  part = lambda sel: input_pipeline.Split(train.images[sel], train.labels[sel],
-                                          train.class_names)
-  return part(~held), part(held)
+  return train.take(~held), train.take(held)
 
 
 def import_tfds():

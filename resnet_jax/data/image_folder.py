@@ -1,11 +1,16 @@
 """Image-folder datasets: `NAME/train/<class>/*` and `NAME/test/<class>/*`.
 
-The users' own data (CINIC-10, the JPEG copy of CIFAR-10, their 32x32 sets)
-as folders of PNG or JPEG files. Class names are the folder names in sorted
-order (for CIFAR-10 that is the official label order). Images are decoded with
-Pillow into the same in-memory `Split` the tfds source gives, so the batch
-stream, augmentation and evaluation never know where images came from. Nothing
-here imports TensorFlow.
+The users' own data (CINIC-10, the JPEG copy of CIFAR-10, their photos) and
+ImageNet's layout (`val/` instead of `test/`: ILSVRC-2012 once arranged by
+`prepare_data`, Imagenette and Imagewoof as downloaded) as folders of PNG or
+JPEG files. Labels follow the sorted folder names (for CIFAR-10 and ImageNet
+that is the official label order); a `classes.txt` (or Kaggle's
+`LOC_synset_mapping.txt`) beside the splits, lines `<folder> <name>[, more
+names]`, gives each class its readable name ("tench", not "n01440764").
+
+32x32 datasets are decoded with Pillow into the same in-memory `Split` the
+tfds source gives; other sizes are read from the files during training
+(`file_loader`, `--config.image_size`). Nothing here imports TensorFlow.
 """
 
 import concurrent.futures
@@ -17,8 +22,11 @@ import numpy as np
 from resnet_jax import errors
 
 SPLITS = ('train', 'test')
+# The evaluation split's folder: 'test', or ImageNet's 'val'.
+EVAL_FOLDERS = ('test', 'val')
 SUFFIXES = ('.png', '.jpg', '.jpeg')
-SIZE = 32  # The models' input size; other sizes are refused, not resized.
+SIZE = 32  # The in-memory size; others train with --config.image_size.
+NAME_FILES = ('classes.txt', 'LOC_synset_mapping.txt')
 
 
 def find(data_dir: Optional[str], name: str) -> Optional[str]:
@@ -29,7 +37,17 @@ def find(data_dir: Optional[str], name: str) -> Optional[str]:
   return root if os.path.isdir(os.path.join(root, 'train')) else None
 
 
-def class_names(root: str) -> tuple:
+def folder(root: str, split: str) -> str:
+  """The folder of `split` ('train' or 'test'): 'test' is `test/`, or `val/`
+  where only that exists (ImageNet's layout)."""
+  if split == 'test':
+    for name in EVAL_FOLDERS:
+      if os.path.isdir(os.path.join(root, name)):
+        return os.path.join(root, name)
+  return os.path.join(root, split)
+
+
+def class_folders(root: str) -> tuple:
   """The sorted class folders, checked to be the same in train and test.
 
   Raises:
@@ -38,41 +56,77 @@ def class_names(root: str) -> tuple:
   """
   found = {}
   for split in SPLITS:
-    folder = os.path.join(root, split)
-    if not os.path.isdir(folder):
-      raise errors.UserError(f'{folder} is missing; an image-folder dataset needs '
-                             f'{root}/train/<class>/ and {root}/test/<class>/')
-    found[split] = sorted(d for d in os.listdir(folder)
-                          if os.path.isdir(os.path.join(folder, d)))
+    where = folder(root, split)
+    if not os.path.isdir(where):
+      raise errors.UserError(f'{where} is missing; an image-folder dataset needs '
+                             f'{root}/train/<class>/ and {root}/test/<class>/ (or '
+                             f'val/<class>/)')
+    found[split] = sorted(d for d in os.listdir(where)
+                          if os.path.isdir(os.path.join(where, d)))
     if not found[split]:
-      raise errors.UserError(f'{folder} has no class folders; put each class\'s '
-                             f'images in {folder}/<class>/')
+      raise errors.UserError(f'{where} has no class folders; put each class\'s '
+                             f'images in {where}/<class>/')
   only = sorted(set(found['train']) ^ set(found['test']))
   if only:
     name = only[0]
-    where = 'train' if name in found['train'] else 'test'
-    other = 'test' if where == 'train' else 'train'
-    raise errors.UserError(f'class {name!r} is in {root}/{where} but not in '
-                           f'{root}/{other}; every class needs images in both splits')
+    here, there = ((folder(root, 'train'), folder(root, 'test')) if name in found['train']
+                   else (folder(root, 'test'), folder(root, 'train')))
+    raise errors.UserError(f'class {name!r} is in {here} but not in {there}; every '
+                           'class needs images in both splits')
   return tuple(found['train'])
+
+
+def class_names(root: str) -> tuple:
+  """The classes in label order: their readable names where `classes.txt`
+  (or `LOC_synset_mapping.txt`) gives them, else the folder names."""
+  folders = class_folders(root)
+  readable = readable_names(root)
+  return tuple(readable.get(f, f) for f in folders)
+
+
+def readable_names(root: str) -> dict:
+  """{folder: first readable name} from the dataset's names file, if any."""
+  for name in NAME_FILES:
+    path = os.path.join(root, name)
+    if os.path.isfile(path):
+      names = {}
+      with open(path, encoding='utf-8') as f:
+        for line in f:
+          key, _, rest = line.strip().partition(' ')
+          if key and rest.strip():
+            names[key] = rest.split(',')[0].strip()
+      return names
+  return {}
 
 
 def count(root: str, split: str) -> int:
   """How many images `root/split` holds, from the file names alone."""
-  return len(_files(root, split, class_names(root))[0])
+  return len(_files(root, split, class_folders(root))[0])
 
 
-def _files(root: str, split: str, names: tuple) -> tuple:
+def _files(root: str, split: str, folders: tuple) -> tuple:
+  """(paths relative to the split's folder, int32 labels), class by class,
+  files sorted by name."""
   paths, labels = [], []
-  for label, name in enumerate(names):
-    folder = os.path.join(root, split, name)
-    files = sorted(f for f in os.listdir(folder) if f.lower().endswith(SUFFIXES))
+  top = folder(root, split)
+  for label, name in enumerate(folders):
+    with os.scandir(os.path.join(top, name)) as entries:
+      files = sorted(e.name for e in entries if e.name.lower().endswith(SUFFIXES))
     if not files:
-      raise errors.UserError(f'{folder} holds no .png or .jpg images; every class '
-                             'needs images in both splits')
-    paths += [os.path.join(folder, f) for f in files]
+      raise errors.UserError(f'{os.path.join(top, name)} holds no .png or .jpg images; '
+                             'every class needs images in both splits')
+    paths += [f'{name}/{f}' for f in files]
     labels += [label] * len(files)
   return paths, np.asarray(labels, np.int32)
+
+
+def file_split(root: str, split: str):
+  """`split` as a `file_loader.FileSplit`, reading no image (ImageNet's
+  1.28M training files: one directory listing per class)."""
+  from resnet_jax.data import file_loader
+  paths, labels = _files(root, split, class_folders(root))
+  return file_loader.FileSplit(folder(root, split), np.asarray(paths, dtype=bytes),
+                               labels, class_names(root))
 
 
 def decode(path: str) -> np.ndarray:
@@ -86,8 +140,9 @@ def decode(path: str) -> np.ndarray:
     with Image.open(path) as im:
       if im.size != (SIZE, SIZE):
         raise errors.UserError(
-            f'{path} is {im.size[0]}x{im.size[1]} pixels; the dataset must hold '
-            f'{SIZE}x{SIZE} images: resize them (e.g. with Pillow) or remove this one')
+            f'{path} is {im.size[0]}x{im.size[1]} pixels, not {SIZE}x{SIZE}: set '
+            '--config.image_size (e.g. 224) to train on crops decoded from the files '
+            'at that size')
       return np.asarray(im.convert('RGB'), np.uint8)
   except (UnidentifiedImageError, OSError, ValueError) as e:
     raise errors.UserError(f'{path} is not a readable image ({e}); replace or '
@@ -101,12 +156,13 @@ def load_split(root: str, split: str):
     An `input_pipeline.Split`: images in class order, files sorted by name.
   """
   from resnet_jax.data import input_pipeline
-  names = class_names(root)
-  paths, labels = _files(root, split, names)
+  paths, labels = _files(root, split, class_folders(root))
+  top = folder(root, split)
   # Pillow releases the GIL while decoding: threads use every core.
   with concurrent.futures.ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:
-    images = np.stack(list(pool.map(decode, paths)))
-  return input_pipeline.Split(images=images, labels=labels, class_names=names)
+    images = np.stack(list(pool.map(decode, [os.path.join(top, p) for p in paths])))
+  return input_pipeline.Split(images=images, labels=labels,
+                              class_names=class_names(root))
 
 
 def mean_std(images: np.ndarray) -> tuple:

@@ -41,6 +41,10 @@ class Split:
   def __len__(self) -> int:
     return len(self.labels)
 
+  def take(self, selection) -> 'Split':
+    """The examples at `selection` (a mask or indices), in that order."""
+    return Split(self.images[selection], self.labels[selection], self.class_names)
+
 
 def augment(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
   """4-pixel zero pad, random 32x32 crop and random horizontal flip.

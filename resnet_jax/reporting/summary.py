@@ -65,12 +65,13 @@ def _macs(jaxpr) -> int:
   return total
 
 
-def describe(model: nn.Module, name: str = '') -> List[str]:
+def describe(model: nn.Module, name: str = '', image_size: int = 32) -> List[str]:
   """Lines for the log: parameters per stage and in total, MACs per image."""
   variables, _ = _variables(model)
   stages = params_per_stage(variables['params'])
   total = sum(stages.values())
+  macs = count_macs(model, image_size) / 1e6
   lines = [f'Model {name}: {total:,} parameters, '
-           f'{count_macs(model) / 1e6:,.1f}M multiply-adds per 32x32 image']
+           f'{macs:,.1f}M multiply-adds per {image_size}x{image_size} image']
   lines += [f'  {group:<8} {n:>12,} parameters' for group, n in stages.items()]
   return lines

@@ -26,6 +26,7 @@ import ml_collections
 import numpy as np
 
 from resnet_jax.data import device_pipeline
+from resnet_jax.data import file_loader
 from resnet_jax.data import input_pipeline
 from resnet_jax.parallelism import data_parallel
 
@@ -184,3 +185,45 @@ class EvalSplit:
         group = {k: np.concatenate([v, np.zeros((pad,) + v.shape[1:], v.dtype)])
                  for k, v in group.items()}
       yield self._dp.put_stacked(group)
+
+
+class FileEvalSplit:
+  """A split of image files as padded evaluation batches, decoded by grain at
+  every evaluation (`file_loader.eval_dataset`) and placed `HOST_GROUP`
+  batches at a time: ImageNet's 50,000 validation images are 7.5 GB at 224
+  px. Files that do not decode are masked out and named in `skipped`."""
+
+  HOST_GROUP = EvalSplit.HOST_GROUP
+
+  def __init__(self, dp: data_parallel.DataParallel, split: file_loader.FileSplit,
+               global_batch: int, size: int, workers: tuple, skipped: dict):
+    self._dp, self._split, self._batch, self._size = dp, split, global_batch, size
+    self._workers, self._skipped = workers, skipped
+    self._num_batches = -(-len(split) // global_batch)
+
+  @property
+  def group_size(self) -> int:
+    return min(self.HOST_GROUP, self._num_batches)
+
+  def groups(self):
+    """The placed groups of batches, in order; the last padded with masked
+    batches (one compiled shape)."""
+    dataset = file_loader.eval_dataset(self._split, self._batch, self._size,
+                                       jax.process_index(), jax.process_count())
+    iterator = file_loader.iterate(dataset, *self._workers)
+    group = []
+    try:
+      for batch in iterator:
+        file_loader.report_skipped(self._skipped, batch.pop('skipped'))
+        group.append(batch)
+        if len(group) == self.group_size:
+          yield self._put(group)
+          group = []
+    finally:
+      iterator.close()
+    if group:
+      blank = {k: np.zeros_like(v) for k, v in group[0].items()}
+      yield self._put(group + [blank] * (self.group_size - len(group)))
+
+  def _put(self, group: list):
+    return self._dp.put_stacked({k: np.stack([b[k] for b in group]) for k in group[0]})

@@ -14,6 +14,7 @@ from resnet_jax import errors
 from resnet_jax.data import augmentations
 from resnet_jax.data import batch_workers
 from resnet_jax.data import device_pipeline
+from resnet_jax.data import file_loader
 from resnet_jax.data import input_pipeline
 from resnet_jax.logs import log
 from resnet_jax.parallelism import data_parallel
@@ -88,6 +89,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     raise
   finally:
     run.release()
+    if run.skipped:
+      outcome['skipped_files'] = dict(sorted(run.skipped.items()))
     if jax.process_index() == 0:
       run_record.end_session(workdir, outcome)
 
@@ -135,7 +138,7 @@ def _train(run: run_setup.Run, initial: Optional[train_state.TrainState]) -> dic
   """The loop of `train_and_evaluate`, on a held workdir."""
   config, workdir, dp, ckpt = run.config, run.workdir, run.dp, run.ckpt
   if jax.process_index() == 0:  # Before initialising, which compiles (seconds).
-    for line in summary.describe(run.model, config.model):
+    for line in summary.describe(run.model, config.model, run.input_size):
       log.info('%s', line)
   if ckpt.latest_step() is not None:
     state = run.restore()  # The newest intact checkpoint.
@@ -172,7 +175,10 @@ def _train(run: run_setup.Run, initial: Optional[train_state.TrainState]) -> dic
   pending, last_time, last_step, eval_seconds = [], time.perf_counter(), start, 0.0
   in_flight = collections.deque()
   result = None
-  calls = feed(run.pipeline, dp, run.train, config, plan, k)
+  loader = None
+  if run.pipeline == 'files':
+    loader = _file_batches(run, start)
+  calls = feed(run.pipeline, dp, run.train, config, plan, k, loader, run.skipped)
   try:
     with preemption.Guard(ckpt) as guard:
       for (first, n), data in zip(plan, calls):
@@ -232,7 +238,8 @@ def _train(run: run_setup.Run, initial: Optional[train_state.TrainState]) -> dic
           eval_seconds += time.perf_counter() - eval_start
         if save_now:
           ckpt.save(done, dp.canonical_state(state), run.meta(),
-                    eval_accuracy=evaluation.headline(result)[1] if eval_now else None)
+                    eval_accuracy=evaluation.headline(result)[1] if eval_now else None,
+                    data_state=loader.state_at(done) if loader else None)
         if stop:
           ckpt.wait()
           name = signal.Signals(guard.signum).name
@@ -243,6 +250,8 @@ def _train(run: run_setup.Run, initial: Optional[train_state.TrainState]) -> dic
     ckpt.wait()  # A failed last save stops the run here, not silently.
   finally:  # Also on a stop: workers stopped, bars ended, events flushed.
     calls.close()
+    if loader:
+      loader.close()
     bar.close()
     writer.close()
   if result is None:  # Resumed at the end: evaluate what is there.
@@ -273,19 +282,50 @@ def fetch_steps(dp: data_parallel.DataParallel, pending: list) -> list:
           for (n, _), m in zip(pending, fetched) for i in range(n)]
 
 
+def _file_batches(run: run_setup.Run, start: int) -> file_loader.TrainBatches:
+  """The file loader of a run with image_size, at `start`: from the grain
+  state its checkpoint saved, when there is one."""
+  config = run.config
+  examples = file_loader.TrainExamples(
+      run.train, config.batch_size, config.seed, config.image_size,
+      (config.crop_min_area, 1.0), config.augment, jax.process_index(),
+      jax.process_count())
+  state = run.ckpt.read_data_state(start) if start else None
+  workers, threads = run_setup.input_workers(config, files=True)
+  loader = file_loader.TrainBatches(examples, run.num_steps, start, workers, threads,
+                                    state)
+  log.info('Input: %s decoded at %dx%d by %s, %d thread(s) each%s', config.dataset,
+           config.image_size, config.image_size,
+           f'{workers} grain worker process(es)' if workers else 'the training process',
+           threads, '; resumed from the loader state of the checkpoint'
+           if loader.resumed_from_state else '')
+  return loader
+
+
 def feed(pipeline: str, dp: data_parallel.DataParallel, train, config, plan: list,
-         k: int):
+         k: int, loader: Optional[file_loader.TrainBatches] = None,
+         skipped: Optional[dict] = None):
   """The `data` argument of each call of `plan`: the training split placed on
-  the devices once, or k stacked host batches built ahead by worker processes.
+  the devices once, or k stacked host batches built ahead by worker processes
+  or, with image_size, decoded from the files by `loader`.
 
   Args:
-    pipeline: 'device' or 'host'.
+    pipeline: 'device', 'host' or 'files'.
     dp: the data parallelism.
     train: the training split.
     config: the run's config.
     plan: `chunk_plan`'s calls.
     k: steps per call.
+    loader: the 'files' pipeline's batches.
+    skipped: collects the files that did not decode {path: reason}.
   """
+  if pipeline == 'files':
+    def make(steps):
+      for batch in loader.map(steps):
+        file_loader.report_skipped(skipped, batch.pop('skipped'))
+        yield batch
+    yield from input_pipeline.prefetch_chunks(make, dp.put_stacked, plan, k)
+    return
   if pipeline == 'device':
     spec = device_pipeline.Spec.of(config, len(train))
     placed = dp.replicate({'image': train.images, 'label': train.labels})
@@ -301,16 +341,5 @@ def feed(pipeline: str, dp: data_parallel.DataParallel, train, config, plan: lis
       train, config.batch_size, config.seed, config.augment,
       jax.process_index(), jax.process_count(),
       augmentations.Options.from_config(config))
-  with batch_workers.BatchWorkers(stream, input_workers(config)) as workers:
+  with batch_workers.BatchWorkers(stream, run_setup.input_workers(config)) as workers:
     yield from input_pipeline.prefetch_chunks(workers.map, dp.put_stacked, plan, k)
-
-
-def input_workers(config: ml_collections.ConfigDict) -> int:
-  """Host pipeline worker processes: `input_workers`, or one per core less
-  one (the training loop's own) with -1. TrivialAugment is the host work that
-  needs them; crop and flip alone are cheap enough for one."""
-  if config.input_workers > 0:
-    return config.input_workers
-  if not config.get('augment_policy'):
-    return 1
-  return max(1, (os.cpu_count() or 1) - 1)

@@ -61,13 +61,17 @@ class Run:
     self.has_ema = (stored_config or config).get('ema_decay', 0.0) > 0
     if need_train:  # Before any image is decoded, when the sizes are known.
       check_warmup(config, _known_length(config, self.source))
-    self.test, self.train = _read_splits(self.source, need_train)
+    # image_size > 0: splits are files, decoded while training (file_loader).
+    self.image_size = config.get('image_size', 0)
+    self.input_size = self.image_size or 32
+    self.test, self.train = _read_splits(self.source, need_train, self.image_size)
+    self.skipped = {}  # Files that did not decode: {path: reason}.
     self.validation = None
     if need_train and config.validation_size:
       self.train, self.validation = datasets.hold_out(
           self.train, config.validation_size, config.seed)
     self.num_classes = self.source.num_classes
-    self.mean_std = _mean_std(stored, self.source, self.train)
+    self.mean_std = _mean_std(stored, self.source, self.train, self.image_size)
     self.model = train_state.create_model(config, self.num_classes, self.dp.axis_name)
     self.num_steps = train_state.total_steps(config, len(self.train) if need_train else 1)
     if need_train:
@@ -122,11 +126,18 @@ class Run:
     return self.dp.place_state(state)
 
   def eval_data(self, split_name: str):
-    """`chunks.EvalSplit` of 'test' or 'validation', placed once."""
+    """`chunks.EvalSplit` of 'test' or 'validation', placed once; with
+    image_size, a `chunks.FileEvalSplit` decoding the files at each
+    evaluation."""
     if split_name not in self._placed:
       split = self.test if split_name == 'test' else self.validation
-      self._placed[split_name] = chunks.EvalSplit(self.dp, split,
-                                                      self.config.eval_batch_size)
+      if self.image_size:
+        self._placed[split_name] = chunks.FileEvalSplit(
+            self.dp, split, self.config.eval_batch_size, self.image_size,
+            input_workers(self.config, files=True), self.skipped)
+      else:
+        self._placed[split_name] = chunks.EvalSplit(self.dp, split,
+                                                    self.config.eval_batch_size)
     return self._placed[split_name]
 
   def p_evaluate(self, state, group, first: int, per_call: int):
@@ -176,13 +187,20 @@ def resolve_pipeline(config: ml_collections.ConfigDict, stored: Optional[dict],
   """
   requested = config.get('input_pipeline', 'auto')
   policy = config.get('augment_policy', '')
+  stored_kind = (stored.get('input_pipeline') or 'host') if stored else None
+  if config.get('image_size', 0):
+    if stored_kind and stored_kind != 'files':
+      raise errors.UserError(
+          f'this run made its batches with the {stored_kind} pipeline; image_size '
+          f'{config.image_size} would decode them from the files, which draws other '
+          'batches; use a new --workdir')
+    return 'files'
   nbytes = train.images.nbytes + train.labels.nbytes
   if nbytes > device_pipeline.host_memory_bytes() // 2:
     raise errors.UserError(
         f'the training split ({nbytes / 2**30:.1f} GiB) fits neither device nor host '
         'memory; use a smaller dataset or a machine with more memory')
   too_big = device_pipeline.too_large(nbytes, dp.local_devices)
-  stored_kind = (stored.get('input_pipeline') or 'host') if stored else None
   if requested == 'device' and policy:
     raise errors.UserError(f'augment_policy {policy!r} runs Pillow on the host, so it '
                            'needs the host pipeline; set --config.input_pipeline=auto')
@@ -203,27 +221,55 @@ def resolve_pipeline(config: ml_collections.ConfigDict, stored: Optional[dict],
   return kind
 
 
-def _read_splits(source: datasets.Source, need_train: bool) -> tuple:
-  """(test, train or None) in host memory, with a line before and after: a
-  JPEG folder takes a while, and the console should say why it is quiet."""
+def _read_splits(source: datasets.Source, need_train: bool, image_size: int) -> tuple:
+  """(test, train or None): in host memory, or with `image_size` their file
+  lists; with a line before and after: a JPEG folder takes a while, and the
+  console should say why it is quiet."""
   where = source.root or source.data_dir or 'the tfds default data_dir'
-  log.info('Reading %s from %s ...', source.name, where)
+  log.info('%s %s from %s ...', 'Listing' if image_size else 'Reading', source.name, where)
   started = time.perf_counter()
-  test = datasets.load_split(source, 'test')
-  train = datasets.load_split(source, 'train') if need_train else None
-  log.info('Read %s%s test images in %.1f s', f'{len(train):,} training and '
-           if train is not None else '', f'{len(test):,}', time.perf_counter() - started)
+  test = datasets.load_split(source, 'test', image_size)
+  train = datasets.load_split(source, 'train', image_size) if need_train else None
+  log.info('%s %s%s test images in %.1f s%s', 'Listed' if image_size else 'Read',
+           f'{len(train):,} training and ' if train is not None else '', f'{len(test):,}',
+           time.perf_counter() - started,
+           f' (decoded at {image_size}x{image_size} while training)' if image_size else '')
   return test, train
 
 
-def _mean_std(meta: Optional[dict], source: datasets.Source, train_split) -> tuple:
+def _mean_std(meta: Optional[dict], source: datasets.Source, train_split,
+              image_size: int) -> tuple:
   """The normalisation a run uses: its checkpoints' (so a resumed run, eval
   and predict use what training used), else the dataset's."""
   if meta:
     return stored_mean_std(meta, source.name)
-  if train_split is None and source.kind == 'image_folder':
+  if train_split is None and source.kind == 'image_folder' and not image_size:
     train_split = datasets.load_split(source, 'train')
-  return datasets.normalization(source, train_split)
+  return datasets.normalization(source, train_split, image_size)
+
+
+def input_workers(config: ml_collections.ConfigDict, files: bool = False) -> tuple:
+  """Host pipeline worker processes: `input_workers`, or one per core less
+  one (the training loop's own) with -1. TrivialAugment is the host work that
+  needs them; crop and flip alone are cheap enough for one.
+
+  With `files` (image_size > 0): (grain worker processes, decoding threads
+  each). Decoding releases the GIL, so up to 8 cores threads in the training
+  process are fastest (measured in BENCHMARKS.md); beyond, one process per 4
+  cores keeps the GIL of each below saturation.
+  """
+  cores = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else (
+      os.cpu_count() or 1)
+  if files:
+    workers = config.input_workers
+    if workers <= 0:
+      workers = 0 if cores <= 8 else cores // 4
+    return workers, max(1, cores // max(1, workers))
+  if config.input_workers > 0:
+    return config.input_workers
+  if not config.get('augment_policy'):
+    return 1
+  return max(1, cores - 1)
 
 
 def stored_mean_std(meta: dict, dataset: str) -> tuple:

@@ -5,6 +5,7 @@ latest (the one a resume needs) is always among them. A damaged checkpoint is
 moved aside (renamed, never deleted) and the newest intact one is used.
 """
 
+import json
 import os
 from typing import Any, Optional
 
@@ -85,8 +86,11 @@ class Checkpoints:
     return steps[-1] if steps else None
 
   def save(self, step: int, state: Any, meta: dict,
-           eval_accuracy: Optional[float] = None) -> None:
-    """Starts an asynchronous save; `eval_accuracy` ranks it for retention.
+           eval_accuracy: Optional[float] = None,
+           data_state: Optional[dict] = None) -> None:
+    """Starts an asynchronous save; `eval_accuracy` ranks it for retention;
+    `data_state` (the file loader's, JSON) is saved by grain's orbax handler,
+    one file per process.
 
     Raises:
       errors.Stopped: this save or an earlier one still in flight failed
@@ -94,9 +98,13 @@ class Checkpoints:
     """
     metrics = None if eval_accuracy is None else {'eval_accuracy': eval_accuracy}
     self._saving.append(step)
+    items = dict(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
+    if data_state is not None:
+      import grain
+      items['data'] = grain.checkpoint.CheckpointSave(_DataState(data_state))
     try:
-      self._manager.save(step, metrics=metrics, force=True, args=ocp.args.Composite(
-          state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)))
+      self._manager.save(step, metrics=metrics, force=True,
+                         args=ocp.args.Composite(**items))
     except Exception as e:  # orbax surfaces background failures in many kinds.
       raise self._failed(e) from e
     self._saving = self._saving[-1:]  # Earlier saves have finished if this started.
@@ -146,6 +154,18 @@ class Checkpoints:
       except Exception:  # Damaged: `restore` reports and moves it aside.
         continue
     return None
+
+  def read_data_state(self, step: int) -> Optional[dict]:
+    """This process's file-loader state saved with `step`, or None (a
+    checkpoint without one: the loader then starts at the step)."""
+    import grain
+    holder = _DataState(None)
+    try:
+      self._manager.restore(step, args=ocp.args.Composite(
+          data=grain.checkpoint.CheckpointRestore(holder)))
+    except Exception:  # No such item, or another process count's files.
+      return None
+    return holder.state
 
   def restore(self, abstract_state: Any, step: Optional[int] = None) -> Any:
     """The state at `step`, or at the newest intact step when None.
@@ -206,6 +226,23 @@ class Checkpoints:
       except Exception as e:  # Never mask the error that ended the run.
         log.warning('Closing the checkpoints failed: %s', self._failed(e))
       self._manager = None
+
+
+class _DataState:
+  """A loader state as grain's orbax handler takes and gives it: bytes of
+  JSON through get_state / set_state."""
+
+  def __init__(self, state: Optional[dict]):
+    self.state = state
+
+  def get_state(self) -> bytes:
+    return json.dumps(self.state).encode()
+
+  def set_state(self, state: bytes) -> None:
+    self.state = json.loads(state.decode() if isinstance(state, bytes) else state)
+
+  def start_prefetch(self) -> None:  # The handler calls it after set_state.
+    pass
 
 
 def check_compatible(ckpt: Checkpoints, meta: Optional[dict],

@@ -32,7 +32,14 @@ FIELDS = {
                'dataset in data_dir (NAME/train/<class>/*, NAME/test/<class>/*)',
     'data_dir': 'tfds data directory, or the folder holding image-folder datasets; '
                 'unset = tfds default (see prepare_data)',
-    'augment': 'pad 4 + random 32x32 crop + horizontal flip on training images',
+    'augment': 'pad 4 + random 32x32 crop + horizontal flip on training images '
+               '(with image_size: random-resized crop + flip)',
+    'image_size': '0 = the in-memory 32x32 pipelines; N > 0 = an image folder of any '
+                  'size read from its files: training takes random-resized N x N crops, '
+                  'evaluation resizes the shorter side to N/0.875 and centre-crops N '
+                  '(224 for ImageNet)',
+    'crop_min_area': 'with image_size: the smallest random-resized crop, as a fraction '
+                     'of the image area (0.08: Inception, torchvision)',
     'validation_size': 'training images held out (chosen by seed) and evaluated during '
                        'training instead of the test split; 0 = none',
     'augment_policy': "'' or 'trivialaugment' (one random operation per training "
@@ -70,7 +77,10 @@ FIELDS = {
     'steps_per_call': 'training steps per compiled call; -1 = the largest divisor of '
                       'log_every_steps up to 32; any value gives the same numbers',
     'input_workers': 'host pipeline: processes building batches; -1 = one per core '
-                     'less one with TrivialAugment, else 1',
+                     'less one with TrivialAugment, else 1. With image_size: grain '
+                     'worker processes decoding files, the cores shared among them as '
+                     'threads; -1 = threads in the training process up to 8 cores, '
+                     'else one process per 4 cores',
     'seed': 'initialisation, example order, augmentation and dropout seed',
     'log_every_steps': 'steps between training-metric lines',
     'checkpoint_every_steps': 'steps between checkpoints (also at evals and the end)',
@@ -85,7 +95,8 @@ FIELDS = {
 # recipes: refused. (store_conv_inputs is bitwise neutral, tested.)
 RECIPE_FIELDS = (
     'model', 'stem', 'shortcut', 'zero_init_residual', 'dropout_rate', 'bn_momentum',
-    'bn_epsilon', 'half_precision', 'init_from', 'dataset', 'augment', 'batch_size',
+    'bn_epsilon', 'half_precision', 'init_from', 'dataset', 'augment', 'image_size',
+    'crop_min_area', 'batch_size',
     'validation_size', 'augment_policy', 'cutout_size', 'mixup_alpha', 'cutmix_alpha',
     'label_smoothing', 'ema_decay', 'num_epochs', 'num_train_steps', 'learning_rate',
     'lr_schedule', 'lr_boundaries', 'lr_decay_factor', 'warmup_steps', 'warmup_lr',
@@ -103,7 +114,8 @@ RUNTIME_FIELDS = (
 # Fields added after runs existed, with the value those runs had implicitly.
 ADDED_LATER = {'validation_size': 0, 'augment_policy': '', 'cutout_size': 0,
                'mixup_alpha': 0.0, 'cutmix_alpha': 0.0, 'label_smoothing': 0.0,
-               'ema_decay': 0.0, 'lr_schedule': 'piecewise', 'flip_tta': False}
+               'ema_decay': 0.0, 'lr_schedule': 'piecewise', 'flip_tta': False,
+               'image_size': 0, 'crop_min_area': 0.08}
 
 
 def assign(config: ml_collections.ConfigDict, field: str, value) -> None:
@@ -174,6 +186,7 @@ def _validate_regularisers(config: ml_collections.ConfigDict) -> None:
     raise bad('augment_policy', "must be '' (none) or 'trivialaugment'")
   if not isinstance(config.validation_size, int) or config.validation_size < 0:
     raise bad('validation_size', 'must be a whole number of images, 0 for none')
+  _validate_image_size(config)
   if (not isinstance(config.cutout_size, int)
       or not 0 <= config.cutout_size <= IMAGE_SIZE):
     raise bad('cutout_size', f'must be an integer from 0 (off) to the image size '
@@ -191,6 +204,31 @@ def _validate_regularisers(config: ml_collections.ConfigDict) -> None:
     raise bad('ema_decay', 'must be in (0, 1), or 0 for no moving average')
   if config.lr_schedule == 'cosine' and config.warmup_steps < 0:
     raise bad('warmup_steps', 'must not be negative')
+
+
+def _validate_image_size(config: ml_collections.ConfigDict) -> None:
+  """image_size > 0 reads an image folder's files: the augmentations of the
+  in-memory host pipeline are not drawn there."""
+  size = config.image_size
+  if not isinstance(size, int) or not (size == 0 or 8 <= size <= 1024):
+    raise errors.UserError(f'image_size must be 0 (the in-memory 32x32 pipelines) or '
+                           f'8..1024 pixels, got {size!r}; set --config.image_size')
+  if not 0 < config.crop_min_area <= 1:
+    raise errors.UserError(f'crop_min_area must be in (0, 1], got '
+                           f'{config.crop_min_area!r}; set --config.crop_min_area')
+  if not size:
+    return
+  for field, off in (('augment_policy', ''), ('cutout_size', 0), ('mixup_alpha', 0.0),
+                     ('cutmix_alpha', 0.0)):
+    if config[field] != off:
+      raise errors.UserError(
+          f'{field} {config[field]!r} is drawn by the in-memory pipelines, not with '
+          f'image_size {size}; set --config.{field}={off!r} or --config.image_size=0')
+  if config.input_pipeline != 'auto':
+    raise errors.UserError(
+        f'input_pipeline {config.input_pipeline!r} is for the in-memory pipelines; '
+        f'with image_size {size} batches are decoded from the files: set '
+        '--config.input_pipeline=auto')
 
 
 # The most steps one call may run: the metrics of a call, and on the host
@@ -235,6 +273,11 @@ def validate(config: ml_collections.ConfigDict) -> datasets.Source:
     raise errors.UserError(f'unknown model {config.model!r}; set --config.model '
                            f'to one of: {", ".join(models.MODELS)}')
   source = datasets.resolve(config.dataset, config.data_dir)
+  if config.get('image_size', 0) and source.kind != 'image_folder':
+    raise errors.UserError(
+        f'image_size {config.image_size} reads an image folder\'s files, and '
+        f'{config.dataset!r} is a tfds dataset; set --config.image_size=0, or '
+        '--config.dataset to an image folder in --config.data_dir')
   for field in ('batch_size', 'eval_batch_size', 'log_every_steps',
                 'checkpoint_every_steps', 'keep_checkpoints'):
     value = config[field]

@@ -1,0 +1,244 @@
+"""Image files of any size -> training and evaluation batches, through grain.
+
+For datasets too large to hold in memory (ImageNet: 1.28M JPEGs, 140 GB),
+every batch is read from the files and decoded on the host by google/grain
+(`--config.image_size > 0`; CIFAR-size runs keep the in-memory pipelines).
+Why grain, measured (BENCHMARKS.md): its worker processes decode in parallel
+beside the training loop, it is deterministic, its iterator state is a few
+indices that orbax checkpoints with the run, and it needs no TensorFlow.
+
+As in the in-memory host pipeline (`input_pipeline.TrainStream`), the batch
+of step `s` is a pure function of `(seed, s)`: the stream of examples is one
+fresh permutation of the files per epoch, step `s` takes stream positions
+`[s * B, (s + 1) * B)`, and every example's crop and flip come from a
+generator seeded by its stream position. Each process reads and decodes only
+its own rows of each global batch, so the processes of a multi-host run
+share one epoch's files without overlap, whatever the worker count.
+
+A file that does not decode (`image_decoding.BadImage`: empty, truncated,
+not an image, a decompression bomb) is skipped: training takes the next file
+of the epoch's permutation in its place, evaluation masks it out; either way
+the batch names it under 'skipped', and the loop logs it once and records it
+in run.json (`skipped_files`).
+"""
+
+import dataclasses
+import os
+from typing import Iterator, Optional, Sequence
+
+import numpy as np
+
+from resnet_jax import errors
+from resnet_jax.data import image_decoding
+
+# ImageNet's per-channel statistics (the [0, 1] scale), the convention of
+# every ImageNet codebase; measuring them would read the whole dataset.
+IMAGENET_MEAN_STD = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+
+
+@dataclasses.dataclass(frozen=True)
+class FileSplit:
+  """A split as files: paths relative to `root`, one label each."""
+  root: str
+  paths: np.ndarray   # bytes ('S'), relative to root: compact for 1M+ files.
+  labels: np.ndarray  # int32 [N]
+  class_names: tuple
+
+  def __len__(self) -> int:
+    return len(self.labels)
+
+  def path(self, index: int) -> str:
+    return os.path.join(self.root, self.paths[index].decode())
+
+  def read(self, index: int) -> bytes:
+    with open(self.path(index), 'rb') as f:
+      return f.read()
+
+  def take(self, selection) -> 'FileSplit':
+    """The files at `selection` (a mask or indices), in that order."""
+    return FileSplit(self.root, self.paths[selection], self.labels[selection],
+                     self.class_names)
+
+
+def _skipped(split: FileSplit, index: int, error: Exception) -> tuple:
+  return (split.paths[index].decode(), str(error))
+
+
+class TrainExamples:
+  """Stream position (of this process's rows) -> one augmented example.
+
+  Picklable: grain sends it to its worker processes.
+  """
+
+  def __init__(self, split: FileSplit, global_batch: int, seed: int, size: int,
+               area: tuple = image_decoding.AREA, augment: bool = True,
+               process_index: int = 0, process_count: int = 1):
+    if global_batch % process_count:
+      raise errors.UserError(
+          f'batch_size {global_batch} is not divisible by the {process_count} '
+          'processes; set --config.batch_size to a multiple of it')
+    self.split, self.global_batch, self.seed = split, global_batch, seed
+    self.size, self.area, self.augment = size, tuple(area), augment
+    self.local = global_batch // process_count
+    self.offset = process_index * self.local
+    self._perms = {}
+
+  def _permutation(self, epoch: int) -> np.ndarray:
+    if epoch not in self._perms:
+      if len(self._perms) > 1:
+        self._perms.pop(min(self._perms))
+      self._perms[epoch] = np.random.default_rng(
+          [self.seed, 0, epoch]).permutation(len(self.split))
+    return self._perms[epoch]
+
+  def position(self, k: int) -> int:
+    """The global stream position of this process's k-th example."""
+    step, row = divmod(k, self.local)
+    return step * self.global_batch + self.offset + row
+
+  def __call__(self, k: int) -> dict:
+    position = self.position(k)
+    n = len(self.split)
+    epoch, offset = divmod(position, n)
+    order = self._permutation(epoch)
+    rng = np.random.default_rng([self.seed, 1, position])
+    skipped = []
+    for t in range(n):  # A bad file yields to the next of the permutation.
+      index = int(order[(offset + t) % n])
+      try:
+        data = self.split.read(index)
+        image = (image_decoding.train_image(data, self.size, rng, self.area)
+                 if self.augment else image_decoding.eval_image(data, self.size))
+        return {'image': image, 'label': self.split.labels[index],
+                'skipped': tuple(skipped)}
+      except (image_decoding.BadImage, OSError) as e:
+        skipped.append(_skipped(self.split, index, e))
+    raise errors.UserError(f'no file of {self.split.root} decodes (the first: '
+                           f'{skipped[0][0]}: {skipped[0][1]}); check the dataset')
+
+
+def collate(examples: Sequence[dict]) -> dict:
+  """Examples -> one batch; 'skipped' is the files skipped for it."""
+  batch = {key: np.stack([e[key] for e in examples])
+           for key in examples[0] if key != 'skipped'}
+  batch['skipped'] = tuple(s for e in examples for s in e['skipped'])
+  return batch
+
+
+def report_skipped(seen: dict, skipped: Sequence[tuple]) -> None:
+  """Logs each skipped file once and adds it to `seen` {path: reason}."""
+  from resnet_jax.logs import log
+  for path, reason in skipped:
+    if path not in seen:
+      seen[path] = reason
+      log.warning('Skipped %s: %s (it is left out; %d file(s) skipped so far)',
+                  path, reason, len(seen))
+
+
+def _grain():
+  try:
+    import grain
+  except ImportError as e:  # A dependency of the package: a broken install.
+    raise errors.UserError(f'the file loader needs grain ({e}); pip install -e .') from e
+  return grain
+
+
+def train_dataset(examples: TrainExamples, num_steps: int):
+  """grain MapDataset whose element `s` is this process's batch of step `s`."""
+  grain = _grain()
+  return (grain.MapDataset.range(num_steps * examples.local)
+          .map(examples)
+          .batch(examples.local, drop_remainder=True, batch_fn=collate))
+
+
+def iterate(dataset, workers: int, threads: int = 1):
+  """A grain iterator over `dataset`: `workers` processes each decoding with
+  `threads` threads (0 workers: threads in this process)."""
+  grain = _grain()
+  it = dataset.to_iter_dataset(grain.ReadOptions(num_threads=max(1, threads),
+                                                 prefetch_buffer_size=2))
+  if workers > 0:
+    # Batches come back pickled, not in shared memory: grain frees shared
+    # segments from a background thread, and those still queued at exit were
+    # reported as leaked on every run; measured no slower (BENCHMARKS.md).
+    it = grain.experimental.WithOptionsIterDataset(
+        it, grain.experimental.DatasetOptions(min_shm_size=1 << 62))
+    it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers,
+                                                     per_worker_buffer_size=2))
+  return iter(it)
+
+
+class TrainBatches:
+  """`map(steps)` -> this process's training batches of those consecutive
+  steps, from a grain iterator; keeps grain's state after each step for the
+  checkpoint of that step (the iterator runs ahead of the training).
+
+  The state saved is `{'start': first step of the iterator, 'grain': grain's
+  state}`; a resume rebuilds the same iterator and sets that state. A state
+  grain cannot take (the worker count changed) is not needed: the iterator
+  then starts at the checkpoint's step, which draws the same batches.
+  """
+
+  def __init__(self, examples: TrainExamples, num_steps: int, start: int,
+               workers: int, threads: int = 1, state: Optional[dict] = None):
+    self.resumed_from_state = False
+    dataset = train_dataset(examples, num_steps)
+    if state is not None and state.get('workers') == workers:
+      first = int(state['start'])
+      self._iterator = iterate(dataset[first:], workers, threads)
+      self._iterator.set_state(state['grain'])
+      self.resumed_from_state = True
+    else:
+      first = start
+      self._iterator = iterate(dataset[first:], workers, threads)
+    self._first, self._workers = first, workers
+    self._next = start
+    self._states = {start: self._iterator.get_state()}
+
+  def map(self, steps) -> Iterator[dict]:
+    for step in steps:
+      if step != self._next:
+        raise RuntimeError(f'batches must be read in order: asked for step {step}, '
+                           f'next is {self._next}')
+      batch = next(self._iterator)
+      self._next += 1
+      self._states[self._next] = self._iterator.get_state()
+      if len(self._states) > 64:
+        self._states.pop(min(self._states))
+      yield batch
+
+  def state_at(self, step: int) -> dict:
+    """The loader's state after the batch of step `step - 1`."""
+    return {'start': self._first, 'workers': self._workers,
+            'grain': self._states[step]}
+
+  def close(self) -> None:
+    close = getattr(self._iterator, 'close', None)
+    if close:
+      close()
+
+
+def eval_dataset(split: FileSplit, global_batch: int, size: int, process_index: int = 0,
+                 process_count: int = 1):
+  """grain MapDataset of this process's rows of the padded evaluation
+  batches, in file order; 'mask' marks real, decoded images."""
+  grain = _grain()
+  local = global_batch // process_count
+  n = len(split)
+  num_batches = -(-n // global_batch)
+
+  def example(k):
+    batch, row = divmod(k, local)
+    index = batch * global_batch + process_index * local + row
+    blank = {'image': np.zeros((size, size, 3), np.uint8), 'label': np.int32(0),
+             'mask': False, 'skipped': ()}
+    if index >= n:
+      return blank
+    try:
+      image = image_decoding.eval_image(split.read(index), size)
+    except (image_decoding.BadImage, OSError) as e:
+      return {**blank, 'skipped': (_skipped(split, index, e),)}
+    return {'image': image, 'label': split.labels[index], 'mask': True, 'skipped': ()}
+
+  return (grain.MapDataset.range(num_batches * local).map(example)
+          .batch(local, drop_remainder=True, batch_fn=collate))

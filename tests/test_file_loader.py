@@ -1,0 +1,218 @@
+"""Training from image files of any size: the grain loader, its sharding over
+processes, bad files, and a killed run resumed bitwise (image_size > 0)."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from resnet_jax.data import datasets
+from resnet_jax.data import file_loader
+from resnet_jax.data import image_folder
+from resnet_jax.training import run_setup
+from resnet_jax.workdir import checkpointing
+from tests import jpeg_files
+from tests import processes
+from tests.conftest import tiny_config
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BAD = 'train/n02/n02_005.JPEG'
+
+
+@pytest.fixture(scope='module')
+def folder(tmp_path_factory):
+  """An ImageNet-layout folder: 3 classes x (12 train, 4 val) JPEGs of 20-90
+  px with readable names, one training file truncated."""
+  root = tmp_path_factory.mktemp('jpegs')
+  jpeg_files.write_folder(root, bad={BAD: 'truncated'})
+  return str(root)
+
+
+def _split(folder, split='train', unique_labels=False):
+  files = image_folder.file_split(os.path.join(folder, 'jpegs'), split)
+  if unique_labels:  # Each file its own label: a batch says which files it read.
+    files = file_loader.FileSplit(files.root, files.paths,
+                                  np.arange(len(files), dtype=np.int32), files.class_names)
+  return files
+
+
+def test_the_imagenet_layout_lists_val_and_readable_names(folder):
+  root = os.path.join(folder, 'jpegs')
+  train, val = _split(folder), _split(folder, 'test')
+  assert (len(train), len(val)) == (36, 12)
+  assert train.class_names == ('name of n01', 'name of n02', 'name of n03')
+  assert val.root == os.path.join(root, 'val') and val.path(0).endswith('val/n01/n01_000.JPEG')
+  assert list(np.bincount(val.labels)) == [4, 4, 4]
+  assert image_folder.count(root, 'test') == 12
+
+
+def _labels(examples, first, count):
+  return [int(examples(k)['label']) for k in range(first, first + count)]
+
+
+def test_two_processes_read_an_epoch_once_between_them(folder):
+  split = _split(folder, unique_labels=True)
+  n = len(split)
+  # Global batch 12 over 2 processes: one epoch is 3 steps of 6 rows each.
+  per_process = [_labels(file_loader.TrainExamples(split, 12, 5, 24, process_index=p,
+                                                   process_count=2), 0, 18)
+                 for p in (0, 1)]
+  read = per_process[0] + per_process[1]
+  bad = [i for i in range(n) if split.paths[i].decode() == BAD[len('train/'):]]
+  # Every file once, except the bad one, whose place the permutation's next
+  # file took (so that one appears twice).
+  assert sorted(set(read)) == sorted(set(range(n)) - set(bad))
+  assert len(read) == n
+  # And each process's rows are those rows of the one-process batch.
+  single = file_loader.TrainExamples(split, 12, 5, 24)
+  for step in range(3):
+    one = [single(step * 12 + r) for r in range(12)]
+    for p in (0, 1):
+      two = file_loader.TrainExamples(split, 12, 5, 24, process_index=p, process_count=2)
+      for r in range(6):
+        got = two(step * 6 + r)
+        np.testing.assert_array_equal(got['image'], one[p * 6 + r]['image'])
+
+
+def _take(loader, first, count):
+  return list(loader.map(range(first, first + count)))
+
+
+def _assert_same_batches(a, b):
+  assert len(a) == len(b)
+  for x, y in zip(a, b):
+    assert x['skipped'] == y['skipped']
+    for key in ('image', 'label'):
+      np.testing.assert_array_equal(x[key], y[key])
+
+
+def test_batches_are_the_same_with_worker_processes_and_resume_from_grain_state(folder):
+  from absl import flags
+  if not flags.FLAGS.is_parsed():  # grain's workers read its absl flags.
+    flags.FLAGS(['test'])
+  examples = file_loader.TrainExamples(_split(folder), 8, 3, 24)
+  threads = file_loader.TrainBatches(examples, 12, 0, workers=0, threads=2)
+  expected = _take(threads, 0, 9)
+  threads.close()
+  workers = file_loader.TrainBatches(examples, 12, 0, workers=2)
+  got = _take(workers, 0, 6)
+  state = workers.state_at(4)
+  workers.close()
+  _assert_same_batches(got, expected[:6])
+  # A loader rebuilt from the state after step 3 goes on at step 4.
+  resumed = file_loader.TrainBatches(examples, 12, 4, workers=2, state=state)
+  assert resumed.resumed_from_state
+  _assert_same_batches(_take(resumed, 4, 5), expected[4:9])
+  resumed.close()
+  # Another worker count cannot take that state: it starts at the step, same batches.
+  other = file_loader.TrainBatches(examples, 12, 4, workers=0, state=state)
+  assert not other.resumed_from_state
+  _assert_same_batches(_take(other, 4, 5), expected[4:9])
+  other.close()
+  # The bad file was met in those 9 steps (72 examples, two epochs), and named.
+  assert any(s[0] == BAD[len('train/'):] and 'does not decode' in s[1]
+             for b in expected for s in b['skipped'])
+
+
+def test_evaluation_batches_mask_padding_and_bad_files(folder, tmp_path):
+  val = _split(folder, 'test')
+  val = val.take(np.arange(len(val)))
+  # Replace one validation file with an empty one, in a copy of the folder.
+  root = tmp_path / 'val'
+  for i in range(len(val)):
+    os.makedirs(root / os.path.dirname(val.paths[i].decode()), exist_ok=True)
+    data = b'' if i == 5 else open(val.path(i), 'rb').read()
+    (root / val.paths[i].decode()).write_bytes(data)
+  val = file_loader.FileSplit(str(root), val.paths, val.labels, val.class_names)
+  batches = list(iter(file_loader.eval_dataset(val, 8, 24).to_iter_dataset()))
+  assert len(batches) == 2
+  mask = np.concatenate([b['mask'] for b in batches])
+  assert mask.tolist() == [i < 12 and i != 5 for i in range(16)]
+  assert [s for b in batches for s in b['skipped']] == [(val.paths[5].decode(),
+                                                        'empty file')]
+  from resnet_jax.data import image_decoding
+  np.testing.assert_array_equal(batches[0]['image'][0],
+                                image_decoding.eval_image(open(val.path(0), 'rb').read(), 24))
+
+
+def test_image_size_refusals(folder, tiny_data):
+  def run(**overrides):
+    config = tiny_config(folder, **{'dataset': 'jpegs', 'image_size': 24, **overrides})
+    with pytest.raises(Exception) as e:
+      run_setup.preflight(config)
+    return str(e.value)
+  assert 'cutout_size 8 is drawn by the in-memory pipelines' in run(cutout_size=8)
+  assert 'input_pipeline' in run(input_pipeline='device')
+  assert 'image_size must be 0' in run(image_size=4)
+  config = tiny_config(tiny_data['data_dir'], image_size=24)
+  with pytest.raises(Exception) as e:
+    run_setup.preflight(config)
+  assert "'cifar10' is a tfds dataset" in str(e.value)
+
+
+def _flags(folder, workdir, *extra):
+  return ['--config', 'configs/cifar.py', '--workdir', str(workdir),
+          f'--config.data_dir={folder}', '--config.dataset=jpegs',
+          '--config.image_size=24', '--config.model=resnet8', '--config.batch_size=8',
+          '--config.eval_batch_size=8', '--config.num_train_steps=14',
+          '--config.log_every_steps=1', '--config.checkpoint_every_steps=4',
+          '--config.eval_every_epochs=1', '--config.input_workers=2', *extra]
+
+
+def _metrics(workdir):
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    return [{k: v for k, v in json.loads(l).items() if k != 'images_per_sec'}
+            for l in f]
+
+
+def _final_params(folder, workdir):
+  config = tiny_config(folder, dataset='jpegs', image_size=24, batch_size=8,
+                       eval_batch_size=8, num_train_steps=14)
+  run = run_setup.Run(config, str(workdir), need_train=False)
+  state = jax.device_get(run.restore())
+  run.ckpt.close()
+  return state
+
+
+@pytest.mark.slow
+def test_kill_9_mid_epoch_with_workers_resumes_bitwise(folder, tmp_path):
+  reference = tmp_path / 'ref'
+  proc = processes.main(_flags(folder, reference))
+  _, err = proc.communicate(timeout=600)
+  assert proc.returncode == 0, err[-3000:]
+  assert 'by 2 grain worker process(es)' in err
+  assert f'Skipped {BAD[len("train/"):]}: does not decode' in err
+  workdir = tmp_path / 'w'
+  proc = processes.main(_flags(folder, workdir))
+  processes.wait_for_step(workdir, 7, proc)  # Mid-epoch 2 (4.5 steps per epoch).
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  proc = processes.main(_flags(folder, workdir))
+  _, err = proc.communicate(timeout=600)
+  assert proc.returncode == 0, err[-3000:]
+  assert 'resumed from the loader state of the checkpoint' in err
+  assert _metrics(workdir) == _metrics(reference)
+  a, b = _final_params(folder, reference), _final_params(folder, workdir)
+  jax.tree.map(np.testing.assert_array_equal, a.params, b.params)
+  jax.tree.map(np.testing.assert_array_equal, a.opt_state, b.opt_state)
+  # Each checkpoint holds grain's state (one file per process).
+  with open(workdir / 'checkpoints' / '14' / 'data' / 'process_0-of-1.json') as f:
+    state = json.load(f)
+  assert (state['start'], state['workers']) == (0, 2) and state['grain']
+  # run.json names the skipped file in every session that met it.
+  with open(reference / 'run.json') as f:
+    session = json.load(f)['sessions'][-1]
+  assert list(session['skipped_files']) == [BAD[len('train/'):]]
+  # predict sees a file as evaluation does and says the readable name.
+  result = subprocess.run(
+      [sys.executable, '-m', 'resnet_jax.predict', '--workdir', str(reference), '--json',
+       '--top_k=3', os.path.join(folder, 'jpegs', 'val', 'n01', 'n01_003.JPEG')],
+      capture_output=True, text=True, cwd=REPO, timeout=300)
+  assert result.returncode == 0, result.stderr[-2000:]
+  names = [p['class'] for p in json.loads(result.stdout)[0]['predictions']]
+  assert sorted(names) == ['name of n01', 'name of n02', 'name of n03']
