@@ -11,10 +11,17 @@ CIFAR-10 and CIFAR-100: the result is tfds's own `cifar10` / `cifar100`
 dataset (same version, features and example order as a download would give).
 
 Also accepts an image-folder dataset, as a `.tar.gz` or a directory holding
-`NAME/train/<class>/*` and `NAME/test/<class>/*` (PNG or JPEG, 32x32): every
-image is decoded and checked, then the folder is placed at `DIR/NAME`, and
-`--config.dataset=NAME --config.data_dir=DIR` trains from it (no TensorFlow
-needed).
+`NAME/train/<class>/*` and `NAME/test/<class>/*` (or `NAME/val/<class>/*`,
+as Imagenette's `imagenette2-320.tgz`): every image is checked (32x32 sets
+decoded in full, others by their headers), then the folder is placed at
+`DIR/NAME`, and `--config.dataset=NAME --config.data_dir=DIR` trains from it
+(no TensorFlow needed; add `--config.image_size=224` for images of other
+sizes).
+
+  python -m resnet_jax.prepare_data --imagenet ~/Downloads/ilsvrc --data_dir DIR
+
+arranges the official ILSVRC-2012 files (`data/ilsvrc.py`) into
+`DIR/imagenet2012/{train,val}/<wnid>/` with readable class names.
 """
 
 import hashlib
@@ -39,6 +46,10 @@ _ARCHIVE = flags.DEFINE_string(
     'archive', None, 'Path of the CIFAR .tar.gz archive, or of an image-folder '
     'dataset (a directory or .tar.gz holding NAME/train and NAME/test).')
 _DATA_DIR = flags.DEFINE_string('data_dir', None, 'tfds data_dir to build into.')
+_IMAGENET = flags.DEFINE_string(
+    'imagenet', None, 'A folder holding the official ILSVRC-2012 files '
+    '(ILSVRC2012_img_train.tar, ILSVRC2012_img_val.tar, ILSVRC2012_devkit_t12.tar.gz): '
+    'arranged into DATA_DIR/imagenet2012/{train,val}/<wnid>/.')
 _AS_IMAGE_FOLDER = flags.DEFINE_bool(
     'as_image_folder', False, 'Official archives: write the exact pixels as a PNG '
     'image folder, DATA_DIR/cifar10-png (or cifar100-png), instead of a tfds '
@@ -112,7 +123,8 @@ def _image_folder_name(archive: str):
         return None
       for member in [first] + list(iter(tar.next, None)):
         parts = member.name.strip('./').split('/')
-        if len(parts) > 2 and parts[0] == top and parts[1] in ('train',) + image_folder.EVAL_FOLDERS:
+        if (len(parts) > 2 and parts[0] == top
+            and parts[1] in ('train',) + image_folder.EVAL_FOLDERS):
           return top
   except (tarfile.TarError, EOFError, OSError):
     return None  # `detect_layout` says what is wrong with it.
@@ -148,15 +160,22 @@ def prepare_image_folder(source: str, name: str, data_dir: str) -> dict:
       root, shown = os.path.join(tmp, name), f'{source}:{name}'
     try:
       names = image_folder.class_names(root)
-      splits = {split: image_folder.load_split(root, split)
-                for split in image_folder.SPLITS}
+      sizes = {split: image_folder.image_sizes(root, split) for split in image_folder.SPLITS}
+      small = all(s == (image_folder.SIZE, image_folder.SIZE)
+                  for split in sizes.values() for s in split)
+      if small:  # The in-memory pipelines decode them all: so does the check.
+        for split in image_folder.SPLITS:
+          image_folder.load_split(root, split)
     except errors.UserError as e:  # Name files as the user knows them.
       raise errors.UserError(str(e).replace(root, shown)) from e
     if os.path.isdir(source):
       shutil.copytree(source, os.path.join(tmp, name))
     os.rename(os.path.join(tmp, name), target)
-  return dict(dataset=name, path=target, classes=len(names),
-              **{split: len(s) for split, s in splits.items()})
+  every = [s for split in sizes.values() for s in split]
+  areas = sorted(every, key=lambda s: s[0] * s[1])
+  return dict(dataset=name, path=target, classes=len(names), small=small,
+              smallest=areas[0], largest=areas[-1],
+              **{split: len(s) for split, s in sizes.items()})
 
 
 def _extract(archive: str, dest: str) -> None:
@@ -364,14 +383,25 @@ def prepare_png_folder(archive: str, data_dir: str) -> dict:
 def main(argv):
   del argv
   logs.setup()
-  if not _ARCHIVE.value or not _DATA_DIR.value:
-    raise errors.UserError('both --archive and --data_dir are required')
+  if _IMAGENET.value and _DATA_DIR.value:
+    from resnet_jax.data import ilsvrc
+    info = ilsvrc.arrange(_IMAGENET.value, _DATA_DIR.value)
+    print(f"Arranged ILSVRC-2012 in {info['path']}: {info['train']} train and "
+          f"{info['val']} val images of {info['classes']} classes.\n"
+          f"Train with --config.dataset=imagenet2012 --config.data_dir={_DATA_DIR.value} "
+          '--config.image_size=224')
+    return
+  if not (_ARCHIVE.value or _IMAGENET.value) or not _DATA_DIR.value:
+    raise errors.UserError('--data_dir and one of --archive or --imagenet are required')
   name = _image_folder_name(_ARCHIVE.value)
   if name:
     info = prepare_image_folder(_ARCHIVE.value, name, _DATA_DIR.value)
+    sizes = '' if info['small'] else ' ({}x{} to {}x{} pixels)'.format(
+        *info['smallest'], *info['largest'])
     print(f"Built image-folder dataset {name} in {info['path']}: {info['train']} train "
-          f"and {info['test']} test images of {info['classes']} classes.\n"
-          f"Train with --config.dataset={name} --config.data_dir={_DATA_DIR.value}")
+          f"and {info['test']} test images of {info['classes']} classes{sizes}.\n"
+          f"Train with --config.dataset={name} --config.data_dir={_DATA_DIR.value}"
+          + ('' if info['small'] else ' --config.image_size=224 (or another size)'))
     return
   if _AS_IMAGE_FOLDER.value:
     info = prepare_png_folder(_ARCHIVE.value, _DATA_DIR.value)

@@ -129,6 +129,27 @@ def file_split(root: str, split: str):
                                labels, class_names(root))
 
 
+def image_sizes(root: str, split: str) -> list:
+  """(width, height) of every image of `root/split`, from the headers.
+
+  Raises:
+    errors.UserError: naming the first file that is not a readable image.
+  """
+  from resnet_jax.data import image_decoding
+  paths, _ = _files(root, split, class_folders(root))
+  top = folder(root, split)
+
+  def size(path):
+    try:
+      with open(os.path.join(top, path), 'rb') as f:
+        return image_decoding.image_size(f.read())
+    except (image_decoding.BadImage, OSError) as e:
+      raise errors.UserError(f'{os.path.join(top, path)} is not a readable image ({e}); '
+                             'replace or remove it') from e
+  with concurrent.futures.ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:
+    return list(pool.map(size, paths))
+
+
 def decode(path: str) -> np.ndarray:
   """One file -> uint8 [32, 32, 3] RGB (Pillow's decoder).
 

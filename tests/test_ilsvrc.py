@@ -1,0 +1,113 @@
+"""Preparing ImageNet-size data: the official ILSVRC-2012 files arranged into
+class folders, and image-folder archives of any size (Imagenette's layout)."""
+
+import io
+import os
+import subprocess
+import sys
+import tarfile
+
+import numpy as np
+import pytest
+from scipy import io as scipy_io
+
+from resnet_jax import errors
+from resnet_jax import prepare_data
+from resnet_jax.data import ilsvrc
+from resnet_jax.data import image_folder
+from tests import jpeg_files
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Three leaf classes in challenge-id order (not wnid order, as in the real
+# devkit), and one inner node the arrangement must ignore.
+SYNSETS = [(1, 'n02', 'goldfish, Carassius auratus', 0), (2, 'n01', 'tench, Tinca tinca', 0),
+           (3, 'n03', 'great white shark', 0), (4, 'n99', 'fish', 3)]
+VAL_IDS = [2, 1, 3, 3, 1, 2, 2]
+
+
+def _add(tar, name, data):
+  info = tarfile.TarInfo(name)
+  info.size = len(data)
+  tar.addfile(info, io.BytesIO(data))
+
+
+def _official_files(folder, val_ids=VAL_IDS):
+  """Tiny stand-ins for the three official files, in their layouts."""
+  os.makedirs(folder, exist_ok=True)
+  synsets = np.array([s for s in SYNSETS],
+                     dtype=[('ILSVRC2012_ID', 'O'), ('WNID', 'O'), ('words', 'O'),
+                            ('num_children', 'O')])
+  mat = io.BytesIO()
+  scipy_io.savemat(mat, {'synsets': synsets.reshape(-1, 1)})
+  with tarfile.open(os.path.join(folder, ilsvrc.DEVKIT), 'w:gz') as tar:
+    _add(tar, 'ILSVRC2012_devkit_t12/data/meta.mat', mat.getvalue())
+    _add(tar, 'ILSVRC2012_devkit_t12/data/ILSVRC2012_validation_ground_truth.txt',
+         ''.join(f'{i}\n' for i in val_ids).encode())
+  with tarfile.open(os.path.join(folder, ilsvrc.VAL_TAR), 'w') as tar:
+    for i in range(len(VAL_IDS)):  # The images; the devkit may label fewer.
+      _add(tar, f'ILSVRC2012_val_{i + 1:08d}.JPEG',
+           jpeg_files.jpeg_bytes(jpeg_files.pattern(30 + i, 40, seed=i)))
+  with tarfile.open(os.path.join(folder, ilsvrc.TRAIN_TAR), 'w') as tar:
+    for wnid in ('n01', 'n02', 'n03'):
+      inner = io.BytesIO()
+      with tarfile.open(fileobj=inner, mode='w') as t:
+        for j in range(2):
+          _add(t, f'{wnid}_{j}.JPEG', jpeg_files.jpeg_bytes(jpeg_files.pattern(50, 60 + j)))
+      _add(tar, f'{wnid}.tar', inner.getvalue())
+  return str(folder)
+
+
+def test_the_official_files_become_class_folders_with_readable_names(tmp_path):
+  source = _official_files(tmp_path / 'downloads')
+  out = tmp_path / 'data'
+  result = subprocess.run([sys.executable, '-m', 'resnet_jax.prepare_data', '--imagenet',
+                           source, '--data_dir', str(out)],
+                          capture_output=True, text=True, cwd=REPO, timeout=300)
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert 'Arranged ILSVRC-2012 in' in result.stdout and '6 train and 7 val' in result.stdout
+  root = out / 'imagenet2012'
+  # Validation images sit in the class their ground-truth id names.
+  wnid_of = {s[0]: s[1] for s in SYNSETS}
+  for i, class_id in enumerate(VAL_IDS):
+    assert (root / 'val' / wnid_of[class_id] / f'ILSVRC2012_val_{i + 1:08d}.JPEG').is_file()
+  assert sorted(os.listdir(root / 'train' / 'n01')) == ['n01_0.JPEG', 'n01_1.JPEG']
+  assert image_folder.class_names(str(root)) == ('tench', 'goldfish', 'great white shark')
+  val = image_folder.file_split(str(root), 'test')
+  assert len(val) == 7 and sorted(np.bincount(val.labels)) == [2, 2, 3]
+  assert sorted(os.listdir(out)) == ['imagenet2012']  # No staging left.
+  # Run again: refused, the first copy left alone.
+  with pytest.raises(errors.UserError, match='already exists; it was left as it is'):
+    ilsvrc.arrange(source, str(out))
+
+
+def test_missing_or_mismatched_official_files_are_refused_leaving_nothing(tmp_path):
+  source = _official_files(tmp_path / 'downloads', val_ids=VAL_IDS[:-1])
+  out = tmp_path / 'data'
+  with pytest.raises(errors.UserError, match='beyond the 6 labels of the devkit'):
+    ilsvrc.arrange(source, str(out))
+  assert os.listdir(out) == []
+  os.remove(os.path.join(source, ilsvrc.TRAIN_TAR))
+  with pytest.raises(errors.UserError, match=f'lacks {ilsvrc.TRAIN_TAR}'):
+    ilsvrc.arrange(source, str(out))
+
+
+def test_an_image_folder_archive_of_any_size_is_checked_and_placed(tmp_path):
+  # Imagenette's layout: NAME/train/<wnid>/*.JPEG and NAME/val/<wnid>/*.JPEG.
+  jpeg_files.write_folder(tmp_path / 'src', name='imagenette2-320', names=False)
+  archive = tmp_path / 'imagenette2-320.tgz'
+  with tarfile.open(archive, 'w:gz') as tar:
+    tar.add(tmp_path / 'src' / 'imagenette2-320', arcname='imagenette2-320')
+  out = tmp_path / 'data'
+  result = subprocess.run([sys.executable, '-m', 'resnet_jax.prepare_data', '--archive',
+                           str(archive), '--data_dir', str(out)],
+                          capture_output=True, text=True, cwd=REPO, timeout=300)
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert '36 train and 12 test images of 3 classes (' in result.stdout
+  assert result.stdout.strip().endswith('--config.image_size=224 (or another size)')
+  assert (out / 'imagenette2-320' / 'val' / 'n01').is_dir()
+  # A file that is not an image is refused by name, nothing placed.
+  (tmp_path / 'src' / 'imagenette2-320' / 'val' / 'n02' / 'bad.JPEG').write_bytes(b'')
+  with pytest.raises(errors.UserError, match='val/n02/bad.JPEG is not a readable image'):
+    prepare_data.prepare_image_folder(str(tmp_path / 'src' / 'imagenette2-320'),
+                                      'other', str(out))
+  assert sorted(os.listdir(out)) == ['imagenette2-320']
