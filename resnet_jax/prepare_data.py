@@ -18,10 +18,7 @@ decoded in full, others by their headers), then the folder is placed at
 (no TensorFlow needed; add `--config.image_size=224` for images of other
 sizes).
 
-  python -m resnet_jax.prepare_data --imagenet ~/Downloads/ilsvrc --data_dir DIR
-
-arranges the official ILSVRC-2012 files (`data/ilsvrc.py`) into
-`DIR/imagenet2012/{train,val}/<wnid>/` with readable class names.
+`--imagenet FOLDER` arranges the official ILSVRC-2012 files (`data/ilsvrc.py`).
 """
 
 import hashlib
@@ -386,10 +383,9 @@ def main(argv):
   if _IMAGENET.value and _DATA_DIR.value:
     from resnet_jax.data import ilsvrc
     info = ilsvrc.arrange(_IMAGENET.value, _DATA_DIR.value)
-    print(f"Arranged ILSVRC-2012 in {info['path']}: {info['train']} train and "
-          f"{info['val']} val images of {info['classes']} classes.\n"
-          f"Train with --config.dataset=imagenet2012 --config.data_dir={_DATA_DIR.value} "
-          '--config.image_size=224')
+    print(f"Arranged ILSVRC-2012 in {info['path']}: {info['train']} train and {info['val']}"
+          f" val images of {info['classes']} classes.\nTrain with --config.dataset="
+          f"imagenet2012 --config.data_dir={_DATA_DIR.value} --config.image_size=224")
     return
   if not (_ARCHIVE.value or _IMAGENET.value) or not _DATA_DIR.value:
     raise errors.UserError('--data_dir and one of --archive or --imagenet are required')

@@ -94,7 +94,7 @@ def _assert_same_batches(a, b):
 def test_batches_are_the_same_with_worker_processes_and_resume_from_grain_state(folder):
   from absl import flags
   if not flags.FLAGS.is_parsed():  # grain's workers read its absl flags.
-    flags.FLAGS(['test'])
+    flags.FLAGS.mark_as_parsed()
   examples = file_loader.TrainExamples(_split(folder), 8, 3, 24)
   threads = file_loader.TrainBatches(examples, 12, 0, workers=0, threads=2)
   expected = _take(threads, 0, 9)

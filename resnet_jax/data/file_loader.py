@@ -213,9 +213,10 @@ class TrainBatches:
             'grain': self._states[step]}
 
   def close(self) -> None:
-    close = getattr(self._iterator, 'close', None)
-    if close:
-      close()
+    """Stops grain's workers and threads now, not at garbage collection."""
+    if self._iterator is not None:
+      self._iterator.close()
+      self._iterator = None
 
 
 def eval_dataset(split: FileSplit, global_batch: int, size: int, process_index: int = 0,
