@@ -14,6 +14,10 @@
 #    of CIFAR-10, stopped by SIGTERM at the deadline (it checkpoints and
 #    exits); the workdir is tarred into $OUT/accel_r20.tar. Carried back into
 #    the checkout as .runs/accel_r20.tar, the next call resumes it.
+# (Before 4.) ImageNet: a bfloat16 ResNet-50 step at 224 px (images/s, peak
+#    memory, batch per device) and the JPEG loader on this host's cores
+#    (benchmarks/jpeg_decoding.py); needs grain, simplejpeg and OpenCV (wheels
+#    in .whl/ where the machine lacks them).
 #
 # Everything it prints also goes to $OUT/check.log. Inputs, where the device
 # machine lacks them (carried as ignored folders): .whl/*.whl (wheels, e.g.
@@ -72,6 +76,47 @@ for model in "${models[@]}"; do
     cat "$OUT/bench_${model}_${dtype}.json"
   done
 done
+
+section imagenet
+# ResNet-50 at 224 px in bfloat16 (images/s, peak memory, batch per device)
+# on synthetic uint8 images, and the JPEG loader's images/s on this host's
+# cores. Both need an image folder for the class count: 1000 classes of one
+# small JPEG each, made here. JPEGs for the loader: .data/jpegs (e.g. some of
+# the ImageNet sample) if carried, else 256 synthetic 500x375 photos.
+fake=$(mktemp -d)
+step "$PY" - "$fake" "$([[ $smoke == 1 ]] && echo 10 || echo 1000)" <<'PY'
+import os, sys
+import numpy as np
+from PIL import Image
+root, classes = sys.argv[1], int(sys.argv[2])
+rng = np.random.default_rng(0)
+for split in ('train', 'val'):
+  for c in range(classes):
+    os.makedirs(f'{root}/fake/{split}/c{c:04d}')
+    Image.fromarray(rng.integers(0, 256, (24, 32, 3), dtype=np.uint8)).save(
+        f'{root}/fake/{split}/c{c:04d}/0.jpg')
+os.makedirs(f'{root}/photos')
+y, x = np.mgrid[0:375, 0:500]
+for i in range(256):
+  image = np.stack([x * 255 / 500, y * 255 / 375, 128 + 100 * np.sin((x + i) / 9.0)], -1)
+  image += rng.normal(0, 12, image.shape)
+  Image.fromarray(np.clip(image, 0, 255).astype(np.uint8)).save(
+      f'{root}/photos/{i:03d}.jpg', quality=90)
+PY
+if [[ $smoke == 1 ]]; then
+  r50=(--config.model=resnet18 --config.image_size=32 --config.batch_size=8 --windows=2
+       --steps=2 --warmup=1 --min_window_seconds=0)
+  jpeg=(--size 32 --repeats 1)
+else
+  r50=(--config.batch_size=256)
+  jpeg=(--repeats 2)
+fi
+step "$PY" -m resnet_jax.benchmark --config configs/imagenet.py --config.data_dir="$fake" \
+  --config.dataset=fake --config.half_precision=True "${r50[@]}" > "$OUT/bench_resnet50_bf16.json"
+cat "$OUT/bench_resnet50_bf16.json"
+photos=$fake/photos
+[[ -d .data/jpegs ]] && photos=.data/jpegs
+step "$PY" benchmarks/jpeg_decoding.py "$photos" "${jpeg[@]}" | tee "$OUT/jpeg_decoding.txt"
 
 section training
 data=${RESNET_JAX_DATA:-}

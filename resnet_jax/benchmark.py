@@ -56,10 +56,11 @@ _TORCH_PYTHON = flags.DEFINE_string(
 flags.mark_flags_as_required(['config'])
 
 
-def synthetic_split(n: int, num_classes: int, seed: int = 0) -> input_pipeline.Split:
+def synthetic_split(n: int, num_classes: int, seed: int = 0,
+                    size: int = 32) -> input_pipeline.Split:
   rng = np.random.default_rng(seed)
   return input_pipeline.Split(
-      images=rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8),
+      images=rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8),
       labels=rng.integers(0, num_classes, n).astype(np.int32),
       class_names=tuple(map(str, range(num_classes))))
 
@@ -76,8 +77,12 @@ def compiled_train_step(config):
   dp, source = run_setup.preflight(config)
   num_classes = source.num_classes
   b = config.batch_size
-  split = synthetic_split(max(4 * b, 2048), num_classes, config.seed)
-  stream = input_pipeline.TrainStream(split, b, config.seed, config.augment,
+  size = config.get('image_size', 0)
+  # With image_size: uint8 images of that size, as the file loader sends
+  # them (its own speed is benchmarks/jpeg_decoding.py's).
+  split = synthetic_split(max(2 * b, 256) if size else max(4 * b, 2048), num_classes,
+                          config.seed, size or 32)
+  stream = input_pipeline.TrainStream(split, b, config.seed, config.augment and not size,
                                       jax.process_index(), jax.process_count(),
                                       augmentations.Options.from_config(config))
   state = _state_of(config, dp, num_classes)
@@ -253,8 +258,18 @@ def run(config, windows: int = 5, steps: int = 10, warmup: int = 3,
       'input_vs_train': round(input_rate / train_rate, 2),
       'augmentations': dataclasses.asdict(augmentations.Options.from_config(config)),
       'jax_version': jax.__version__, 'python': platform.python_version(),
-      'cpu_count': os.cpu_count(),
+      'cpu_count': os.cpu_count(), 'image_size': config.get('image_size', 0) or 32,
+      'batch_per_device': b // len(dp.devices),
   }
+  if config.get('image_size', 0):  # The synthetic gather says nothing of files.
+    for key in ('input_pipeline_images_per_sec', 'input_vs_train', 'augmentations'):
+      record.pop(key)
+  stats = device.memory_stats() if hasattr(device, 'memory_stats') else None
+  if stats and 'peak_bytes_in_use' in stats:
+    record['peak_memory_gib'] = round(stats['peak_bytes_in_use'] / 2**30, 2)
+  if loop and config.get('image_size', 0):
+    loop = False  # Its batches come from files: benchmarks/jpeg_decoding.py.
+    record['loop'] = 'not timed with image_size (benchmarks/jpeg_decoding.py times the loader)'
   if loop:
     after = loop_rate(config, split, windows, steps, warmup, min_window_seconds)
     # The loop before data moved to the device: host batches, one step per call.

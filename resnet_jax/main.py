@@ -121,10 +121,10 @@ def _log_preset(argument: str) -> None:
   path, _, preset = argument.partition(':')
   if not preset:
     return
-  from resnet_jax.workdir import config_validation
+  from resnet_jax.workdir import config_docs
   module = config_files.load_module(config_files.resolve(path))
   if preset in getattr(module, 'PRESETS', {}):
-    changes = config_validation.preset_changes(module, preset)
+    changes = config_docs.preset_changes(module, preset)
     log.info('Preset %s (%s): %s', preset, getattr(module, 'SOURCES', {}).get(preset, '?'),
              ', '.join(f'{k}={v!r}' for k, v in changes.items()) or 'the defaults')
 

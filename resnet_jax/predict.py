@@ -107,7 +107,8 @@ def predict(workdir: str, paths: List[str], top_k: int = 5, step=None,
     flip_tta: average the probabilities of each image and its mirror image.
   """
   config, model, variables, names, step, mean_std, weights = _load(workdir, step, ema)
-  image_size = config.get('image_size', 0)
+  from resnet_jax.training import run_setup
+  image_size = run_setup.eval_size(config)
   results, images, index = [], [], []
   for path in paths:
     try:

@@ -73,15 +73,27 @@ COLUMNS = ('model', 'framework', 'recipe', 'steps', 'test accuracy (final / best
 def _recipe(c: dict, seed: bool = True) -> str:
   length = (f"{c['num_train_steps']} steps" if c.get('num_train_steps', -1) > 0
             else f"{c['num_epochs']:g} epochs")
-  parts = [length, f"batch {c['batch_size']}", f"SGD lr {c['learning_rate']:g}"]
+  optimizer = 'LARS' if c.get('optimizer') == 'lars' else 'SGD'
+  per = f" per {c['lr_scale_batch']}" if c.get('lr_scale_batch') else ''
+  parts = [length, f"batch {c['batch_size']}", f"{optimizer} lr {c['learning_rate']:g}{per}"]
   bounds = c.get('lr_boundaries') or ()
+  warmup = (f"{c['warmup_epochs']:g} epochs" if c.get('warmup_epochs')
+            else f"{c.get('warmup_steps', 0)} steps")
   if c.get('lr_schedule', 'piecewise') == 'cosine':
-    parts.append(f"cosine, warm-up {c['warmup_steps']} steps")
+    parts.append(f"cosine, warm-up {warmup}")
   elif bounds:
     parts.append(f"x{c.get('lr_decay_factor', 0.1):g} at "
                  + '/'.join(f'{100 * b:g}%' for b in bounds))
-  parts.append(f"wd {c['weight_decay']:g}")
-  if c.get('augment', True):
+    if c.get('warmup_epochs') or c.get('warmup_steps'):
+      parts.append(f"{c.get('warmup_shape', 'constant')} warm-up {warmup}")
+  parts.append(f"wd {c['weight_decay']:g}" + (' (all)' if c.get('weight_decay_on') == 'all'
+                                              else ''))
+  if c.get('image_size'):
+    size = str(c['image_size']) + (f"->{c['final_image_size']}"
+                                   if c.get('final_image_size') else '')
+    parts.append(f'random-resized crop {size}+flip' if c.get('augment', True)
+                 else f'centre crop {size}')
+  elif c.get('augment', True):
     parts.append('crop+flip')
   extras = (('augment_policy', '{}'), ('cutout_size', 'Cutout {}'),
             ('mixup_alpha', 'mixup {:g}'), ('cutmix_alpha', 'CutMix {:g}'),
@@ -136,6 +148,10 @@ def summarize(workdir: str, metric: str = 'eval_accuracy') -> dict:
       'steps': max((l['step'] for l in lines), default=0),
       'metric': metric,
       'final_accuracy': evals[-1][metric] if evals else None,
+      # Top-5 beside it on runs of ImageNet-size images (image_size), where
+      # it is the standard second number.
+      'final_top5': (evals[-1].get(metric.replace('_accuracy', '_top5_accuracy'))
+                     if evals and config.get('image_size') else None),
       'best_accuracy': max(l[metric] for l in evals) if evals else None,
       'wall_seconds': sum(s.get('wall_seconds', 0) for s in sessions),
       'complete': bool(finished), 'seed': config.get('seed'), 'config': config,
@@ -154,6 +170,8 @@ def markdown_row(s: dict) -> str:
   wall = f"{s['wall_seconds'] / 60:.1f} min" + ('' if s['complete'] else ' (unfinished)')
   rate = '-' if s['images_per_sec'] is None else f"{s['images_per_sec']:.0f}"
   accuracy = f"{pct(s['final_accuracy'])} / {pct(s['best_accuracy'])}"
+  if s.get('final_top5') is not None:
+    accuracy += f", top-5 {pct(s['final_top5'])}"
   if s['metric'] != 'eval_accuracy':  # Say which weights and view.
     accuracy += f" ({s['metric']})"
   data = s['dataset'] + (f", {s['train_images']:,} train images"
@@ -232,6 +250,11 @@ def group_table(groups: list, best: bool) -> list:
     span = '-' if not s.n else f'{pct(s.min)} - {pct(s.max)}'
     seeds = plan_lib.format_seeds(sorted(r['seed'] for r in counted
                                          if isinstance(r.get('seed'), int)))
+    top5 = [r['final_top5'] for r in counted if r.get('final_top5') is not None]
+    if top5 and not best and len(top5) == s.n:  # ImageNet-size runs: top-5 too.
+      t = group_stats.summarize(top5)
+      mean += f' (top-5 {pct(t.mean)}' + (f' ± {pct(t.std)})' if t.std is not None
+                                          else ')')
     lines.append(f"| {i} | {g.name} | {g.framework} | {g.runs[0].get('model')} | "
                  f"{len(g.runs)} | {s.n} | {mean} | {interval} | {span} | "
                  f"{seeds or '-'} | {_left_out(g.runs, counted)} |")

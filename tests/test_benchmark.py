@@ -175,6 +175,11 @@ def test_the_accelerator_check_runs_end_to_end_on_the_cpu(tmp_path):
     record = json.loads((tmp_path / f'bench_resnet8_{dtype}.json').read_text())
     assert record['train_images_per_sec'] > 0
     assert record['dtype'] == ('bfloat16' if dtype == 'bf16' else 'float32')
+  record = json.loads((tmp_path / 'bench_resnet50_bf16.json').read_text())
+  assert record['image_size'] == 32 and record['train_images_per_sec'] > 0
+  assert record['batch_per_device'] == 8
+  jpeg = (tmp_path / 'jpeg_decoding.txt').read_text()
+  assert '256 files' in jpeg and 'loader: ' in jpeg
   assert (tmp_path / 'accel_r20.tar').stat().st_size > 0
   assert (tmp_path / 'check.log').read_text().count('==') >= 5
 

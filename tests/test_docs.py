@@ -9,6 +9,7 @@ import sys
 import pytest
 
 from configs import cifar
+from resnet_jax.workdir import config_docs
 from resnet_jax.workdir import config_validation
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -22,16 +23,19 @@ def _read(page):
 
 
 def test_the_config_reference_is_generated_from_the_fields():
-  assert _read('docs/config.md') == config_validation.reference_markdown(
+  assert _read('docs/config.md') == config_docs.reference_markdown(
       cifar.get_config()), ('docs/config.md is stale: python -m '
-                            'resnet_jax.workdir.config_validation > docs/config.md')
+                            'resnet_jax.workdir.config_docs > docs/config.md')
 
 
 def test_the_preset_table_is_generated_from_the_presets():
-  assert _read('docs/presets.md') == config_validation.presets_markdown(cifar), (
-      'docs/presets.md is stale: python -m resnet_jax.workdir.config_validation '
+  modules = config_docs.shipped_presets()
+  assert list(modules) == ['configs/cifar.py', 'configs/imagenet.py']
+  assert _read('docs/presets.md') == config_docs.presets_markdown(modules), (
+      'docs/presets.md is stale: python -m resnet_jax.workdir.config_docs '
       'presets > docs/presets.md')
-  assert set(cifar.SOURCES) == set(cifar.PRESETS)  # Every preset says where it is from.
+  for module in modules.values():  # Every preset says where it is from.
+    assert set(module.SOURCES) == set(module.PRESETS)
 
 
 def test_the_front_page_stays_a_front_page():

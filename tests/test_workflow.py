@@ -85,7 +85,7 @@ def test_progress_bar_on_a_terminal_only():
      "error: unknown preset 'resnet20_moden'; choose one of: "),
     (['--config', 'configs/cifr.py'],
      'error: config file configs/cifr.py does not exist; the configs that ship with '
-     'resnet_jax are cifar.py, label_smoothing.py (pass configs/cifar.py, from any '
+     'resnet_jax are cifar.py, imagenet.py, label_smoothing.py (pass configs/cifar.py, from any '
      'folder), or pass the '
      'path of your own'),
     (['--config', 'configs/cifar.py', '--config.init_from=runs/nope'],

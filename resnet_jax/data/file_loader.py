@@ -23,6 +23,7 @@ in run.json (`skipped_files`).
 """
 
 import dataclasses
+import math
 import os
 from typing import Iterator, Optional, Sequence
 
@@ -60,6 +61,36 @@ class FileSplit:
                      self.class_names)
 
 
+@dataclasses.dataclass(frozen=True)
+class Sizes:
+  """The training crop size of each step: `start`, or with `final`
+  progressive resizing (FFCV): from `start` at epoch `start_epoch` to `final`
+  at `end_epoch`, linearly in steps of 32 pixels, halves rounded up (one
+  compiled shape each)."""
+  start: int
+  final: int = 0
+  start_epoch: float = 0.0
+  end_epoch: float = 0.0
+  steps_per_epoch: float = 1.0
+
+  def at(self, step: int) -> int:
+    if not self.final or self.final == self.start:
+      return self.start
+    epoch = step / self.steps_per_epoch
+    span = self.end_epoch - self.start_epoch
+    t = (float(epoch >= self.start_epoch) if span <= 0
+         else min(1.0, max(0.0, (epoch - self.start_epoch) / span)))
+    if t >= 1.0:
+      return self.final
+    return self.start + 32 * int(math.floor(t * (self.final - self.start) / 32 + 0.5))
+
+  def changes(self, first: int, end: int) -> set:
+    """The steps in (first, end) whose size differs from the step before."""
+    if not self.final:
+      return set()
+    return {s for s in range(first + 1, end) if self.at(s) != self.at(s - 1)}
+
+
 def _skipped(split: FileSplit, index: int, error: Exception) -> tuple:
   return (split.paths[index].decode(), str(error))
 
@@ -70,15 +101,17 @@ class TrainExamples:
   Picklable: grain sends it to its worker processes.
   """
 
-  def __init__(self, split: FileSplit, global_batch: int, seed: int, size: int,
+  def __init__(self, split: FileSplit, global_batch: int, seed: int, size,
                area: tuple = image_decoding.AREA, augment: bool = True,
                process_index: int = 0, process_count: int = 1):
+    """`size`: pixels, or a `Sizes` (progressive resizing)."""
     if global_batch % process_count:
       raise errors.UserError(
           f'batch_size {global_batch} is not divisible by the {process_count} '
           'processes; set --config.batch_size to a multiple of it')
     self.split, self.global_batch, self.seed = split, global_batch, seed
-    self.size, self.area, self.augment = size, tuple(area), augment
+    self.sizes = size if isinstance(size, Sizes) else Sizes(int(size))
+    self.area, self.augment = tuple(area), augment
     self.local = global_batch // process_count
     self.offset = process_index * self.local
     self._perms = {}
@@ -98,6 +131,7 @@ class TrainExamples:
 
   def __call__(self, k: int) -> dict:
     position = self.position(k)
+    size = self.sizes.at(k // self.local)
     n = len(self.split)
     epoch, offset = divmod(position, n)
     order = self._permutation(epoch)
@@ -107,8 +141,8 @@ class TrainExamples:
       index = int(order[(offset + t) % n])
       try:
         data = self.split.read(index)
-        image = (image_decoding.train_image(data, self.size, rng, self.area)
-                 if self.augment else image_decoding.eval_image(data, self.size))
+        image = (image_decoding.train_image(data, size, rng, self.area)
+                 if self.augment else image_decoding.eval_image(data, size))
         return {'image': image, 'label': self.split.labels[index],
                 'skipped': tuple(skipped)}
       except (image_decoding.BadImage, OSError) as e:

@@ -30,6 +30,9 @@ from resnet_jax.workdir import preemption
 from resnet_jax.workdir import run_record
 
 
+# How the start-up line says where batches come from.
+PIPELINE_WORDS = {'device': 'made on the device', 'host': 'made on the host',
+                  'files': 'decoded from the files on the host'}
 # Calls dispatched but maybe not yet run by the device, at most.
 MAX_CALLS_IN_FLIGHT = 2
 
@@ -163,12 +166,13 @@ def _train(run: run_setup.Run, initial: Optional[train_state.TrainState]) -> dic
                         config.eval_every_epochs)
   k = run.steps_per_call
   log.info('Training %s on %s: %d steps of %d images (%.2f epochs) on %d %s '
-           'device(s), %s; batches made on the %s, %d step(s) per call',
+           'device(s), %s; batches %s, %d step(s) per call',
            config.model, config.dataset, run.num_steps, config.batch_size,
            epoch_at(run.num_steps), len(dp.devices), jax.devices()[0].platform,
-           config.parallelism, run.pipeline, k)
+           config.parallelism, PIPELINE_WORDS[run.pipeline], k)
   plan = chunk_plan(start, run.num_steps, k, config.log_every_steps,
-                    config.checkpoint_every_steps, eval_at)
+                    config.checkpoint_every_steps, eval_at,
+                    run.sizes.changes(start, run.num_steps) if run.sizes else set())
   bar = progress.Progress(run.num_steps, len(run.train) / config.batch_size, start,
                           enabled=None if jax.process_index() == 0 else False)
   writer = metrics_io.MetricsWriter(workdir, resume_step=start, progress=bar)
@@ -260,14 +264,16 @@ def _train(run: run_setup.Run, initial: Optional[train_state.TrainState]) -> dic
 
 
 def chunk_plan(start: int, end: int, k: int, log_every: int, checkpoint_every: int,
-               eval_at: set) -> list:
+               eval_at: set, breaks: set = frozenset()) -> list:
   """(first step, n) of each call from `start` to `end`: at most `k` steps,
-  ending wherever the loop logs, checkpoints or evaluates."""
+  ending wherever the loop logs, checkpoints or evaluates, and before each
+  step of `breaks` (where the batch shape changes)."""
   plan, step = [], start
   while step < end:
     n = 1
     while (n < k and step + n < end and (step + n) % log_every
-           and (step + n) % checkpoint_every and step + n not in eval_at):
+           and (step + n) % checkpoint_every and step + n not in eval_at
+           and step + n not in breaks):
       n += 1
     plan.append((step, n))
     step += n
@@ -287,15 +293,16 @@ def _file_batches(run: run_setup.Run, start: int) -> file_loader.TrainBatches:
   state its checkpoint saved, when there is one."""
   config = run.config
   examples = file_loader.TrainExamples(
-      run.train, config.batch_size, config.seed, config.image_size,
+      run.train, config.batch_size, config.seed, run.sizes,
       (config.crop_min_area, 1.0), config.augment, jax.process_index(),
       jax.process_count())
   state = run.ckpt.read_data_state(start) if start else None
   workers, threads = run_setup.input_workers(config, files=True)
   loader = file_loader.TrainBatches(examples, run.num_steps, start, workers, threads,
                                     state)
-  log.info('Input: %s decoded at %dx%d by %s, %d thread(s) each%s', config.dataset,
-           config.image_size, config.image_size,
+  final = f' growing to {config.final_image_size}' if config.final_image_size else ''
+  log.info('Input: %s decoded at %dx%d%s by %s, %d thread(s) each%s', config.dataset,
+           config.image_size, config.image_size, final,
            f'{workers} grain worker process(es)' if workers else 'the training process',
            threads, '; resumed from the loader state of the checkpoint'
            if loader.resumed_from_state else '')

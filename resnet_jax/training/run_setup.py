@@ -11,6 +11,7 @@ import ml_collections
 from resnet_jax import errors
 from resnet_jax.data import datasets
 from resnet_jax.data import device_pipeline
+from resnet_jax.data import file_loader
 from resnet_jax.logs import log
 from resnet_jax.parallelism import data_parallel
 from resnet_jax.training import chunks
@@ -60,7 +61,7 @@ class Run:
     # The checkpoints' layout follows the run that wrote them.
     self.has_ema = (stored_config or config).get('ema_decay', 0.0) > 0
     if need_train:  # Before any image is decoded, when the sizes are known.
-      check_warmup(config, _known_length(config, self.source))
+      check_warmup(config, *_known_length(config, self.source))
     # image_size > 0: splits are files, decoded while training (file_loader).
     self.image_size = config.get('image_size', 0)
     self.input_size = self.image_size or 32
@@ -74,9 +75,14 @@ class Run:
     self.mean_std = _mean_std(stored, self.source, self.train, self.image_size)
     self.model = train_state.create_model(config, self.num_classes, self.dp.axis_name)
     self.num_steps = train_state.total_steps(config, len(self.train) if need_train else 1)
+    self.steps_per_epoch = (len(self.train) if need_train else 1) / config.batch_size
     if need_train:
-      check_warmup(config, self.num_steps)
-    self.lr_fn = train_state.create_learning_rate_fn(config, self.num_steps)
+      check_warmup(config, self.num_steps, self.steps_per_epoch)
+    self.lr_fn = train_state.create_learning_rate_fn(config, self.num_steps,
+                                                     self.steps_per_epoch)
+    self.sizes = (file_loader.Sizes(self.image_size, config.final_image_size,
+                                    config.resize_start_epoch, config.resize_end_epoch,
+                                    self.steps_per_epoch) if self.image_size else None)
     self.tx = train_state.create_optimizer(config, self.lr_fn)
     self.p_train_step, self.p_eval_step = steps.compile_steps(
         self.dp, config, self.num_classes, self.mean_std)
@@ -133,7 +139,7 @@ class Run:
       split = self.test if split_name == 'test' else self.validation
       if self.image_size:
         self._placed[split_name] = chunks.FileEvalSplit(
-            self.dp, split, self.config.eval_batch_size, self.image_size,
+            self.dp, split, self.config.eval_batch_size, eval_size(self.config),
             input_workers(self.config, files=True), self.skipped)
       else:
         self._placed[split_name] = chunks.EvalSplit(self.dp, split,
@@ -155,25 +161,41 @@ class Run:
             'mean': list(self.mean_std[0]), 'std': list(self.mean_std[1])}
 
 
-def check_warmup(config: ml_collections.ConfigDict, num_steps: Optional[int]) -> None:
-  """Refuses a warm-up as long as the run (`num_steps` None: not known yet)."""
-  if num_steps is not None and config.warmup_steps >= num_steps:
-    raise errors.UserError(f'warmup_steps {config.warmup_steps} is not shorter than '
-                           f'the run ({num_steps} steps); set --config.warmup_steps lower')
+def eval_size(config: ml_collections.ConfigDict) -> int:
+  """The evaluation crop of a run with image_size: `eval_image_size`, else
+  the last training size."""
+  return (config.get('eval_image_size', 0) or config.get('final_image_size', 0)
+          or config.get('image_size', 0))
+
+
+def check_warmup(config: ml_collections.ConfigDict, num_steps: Optional[int],
+                 steps_per_epoch: Optional[float]) -> None:
+  """Refuses a warm-up as long as the run (None: not known yet)."""
+  if num_steps is None or (steps_per_epoch is None and config.get('warmup_epochs', 0)):
+    return
+  warmup = train_state.warmup_steps(config, steps_per_epoch or 1.0)
+  if warmup >= num_steps:
+    field = 'warmup_epochs' if config.get('warmup_epochs', 0) else 'warmup_steps'
+    steps = f' ({warmup} steps)' if field == 'warmup_epochs' else ''
+    raise errors.UserError(f'{field} {config[field]}{steps} is not shorter than the '
+                           f'run ({num_steps} steps); set --config.{field} lower')
 
 
 def _known_length(config: ml_collections.ConfigDict, source: datasets.Source):
-  """The run's steps if known without decoding images: given in steps, or
-  from the split's size (`datasets.count`); None if that needs a download.
-  Refuses a validation split larger than the training split on the way."""
+  """(the run's steps, steps per epoch), each known without decoding images
+  (steps given, or the split's size from `datasets.count`) or None (that
+  needs a download). Refuses a validation split larger than the training
+  split on the way."""
   examples = datasets.count(source, 'train')
   if examples is not None and config.validation_size:
     datasets.check_hold_out(config.validation_size, examples)
+  per_epoch = (None if examples is None
+               else (examples - config.validation_size) / config.batch_size)
   if config.num_train_steps > 0:
-    return int(config.num_train_steps)
+    return int(config.num_train_steps), per_epoch
   if examples is None:
-    return None
-  return train_state.total_steps(config, examples - config.validation_size)
+    return None, None
+  return train_state.total_steps(config, examples - config.validation_size), per_epoch
 
 
 def resolve_pipeline(config: ml_collections.ConfigDict, stored: Optional[dict],

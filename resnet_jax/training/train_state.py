@@ -67,48 +67,93 @@ def total_steps(config: ml_collections.ConfigDict, num_train_examples: int) -> i
   return max(1, int(round(config.num_epochs * num_train_examples / config.batch_size)))
 
 
-def create_learning_rate_fn(config: ml_collections.ConfigDict,
-                            num_steps: int) -> optax.Schedule:
+def peak_learning_rate(config: ml_collections.ConfigDict) -> float:
+  """`learning_rate`, scaled by `batch_size / lr_scale_batch` when that is set
+  (the linear scaling rule of Goyal et al. 2017: 0.1 per 256 images)."""
+  scale_batch = config.get('lr_scale_batch', 0)
+  return config.learning_rate * (config.batch_size / scale_batch if scale_batch else 1.0)
+
+
+def warmup_steps(config: ml_collections.ConfigDict, steps_per_epoch: float) -> int:
+  """`warmup_steps`, or `warmup_epochs` of `steps_per_epoch` steps."""
+  epochs = config.get('warmup_epochs', 0.0)
+  if epochs > 0:
+    return int(round(epochs * steps_per_epoch))
+  return max(0, int(config.warmup_steps))
+
+
+def create_learning_rate_fn(config: ml_collections.ConfigDict, num_steps: int,
+                            steps_per_epoch: float = 1.0) -> optax.Schedule:
   """The learning rate of each (0-based) step.
 
   'piecewise' (default): constant, multiplied by `lr_decay_factor` at each of
-  `lr_boundaries` (fractions of the run). With the defaults and 64k steps it is
-  0.1 for steps [0, 32000), 0.01 for [32000, 48000) and 0.001 from 48000, as in
-  He et al. 2015. An optional constant warmup (the paper's 0.01 for ResNet-110)
-  replaces the first `warmup_steps` values.
+  `lr_boundaries` (fractions of the run, so epochs at any batch size). With
+  the defaults and 64k steps it is 0.1 for steps [0, 32000), 0.01 for [32000,
+  48000) and 0.001 from 48000, as in He et al. 2015. A warm-up replaces the
+  first steps: constant at `warmup_lr` (the paper's 0.01 for ResNet-110), or
+  with `warmup_shape='linear'` rising from `warmup_lr` to the peak (Goyal et
+  al. 2017's gradual warm-up), the boundaries staying at their steps.
 
-  'cosine': linear from `warmup_lr` to `learning_rate` over `warmup_steps`,
-  then half a cosine down to 0 at the end of the run (Loshchilov & Hutter 2017,
-  without restarts; Goyal et al. 2017's gradual warmup).
+  'cosine': linear from `warmup_lr` to the peak over the warm-up, then half a
+  cosine down to 0 at the end of the run (Loshchilov & Hutter 2017, without
+  restarts).
+
+  The peak is `peak_learning_rate`; the warm-up lasts `warmup_steps(config,
+  steps_per_epoch)` steps.
   """
+  peak = peak_learning_rate(config)
+  warmup = warmup_steps(config, steps_per_epoch)
   if config.get('lr_schedule', 'piecewise') == 'cosine':
     return optax.warmup_cosine_decay_schedule(
-        init_value=config.warmup_lr if config.warmup_steps > 0 else config.learning_rate,
-        peak_value=config.learning_rate, warmup_steps=max(0, config.warmup_steps),
+        init_value=config.warmup_lr if warmup > 0 else peak,
+        peak_value=peak, warmup_steps=warmup,
         # (Restoring for inference builds a schedule for 1 step.)
-        decay_steps=max(num_steps, config.warmup_steps + 1), end_value=0.0)
+        decay_steps=max(num_steps, warmup + 1), end_value=0.0)
   boundaries = {int(round(f * num_steps)): config.lr_decay_factor
                 for f in config.lr_boundaries}
-  schedule = optax.piecewise_constant_schedule(config.learning_rate, boundaries)
-  if config.warmup_steps <= 0:
+  schedule = optax.piecewise_constant_schedule(peak, boundaries)
+  if warmup <= 0:
     return schedule
-  # A constant warmup that keeps the boundaries at their absolute steps
+  if config.get('warmup_shape', 'constant') == 'linear':
+    ramp = lambda step: config.warmup_lr + (peak - config.warmup_lr) * step / warmup
+  else:
+    ramp = lambda step: config.warmup_lr
+  # The warm-up keeps the boundaries at their absolute steps
   # (optax.join_schedules would shift the later schedule).
-  return lambda step: jnp.where(step < config.warmup_steps, config.warmup_lr,
-                                schedule(step))
+  return lambda step: jnp.where(step < warmup, ramp(step), schedule(step))
+
+
+def decay_mask(config: ml_collections.ConfigDict) -> Callable:
+  """params -> which leaves weight decay (and LARS's trust ratio) applies
+  to: conv and dense kernels, or with `weight_decay_on='all'` every
+  parameter (BatchNorm scales and biases too)."""
+  if config.get('weight_decay_on', 'kernels') == 'all':
+    return lambda params: jax.tree.map(lambda p: True, params)
+  return lambda params: jax.tree.map(lambda p: p.ndim > 1, params)
 
 
 def create_optimizer(config: ml_collections.ConfigDict,
                      learning_rate_fn: optax.Schedule) -> optax.GradientTransformation:
-  """SGD with momentum and coupled weight decay on conv and dense kernels.
+  """SGD with momentum and coupled weight decay, or LARS.
 
-  The decay is added to the gradient before momentum, as in the paper's
-  Caffe/Torch training (`g + wd * w`), not decoupled as in AdamW. BatchNorm
-  parameters and biases are not decayed.
+  SGD: the decay is added to the gradient before momentum, as in the paper's
+  Caffe/Torch training (`g + wd * w`), not decoupled as in AdamW; by default
+  BatchNorm parameters and biases are not decayed (`weight_decay_on`).
+
+  LARS (You et al. 2017; `optimizer='lars'`, for batches of 8k and more):
+  optax's, each decayed leaf's update scaled by the trust ratio
+  `lars_trust * |w| / |g + wd * w|` before the learning rate and momentum;
+  the leaves left out of the decay (BatchNorm, biases) are left out of the
+  trust ratio too, as MLPerf's ResNet-50 does.
   """
-  kernels = lambda params: jax.tree.map(lambda p: p.ndim > 1, params)
+  mask = decay_mask(config)
+  if config.get('optimizer', 'sgd') == 'lars':
+    return optax.lars(learning_rate_fn, weight_decay=config.weight_decay,
+                      weight_decay_mask=mask, trust_coefficient=config.lars_trust,
+                      trust_ratio_mask=mask, momentum=config.momentum,
+                      nesterov=config.nesterov)
   return optax.chain(
-      optax.add_decayed_weights(config.weight_decay, mask=kernels),
+      optax.add_decayed_weights(config.weight_decay, mask=mask),
       optax.sgd(learning_rate_fn, momentum=config.momentum or None,
                 nesterov=config.nesterov))
 

@@ -40,6 +40,13 @@ FIELDS = {
                   '(224 for ImageNet)',
     'crop_min_area': 'with image_size: the smallest random-resized crop, as a fraction '
                      'of the image area (0.08: Inception, torchvision)',
+    'final_image_size': 'progressive resizing (FFCV): the training size grows linearly '
+                        'from image_size at resize_start_epoch to this at '
+                        'resize_end_epoch, in steps of 32 pixels; 0 = off',
+    'resize_start_epoch': 'progressive resizing: the epoch the growth starts',
+    'resize_end_epoch': 'progressive resizing: the epoch final_image_size is reached',
+    'eval_image_size': 'with image_size: the evaluation crop size; 0 = the last '
+                       'training size',
     'validation_size': 'training images held out (chosen by seed) and evaluated during '
                        'training instead of the test split; 0 = none',
     'augment_policy': "'' or 'trivialaugment' (one random operation per training "
@@ -56,7 +63,11 @@ FIELDS = {
     'eval_batch_size': 'global evaluation batch; the last batch is padded and masked',
     'num_epochs': 'run length in epochs (may be fractional), when num_train_steps is -1',
     'num_train_steps': 'run length in steps; -1 derives it from num_epochs',
-    'learning_rate': 'peak learning rate (not rescaled with batch_size)',
+    'learning_rate': 'peak learning rate (for a batch of lr_scale_batch when that is '
+                     'set)',
+    'lr_scale_batch': 'linear scaling rule (Goyal et al. 2017): the peak is '
+                      'learning_rate x batch_size / lr_scale_batch (256 for ImageNet); '
+                      '0 = learning_rate as given',
     'lr_schedule': "'piecewise' (lr_boundaries) or 'cosine' (linear warm-up over "
                    'warmup_steps, then cosine decay to 0)',
     'lr_boundaries': 'piecewise: fractions of the run where the learning rate is '
@@ -64,10 +75,18 @@ FIELDS = {
     'lr_decay_factor': 'piecewise: the factor applied at each boundary',
     'warmup_steps': 'warm-up steps (0 = none): piecewise holds warmup_lr, cosine '
                     'rises linearly from warmup_lr to learning_rate',
+    'warmup_epochs': 'warm-up length in epochs (any batch size); 0 = warmup_steps',
+    'warmup_shape': "piecewise warm-up: 'constant' (holds warmup_lr) or 'linear' "
+                    '(warmup_lr rising to the peak, Goyal et al. 2017); cosine is linear',
     'warmup_lr': 'learning rate during (piecewise) or at the start of (cosine) warm-up',
     'momentum': 'SGD momentum',
     'nesterov': 'Nesterov momentum',
-    'weight_decay': 'L2 coefficient added to the gradient of conv and dense kernels',
+    'weight_decay': 'L2 coefficient added to the gradient (coupled, before momentum)',
+    'weight_decay_on': "'kernels' (conv and dense kernels: BatchNorm and biases left "
+                       "out) or 'all' parameters",
+    'optimizer': "'sgd' (momentum) or 'lars' (optax's LARS, for batches of 8k+; "
+                 'weight_decay_on also masks its trust ratio)',
+    'lars_trust': "LARS trust coefficient (the ratio's eta)",
     'parallelism': "'jit' (one program over a device mesh) or 'pmap'",
     'num_devices': 'devices used per process; -1 = all',
     'input_pipeline': "'auto', 'device' (the split lives on the devices; batches are "
@@ -96,7 +115,9 @@ FIELDS = {
 RECIPE_FIELDS = (
     'model', 'stem', 'shortcut', 'zero_init_residual', 'dropout_rate', 'bn_momentum',
     'bn_epsilon', 'half_precision', 'init_from', 'dataset', 'augment', 'image_size',
-    'crop_min_area', 'batch_size',
+    'crop_min_area', 'final_image_size', 'resize_start_epoch', 'resize_end_epoch',
+    'batch_size', 'lr_scale_batch', 'warmup_epochs', 'warmup_shape', 'weight_decay_on',
+    'optimizer', 'lars_trust',
     'validation_size', 'augment_policy', 'cutout_size', 'mixup_alpha', 'cutmix_alpha',
     'label_smoothing', 'ema_decay', 'num_epochs', 'num_train_steps', 'learning_rate',
     'lr_schedule', 'lr_boundaries', 'lr_decay_factor', 'warmup_steps', 'warmup_lr',
@@ -108,14 +129,17 @@ RUNTIME_FIELDS = (
     'store_conv_inputs', 'data_dir', 'eval_batch_size', 'parallelism', 'num_devices',
     'input_pipeline', 'steps_per_call', 'input_workers',
     'log_every_steps', 'checkpoint_every_steps', 'eval_every_epochs',
-    'keep_checkpoints', 'eval_step', 'flip_tta')
+    'keep_checkpoints', 'eval_step', 'flip_tta', 'eval_image_size')
 
 
 # Fields added after runs existed, with the value those runs had implicitly.
 ADDED_LATER = {'validation_size': 0, 'augment_policy': '', 'cutout_size': 0,
                'mixup_alpha': 0.0, 'cutmix_alpha': 0.0, 'label_smoothing': 0.0,
                'ema_decay': 0.0, 'lr_schedule': 'piecewise', 'flip_tta': False,
-               'image_size': 0, 'crop_min_area': 0.08}
+               'image_size': 0, 'crop_min_area': 0.08, 'final_image_size': 0,
+               'resize_start_epoch': 0.0, 'resize_end_epoch': 0.0, 'eval_image_size': 0,
+               'lr_scale_batch': 0, 'warmup_epochs': 0.0, 'warmup_shape': 'constant',
+               'weight_decay_on': 'kernels', 'optimizer': 'sgd', 'lars_trust': 0.001}
 
 
 def assign(config: ml_collections.ConfigDict, field: str, value) -> None:
@@ -204,6 +228,26 @@ def _validate_regularisers(config: ml_collections.ConfigDict) -> None:
     raise bad('ema_decay', 'must be in (0, 1), or 0 for no moving average')
   if config.lr_schedule == 'cosine' and config.warmup_steps < 0:
     raise bad('warmup_steps', 'must not be negative')
+  _validate_optimizer(config, bad)
+
+
+def _validate_optimizer(config: ml_collections.ConfigDict, bad) -> None:
+  """The ImageNet recipes' fields: scaling, warm-up in epochs, LARS."""
+  choices = {'warmup_shape': ('constant', 'linear'), 'weight_decay_on': ('kernels', 'all'),
+             'optimizer': ('sgd', 'lars')}
+  for field, allowed in choices.items():
+    if config[field] not in allowed:
+      raise bad(field, 'must be ' + ' or '.join(repr(a) for a in allowed))
+  if not isinstance(config.lr_scale_batch, int) or config.lr_scale_batch < 0:
+    raise bad('lr_scale_batch', 'must be 0 (off) or a batch size')
+  if not config.warmup_epochs >= 0:
+    raise bad('warmup_epochs', 'must be 0 (off) or positive')
+  if config.warmup_epochs > 0 and config.warmup_steps > 0:
+    raise errors.UserError(
+        f'warmup_steps {config.warmup_steps} and warmup_epochs {config.warmup_epochs} '
+        'both set the warm-up; set one of them to 0')
+  if not config.lars_trust > 0:
+    raise bad('lars_trust', 'must be positive')
 
 
 def _validate_image_size(config: ml_collections.ConfigDict) -> None:
@@ -216,6 +260,19 @@ def _validate_image_size(config: ml_collections.ConfigDict) -> None:
   if not 0 < config.crop_min_area <= 1:
     raise errors.UserError(f'crop_min_area must be in (0, 1], got '
                            f'{config.crop_min_area!r}; set --config.crop_min_area')
+  for field in ('final_image_size', 'eval_image_size'):
+    value = config[field]
+    if not isinstance(value, int) or not (value == 0 or 8 <= value <= 1024):
+      raise errors.UserError(f'{field} must be 0 or 8..1024 pixels, got {value!r}; set '
+                             f'--config.{field}')
+    if value and not size:
+      raise errors.UserError(f'{field} {value} needs --config.image_size (the images '
+                             'read from files); set it, or set this to 0')
+  start, end = config.resize_start_epoch, config.resize_end_epoch
+  if config.final_image_size and not 0 <= start <= end:
+    raise errors.UserError(f'resize_start_epoch {start} and resize_end_epoch {end} must '
+                           'satisfy 0 <= start <= end; set --config.resize_start_epoch '
+                           'and --config.resize_end_epoch')
   if not size:
     return
   for field, off in (('augment_policy', ''), ('cutout_size', 0), ('mixup_alpha', 0.0),
@@ -332,62 +389,3 @@ def validate(config: ml_collections.ConfigDict) -> datasets.Source:
     raise errors.UserError(f'{e} (check --config.stem, shortcut, dropout_rate, '
                            'zero_init_residual)') from e
   return source
-
-
-def reference_markdown(defaults: ml_collections.ConfigDict) -> str:
-  """docs/config.md: every field, its default and meaning, from `FIELDS`."""
-  rows = [f'| `{k}` | `{defaults.get(k)!r}` | {v.replace("|", "/")} |'
-          for k, v in FIELDS.items()]
-  def kind(k):
-    if k in RECIPE_FIELDS:
-      return 'recipe (a resume refuses a change)'
-    if k == 'input_pipeline':  # 'auto' resumes with the run's own kind.
-      return ("runtime, but a resumed run keeps its kind: 'auto' follows it, the "
-              'other kind is refused (it would draw other batches)')
-    return 'runtime (a resume may change it)'
-  kinds = [f'| `{k}` | {kind(k)} |' for k in FIELDS]
-  return '\n'.join([
-      '# Config reference', '',
-      'Generated from `resnet_jax/workdir/config_validation.py` (`FIELDS`) and the',
-      'defaults of `configs/cifar.py`; `tests/test_docs.py` fails when it is stale.',
-      'Regenerate: `python -m resnet_jax.workdir.config_validation > docs/config.md`.',
-      'Any field is set as `--config.FIELD=VALUE`.', '',
-      '| field | default | meaning |', '|---|---|---|', *rows, '',
-      '## Which fields a resume may change', '',
-      '| field | kind |', '|---|---|', *kinds, ''])
-
-
-def preset_changes(module, name: str) -> dict:
-  """The fields preset `name` of a config module sets to other than the default."""
-  defaults = module.get_config()
-  return {k: v for k, v in module.PRESETS[name].items() if defaults[k] != v}
-
-
-def presets_markdown(module) -> str:
-  """docs/presets.md: every preset of a config module (configs/cifar.py), its
-  source and the fields it sets, from `PRESETS` and `SOURCES`."""
-  rows = []
-  for name, fields in module.PRESETS.items():
-    changed = ', '.join(f'`{k}={v!r}`' for k, v in preset_changes(module, name).items())
-    rows.append(f'| `{name}` | {module.SOURCES.get(name, "-")} | {changed or "(the defaults)"} |')
-  return '\n'.join([
-      '# Presets', '',
-      '[Back to the README](../README.md)', '',
-      'Generated from `configs/cifar.py` (`PRESETS`, `SOURCES`); `tests/test_docs.py` fails',
-      'when it is stale. Regenerate:', '',
-      '```bash', 'python -m resnet_jax.workdir.config_validation presets > docs/presets.md',
-      '```', '',
-      'A preset is `--config configs/cifar.py:NAME`; every field it does not list keeps',
-      'its default ([config.md](config.md)), and `--config.FIELD=...` still overrides any',
-      'of them. The start-up log names the preset and these fields.', '',
-      '| preset | source | fields it sets (beyond the defaults) |', '|---|---|---|',
-      *rows, ''])
-
-
-if __name__ == '__main__':
-  import sys
-  from resnet_jax import config_files
-  if sys.argv[1:] == ['presets']:
-    print(presets_markdown(config_files.load_module(config_files.default_path())), end='')
-  else:
-    print(reference_markdown(config_files.load_default()), end='')
