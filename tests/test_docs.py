@@ -10,7 +10,6 @@ import pytest
 
 from configs import cifar
 from resnet_jax.workdir import config_docs
-from resnet_jax.workdir import config_validation
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PAGES = ['README.md', 'BENCHMARKS.md'] + [

@@ -11,11 +11,9 @@ import jax
 import numpy as np
 import pytest
 
-from resnet_jax.data import datasets
 from resnet_jax.data import file_loader
 from resnet_jax.data import image_folder
 from resnet_jax.training import run_setup
-from resnet_jax.workdir import checkpointing
 from tests import jpeg_files
 from tests import processes
 from tests.conftest import tiny_config

@@ -297,7 +297,7 @@ def _file_batches(run: run_setup.Run, start: int) -> file_loader.TrainBatches:
       (config.crop_min_area, 1.0), config.augment, jax.process_index(),
       jax.process_count())
   state = run.ckpt.read_data_state(start) if start else None
-  workers, threads = run_setup.input_workers(config, files=True)
+  workers, threads = run_setup.file_workers(config)
   loader = file_loader.TrainBatches(examples, run.num_steps, start, workers, threads,
                                     state)
   final = f' growing to {config.final_image_size}' if config.final_image_size else ''

@@ -140,7 +140,7 @@ class Run:
       if self.image_size:
         self._placed[split_name] = chunks.FileEvalSplit(
             self.dp, split, self.config.eval_batch_size, eval_size(self.config),
-            input_workers(self.config, files=True), self.skipped)
+            file_workers(self.config), self.skipped)
       else:
         self._placed[split_name] = chunks.EvalSplit(self.dp, split,
                                                     self.config.eval_batch_size)
@@ -270,28 +270,35 @@ def _mean_std(meta: Optional[dict], source: datasets.Source, train_split,
   return datasets.normalization(source, train_split, image_size)
 
 
-def input_workers(config: ml_collections.ConfigDict, files: bool = False) -> tuple:
+def input_workers(config: ml_collections.ConfigDict) -> int:
   """Host pipeline worker processes: `input_workers`, or one per core less
   one (the training loop's own) with -1. TrivialAugment is the host work that
-  needs them; crop and flip alone are cheap enough for one.
-
-  With `files` (image_size > 0): (grain worker processes, decoding threads
-  each). Decoding releases the GIL, so up to 8 cores threads in the training
-  process are fastest (measured in BENCHMARKS.md); beyond, one process per 4
-  cores keeps the GIL of each below saturation.
-  """
-  cores = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else (
-      os.cpu_count() or 1)
-  if files:
-    workers = config.input_workers
-    if workers <= 0:
-      workers = 0 if cores <= 8 else cores // 4
-    return workers, max(1, cores // max(1, workers))
+  needs them; crop and flip alone are cheap enough for one."""
   if config.input_workers > 0:
     return config.input_workers
   if not config.get('augment_policy'):
     return 1
-  return max(1, cores - 1)
+  return max(1, _cores() - 1)
+
+
+def file_workers(config: ml_collections.ConfigDict) -> tuple:
+  """(grain worker processes, decoding threads each) of a run with
+  image_size: `input_workers` processes sharing the cores as threads; with
+  -1, threads in the training process up to 8 cores (decoding releases the
+  GIL, and that measured fastest: BENCHMARKS.md), one process per 4 cores
+  beyond."""
+  cores = _cores()
+  workers = config.input_workers
+  if workers <= 0:
+    workers = 0 if cores <= 8 else cores // 4
+  return workers, max(1, cores // max(1, workers))
+
+
+def _cores() -> int:
+  """The cores this process may run on (a SLURM task's share, say)."""
+  if hasattr(os, 'sched_getaffinity'):
+    return len(os.sched_getaffinity(0))
+  return os.cpu_count() or 1
 
 
 def stored_mean_std(meta: dict, dataset: str) -> tuple:
