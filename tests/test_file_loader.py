@@ -117,6 +117,20 @@ def test_batches_are_the_same_with_worker_processes_and_resume_from_grain_state(
              for b in expected for s in b['skipped'])
 
 
+def test_the_state_of_a_step_far_behind_the_prefetch_is_kept(folder):
+  # The loop saves the state of the step it trained while the feeder has
+  # read up to three calls ahead (calls of up to 1024 steps).
+  examples = file_loader.TrainExamples(_split(folder), 2, 0, 8)
+  loader = file_loader.TrainBatches(examples, 200, 0, workers=0)
+  batches = _take(loader, 0, 150)
+  state = loader.state_at(3)
+  loader.close()
+  resumed = file_loader.TrainBatches(examples, 200, 3, workers=0, state=state)
+  assert resumed.resumed_from_state
+  _assert_same_batches(_take(resumed, 3, 2), batches[3:5])
+  resumed.close()
+
+
 def test_evaluation_batches_mask_padding_and_bad_files(folder, tmp_path):
   val = _split(folder, 'test')
   val = val.take(np.arange(len(val)))

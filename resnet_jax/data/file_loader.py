@@ -202,6 +202,12 @@ def iterate(dataset, workers: int, threads: int = 1):
   return iter(it)
 
 
+# grain states kept for checkpoints: the loop's feeder runs up to three calls
+# of up to 1024 steps (`config_validation.MAX_STEPS_PER_CALL`) ahead of the
+# step being saved.
+STATES_KEPT = 4096
+
+
 class TrainBatches:
   """`map(steps)` -> this process's training batches of those consecutive
   steps, from a grain iterator; keeps grain's state after each step for the
@@ -237,7 +243,7 @@ class TrainBatches:
       batch = next(self._iterator)
       self._next += 1
       self._states[self._next] = self._iterator.get_state()
-      if len(self._states) > 64:
+      if len(self._states) > STATES_KEPT:
         self._states.pop(min(self._states))
       yield batch
 
