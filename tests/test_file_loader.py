@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
 import jax
 import numpy as np
@@ -191,6 +192,20 @@ def _final_params(folder, workdir):
   return state
 
 
+def _children(pid: int) -> list:
+  """The live processes whose parent is `pid` (Linux /proc)."""
+  found = []
+  for entry in os.listdir('/proc'):
+    try:
+      with open(f'/proc/{entry}/stat') as f:
+        # pid (comm) state ppid ...: comm may hold spaces, so split after ')'.
+        if entry.isdigit() and int(f.read().rsplit(')', 1)[1].split()[1]) == pid:
+          found.append(int(entry))
+    except (OSError, ValueError, IndexError):
+      continue
+  return found
+
+
 @pytest.mark.slow
 def test_kill_9_mid_epoch_with_workers_resumes_bitwise(folder, tmp_path):
   reference = tmp_path / 'ref'
@@ -202,8 +217,15 @@ def test_kill_9_mid_epoch_with_workers_resumes_bitwise(folder, tmp_path):
   workdir = tmp_path / 'w'
   proc = processes.main(_flags(folder, workdir))
   processes.wait_for_step(workdir, 7, proc)  # Mid-epoch 2 (4.5 steps per epoch).
+  workers = _children(proc.pid)
+  assert len(workers) >= 2  # grain's worker processes (and a resource tracker).
   proc.send_signal(signal.SIGKILL)
   proc.wait()
+  # The workers of the killed run exit by themselves, within seconds.
+  deadline = time.time() + 20
+  while any(os.path.exists(f'/proc/{w}') for w in workers) and time.time() < deadline:
+    time.sleep(0.5)
+  assert not [w for w in workers if os.path.exists(f'/proc/{w}')]
   proc = processes.main(_flags(folder, workdir))
   _, err = proc.communicate(timeout=600)
   assert proc.returncode == 0, err[-3000:]

@@ -198,8 +198,25 @@ def iterate(dataset, workers: int, threads: int = 1):
     it = grain.experimental.WithOptionsIterDataset(
         it, grain.experimental.DatasetOptions(min_shm_size=1 << 62))
     it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers,
-                                                     per_worker_buffer_size=2))
+                                                     per_worker_buffer_size=2),
+                        worker_init_fn=_exit_with_parent)
   return iter(it)
+
+
+def _exit_with_parent(worker_index: int, worker_count: int) -> None:
+  """In each grain worker: exit when the training process is gone. A run
+  killed with -9 (or by the OOM killer) cannot stop its workers, which
+  would otherwise wait on their queues forever, holding memory."""
+  del worker_index, worker_count
+  import threading
+  import time
+  parent = os.getppid()
+
+  def watch():
+    while os.getppid() == parent:
+      time.sleep(1.0)
+    os._exit(0)  # pylint: disable=protected-access
+  threading.Thread(target=watch, daemon=True, name='exit-with-parent').start()
 
 
 # grain states kept for checkpoints: the loop's feeder runs up to three calls
