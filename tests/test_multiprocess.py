@@ -49,7 +49,12 @@ def _env(devices):
   caller's other XLA flags (an ISA limit, say)."""
   flags = [f for f in os.environ.get('XLA_FLAGS', '').split()
            if not f.startswith('--xla_force_host_platform_device_count')]
-  return dict(os.environ, PYTHON=sys.executable, JAX_PLATFORMS='cpu',
+  env = {k: v for k, v in os.environ.items() if k != 'JAX_COMPILATION_CACHE_DIR'}
+  # No persistent compilation cache across processes: with JAX 0.12.1 two
+  # processes resuming with programs from the suite's cache hung in their
+  # first collective (reproduced outside pytest; 0.12.0.1 and 0.10 did not).
+  return dict(env, PYTHON=sys.executable, JAX_PLATFORMS='cpu',
+              JAX_ENABLE_COMPILATION_CACHE='false',
               XLA_FLAGS=' '.join(flags + [f'--xla_force_host_platform_device_count={devices}']))
 
 
