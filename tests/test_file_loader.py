@@ -1,6 +1,7 @@
 """Training from image files of any size: the grain loader, its sharding over
 processes, bad files, and a killed run resumed bitwise (image_size > 0)."""
 
+import gc
 import json
 import os
 import signal
@@ -21,6 +22,14 @@ from tests.conftest import tiny_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BAD = 'train/n02/n02_005.JPEG'
+
+
+@pytest.fixture(scope='module', autouse=True)
+def _collect_grain_garbage():
+  """grain's iterators and threads are collected here, not during a later
+  test's imports (tfds's lazy imports then broke pytest's report of them)."""
+  yield
+  gc.collect()
 
 
 @pytest.fixture(scope='module')
@@ -153,7 +162,7 @@ def test_evaluation_batches_mask_padding_and_bad_files(folder, tmp_path):
                                 image_decoding.eval_image(open(val.path(0), 'rb').read(), 24))
 
 
-def test_image_size_refusals(folder, tiny_data):
+def test_image_size_refusals(folder):
   def run(**overrides):
     config = tiny_config(folder, **{'dataset': 'jpegs', 'image_size': 24, **overrides})
     with pytest.raises(Exception) as e:
@@ -162,7 +171,8 @@ def test_image_size_refusals(folder, tiny_data):
   assert 'cutout_size 8 is drawn by the in-memory pipelines' in run(cutout_size=8)
   assert 'input_pipeline' in run(input_pipeline='device')
   assert 'image_size must be 0' in run(image_size=4)
-  config = tiny_config(tiny_data['data_dir'], image_size=24)
+  # cifar10 (no folder of that name in data_dir) is the tfds dataset.
+  config = tiny_config(folder, image_size=24)
   with pytest.raises(Exception) as e:
     run_setup.preflight(config)
   assert "'cifar10' is a tfds dataset" in str(e.value)
