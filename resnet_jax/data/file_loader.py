@@ -260,8 +260,8 @@ class TrainBatches:
       batch = next(self._iterator)
       self._next += 1
       self._states[self._next] = self._iterator.get_state()
-      if len(self._states) > STATES_KEPT:
-        self._states.pop(min(self._states))
+      if len(self._states) > STATES_KEPT:  # The oldest: dicts keep insertion order.
+        self._states.pop(next(iter(self._states)))
       yield batch
 
   def state_at(self, step: int) -> dict:
