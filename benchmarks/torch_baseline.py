@@ -25,6 +25,23 @@ the training split, and the learning rate is divided by 10 at 50% and 75% of
 the run. So the two frameworks see identical pixels and batches; only the
 initial weights and the arithmetic differ. The workdir gets `metrics.jsonl` and
 `run.json` in resnet_jax's format, which `python -m resnet_jax.results` reads.
+
+The twin of `python -m resnet_jax.main` for ImageNet-style runs (any config
+with `image_size`: ResNet-18 ... 152, random-resized crops decoded from the
+files), with main's own flags, alone or as an experiment's program:
+
+  python benchmarks/torch_baseline.py --config configs/imagenet.py:resnet18 \
+      --workdir runs/torch_r18 --config.dataset=cifar10-jpeg --config.data_dir=DATA \
+      --config.image_size=32
+  python -m resnet_jax.experiment --program=benchmarks/torch_baseline.py \
+      --config configs/imagenet.py:resnet18 --workdir exps/torch_r18 --seeds=0-2 ...
+
+It reads the config as main does and uses resnet_jax's grain loader (the same
+crops and flips for each step of a seed), learning-rate function, label
+smoothing, weight-decay rule (`weight_decay_on`), BatchNorm momentum and
+epsilon, zero-initialised residual branches, evaluation crop, flip TTA and
+evaluation cadence; it refuses the fields it does not implement (mixup, EMA,
+LARS, bf16, ...). See `train_config`.
 """
 
 import argparse
@@ -38,120 +55,10 @@ import time
 import numpy as np
 from resnet_jax.reporting import timing
 import torch
-from torch import nn
 import torch.nn.functional as F
 
-
-class Block(nn.Module):
-
-  def __init__(self, cin, cout, stride):
-    super().__init__()
-    self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-    self.bn1 = nn.BatchNorm2d(cout)
-    self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-    self.bn2 = nn.BatchNorm2d(cout)
-    self.stride, self.extra = stride, cout - cin
-
-  def forward(self, x):
-    out = F.relu(self.bn1(self.conv1(x)))
-    out = self.bn2(self.conv2(out))
-    short = x
-    if self.stride > 1 or self.extra:  # Option A: subsample, zero-pad channels.
-      short = F.pad(x[:, :, ::self.stride, ::self.stride], (0, 0, 0, 0, 0, self.extra))
-    return F.relu(out + short)
-
-
-class CifarResNet(nn.Module):
-
-  def __init__(self, depth, num_classes=10):
-    super().__init__()
-    n = (depth - 2) // 6
-    self.conv1 = nn.Conv2d(3, 16, 3, 1, 1, bias=False)
-    self.bn1 = nn.BatchNorm2d(16)
-    blocks, cin = [], 16
-    for i, width in enumerate((16, 32, 64)):
-      for j in range(n):
-        blocks.append(Block(cin, width, 2 if i > 0 and j == 0 else 1))
-        cin = width
-    self.blocks = nn.Sequential(*blocks)
-    self.fc = nn.Linear(64, num_classes)
-    _init_like_jax(self)
-
-  def forward(self, x):
-    x = self.blocks(F.relu(self.bn1(self.conv1(x))))
-    return self.fc(x.mean((2, 3)))
-
-
-class WideBlock(nn.Module):
-  """Pre-activation wide block (Zagoruyko & Komodakis 2016): BN-ReLU-conv
-  twice, dropout between the convolutions, a 1x1 conv of the activated input
-  where the shape changes."""
-
-  def __init__(self, cin, cout, stride, dropout):
-    super().__init__()
-    self.bn1 = nn.BatchNorm2d(cin)
-    self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-    self.bn2 = nn.BatchNorm2d(cout)
-    self.dropout = nn.Dropout(dropout)
-    self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-    self.shortcut = (nn.Conv2d(cin, cout, 1, stride, bias=False)
-                     if stride > 1 or cin != cout else None)
-
-  def forward(self, x):
-    pre = F.relu(self.bn1(x))
-    out = self.conv2(self.dropout(F.relu(self.bn2(self.conv1(pre)))))
-    return out + (self.shortcut(pre) if self.shortcut is not None else x)
-
-
-class WideResNet(nn.Module):
-  """WRN-depth-k: (depth - 4) / 6 wide blocks per stage, widths 16k/32k/64k."""
-
-  def __init__(self, depth, k, num_classes=10, dropout=0.0):
-    super().__init__()
-    n = (depth - 4) // 6
-    self.conv1 = nn.Conv2d(3, 16, 3, 1, 1, bias=False)
-    blocks, cin = [], 16
-    for i, width in enumerate((16 * k, 32 * k, 64 * k)):
-      for j in range(n):
-        blocks.append(WideBlock(cin, width, 2 if i > 0 and j == 0 else 1, dropout))
-        cin = width
-    self.blocks = nn.Sequential(*blocks)
-    self.bn_final = nn.BatchNorm2d(cin)
-    self.fc = nn.Linear(cin, num_classes)
-    _init_like_jax(self)
-
-  def forward(self, x):
-    x = F.relu(self.bn_final(self.blocks(self.conv1(x))))
-    return self.fc(x.mean((2, 3)))
-
-
-def _init_like_jax(net: nn.Module) -> None:
-  """The JAX models' initialisers: He normal (fan-out) convolutions, LeCun
-  normal classifier, zero bias; BatchNorm scale 1, offset 0."""
-  for m in net.modules():
-    if isinstance(m, nn.Conv2d):
-      nn.init.kaiming_normal_(m.weight, mode='fan_out', nonlinearity='relu')
-  std = 1 / math.sqrt(net.fc.in_features) / .87962566103423978  # flax's truncated-normal scale
-  nn.init.trunc_normal_(net.fc.weight, std=std, a=-2 * std, b=2 * std)
-  nn.init.zeros_(net.fc.bias)
-
-
-def build(model: str, num_classes: int = 10, dropout: float = 0.0) -> nn.Module:
-  """The PyTorch twin of a resnet_jax model name: the CIFAR ResNets
-  (resnet20, 32, ..., option-A shortcuts) and the Wide ResNets (wrn16_8, ...).
-
-  Raises:
-    ValueError: a model the baseline does not have.
-  """
-  name = model.removeprefix('resnet')
-  if name.isdigit() and int(name) > 2 and (int(name) - 2) % 6 == 0:
-    return CifarResNet(int(name), num_classes)
-  depth, _, k = model.removeprefix('wrn').partition('_')
-  if model.startswith('wrn') and depth.isdigit() and k.isdigit() and \
-      int(depth) > 4 and (int(depth) - 4) % 6 == 0:
-    return WideResNet(int(depth), int(k), num_classes, dropout)
-  raise ValueError(f'the PyTorch baseline has the CIFAR ResNets (resnet20, 32, ...) '
-                   f'and the Wide ResNets (wrn16_8, wrn28_10, ...), not {model!r}')
+from torch_resnet import build  # pylint: disable=unused-import (resnet_jax.benchmark uses it)
+import torch_resnet
 
 
 def device() -> torch.device:
@@ -206,11 +113,22 @@ def run(model: str, batch_size: int, windows: int = 5, steps: int = 10,
           'eval_images_per_sec': round(eval_rate, 1)}
 
 
-def _optimizer(net, lr, weight_decay):
-  decay = [p for p in net.parameters() if p.ndim > 1]
-  rest = [p for p in net.parameters() if p.ndim <= 1]
+def _optimizer(net, lr, weight_decay, decay_all=False, momentum=0.9, nesterov=False):
+  """SGD with the decay added to the gradient before momentum (torch's
+  `weight_decay`, optax's add_decayed_weights + sgd): on conv and dense
+  kernels, or on every parameter with `decay_all`."""
+  decay = [p for p in net.parameters() if decay_all or p.ndim > 1]
+  rest = [p for p in net.parameters() if not (decay_all or p.ndim > 1)]
   return torch.optim.SGD([{'params': decay, 'weight_decay': weight_decay},
-                          {'params': rest, 'weight_decay': 0.0}], lr=lr, momentum=0.9)
+                          {'params': rest, 'weight_decay': 0.0}], lr=lr,
+                         momentum=momentum, nesterov=nesterov)
+
+
+def _normalizer(mean, std):
+  """uint8 NHWC numpy -> float NCHW tensor, per-channel mean/std on [0, 1]."""
+  mean = torch.tensor(mean).view(1, 3, 1, 1) * 255
+  std = torch.tensor(std).view(1, 3, 1, 1) * 255
+  return lambda images: (torch.from_numpy(images).permute(0, 3, 1, 2).float() - mean) / std
 
 
 def train(data: str, workdir: str, model: str = 'resnet20', epochs: float = 10.0,
@@ -232,9 +150,7 @@ def train(data: str, workdir: str, model: str = 'resnet20', epochs: float = 10.0
   train_split = image_folder.load_split(data, 'train')
   test = image_folder.load_split(data, 'test')
   mean, std = image_folder.mean_std(train_split.images)
-  to_tensor = lambda images: ((torch.from_numpy(images).permute(0, 3, 1, 2).float()
-                               - torch.tensor(mean).view(1, 3, 1, 1) * 255)
-                              / (torch.tensor(std).view(1, 3, 1, 1) * 255))
+  to_tensor = _normalizer(mean, std)
   n = len(train_split)
   steps = max(1, round(epochs * n / batch_size))
   boundaries = [round(0.5 * steps), round(0.75 * steps)]
@@ -306,7 +222,196 @@ def train(data: str, workdir: str, model: str = 'resnet20', epochs: float = 10.0
   return result
 
 
-if __name__ == '__main__':
+# Config fields the twin does not implement, at the values that switch them off.
+_NOT_IN_TWIN = {'dropout_rate': 0.0, 'half_precision': False, 'init_from': '',
+                'validation_size': 0, 'augment_policy': '', 'cutout_size': 0,
+                'mixup_alpha': 0.0, 'cutmix_alpha': 0.0, 'ema_decay': 0.0,
+                'optimizer': 'sgd', 'shortcut': ''}
+
+
+def check_twin(config) -> None:
+  """Refuses a config the twin cannot run as resnet_jax would.
+
+  Raises:
+    errors.UserError: naming the field and the value the twin needs.
+  """
+  from resnet_jax import errors
+  if not config.get('image_size', 0):
+    raise errors.UserError('the PyTorch twin trains runs with --config.image_size (files '
+                           'decoded while training); for the in-memory CIFAR recipe use '
+                           '--data DIR --workdir W')
+  if config.model not in torch_resnet.LAYERS:
+    raise errors.UserError(f'the PyTorch twin has {", ".join(torch_resnet.LAYERS)}, not '
+                           f'--config.model={config.model}')
+  for field, off in _NOT_IN_TWIN.items():
+    if config.get(field, off) != off:
+      raise errors.UserError(f'the PyTorch twin does not implement {field} '
+                             f'(--config.{field}={config.get(field)!r}); set it to {off!r}')
+
+
+def train_config(config, workdir: str) -> dict:
+  """The PyTorch twin of `python -m resnet_jax.main` for a run with
+  `image_size`: the same config read the same way, the same batches (resnet_jax's
+  grain loader: the same files, random-resized crops and flips for each step
+  of a seed), schedule (resnet_jax's own learning-rate function), loss (label
+  smoothing), weight-decay rule, BatchNorm settings, evaluation crops and
+  metrics files; only the initial weights (same distributions) and the
+  arithmetic differ.
+
+  A workdir holding a finished twin run is left alone; an unfinished one
+  starts again from step 0 (the twin keeps no checkpoints).
+
+  Returns:
+    The last evaluation (eval_loss, eval_accuracy, eval_top5_accuracy, ...).
+  """
+  import jax
+  from resnet_jax import errors
+  from resnet_jax.data import datasets
+  from resnet_jax.data import file_loader
+  from resnet_jax.logs import log
+  from resnet_jax.reporting import metrics_io
+  from resnet_jax.training import loop
+  from resnet_jax.training import run_setup
+  from resnet_jax.training import train_state
+  from resnet_jax.workdir import config_validation
+  from resnet_jax.workdir import run_record
+  check_twin(config)
+  source = config_validation.validate(config)
+  record = run_record.read(workdir)
+  framework = f'torch {torch.__version__} eager'
+  if record is not None and not record.get('framework', '').startswith('torch'):
+    raise errors.UserError(f'{workdir} holds a {record.get("framework")} run; pass a new '
+                           '--workdir for the PyTorch twin')
+  if run_record.completed_step(workdir, record) is not None:
+    log.info('%s holds a finished run: nothing to do', workdir)
+    return {}
+  train = datasets.load_split(source, 'train', config.image_size)
+  test = datasets.load_split(source, 'test', config.image_size)
+  to_tensor = _normalizer(*datasets.normalization(source, train, config.image_size))
+  num_steps = train_state.total_steps(config, len(train))
+  steps_per_epoch = len(train) / config.batch_size
+  run_setup.check_warmup(config, num_steps, steps_per_epoch)
+  rates = np.asarray(jax.vmap(train_state.create_learning_rate_fn(
+      config, num_steps, steps_per_epoch))(np.arange(num_steps)))  # float32, as in JAX.
+  eval_at = loop.eval_steps(num_steps, config.batch_size, len(train),
+                            config.eval_every_epochs)
+  sizes = file_loader.Sizes(config.image_size, config.final_image_size,
+                            config.resize_start_epoch, config.resize_end_epoch,
+                            steps_per_epoch)
+  workers = run_setup.file_workers(config)
+  examples = file_loader.TrainExamples(train, config.batch_size, config.seed, sizes,
+                                       (config.crop_min_area, 1.0), config.augment)
+  torch.manual_seed(config.seed)
+  net = torch_resnet.build(config.model, source.num_classes, stem=config.stem,
+                           zero_init_residual=config.zero_init_residual)
+  for m in net.modules():
+    if isinstance(m, torch.nn.BatchNorm2d):  # flax's decay 0.9 is torch's momentum 0.1.
+      m.momentum, m.eps = 1.0 - config.bn_momentum, config.bn_epsilon
+  opt = _optimizer(net, float(rates[0]), config.weight_decay,
+                   config.weight_decay_on == 'all', config.momentum, config.nesterov)
+  os.makedirs(workdir, exist_ok=True)
+  run_record.start_session(workdir, json.loads(config.to_json()), framework,
+                           {'device_kind': 'cpu', 'platform': 'cpu', 'device_count': 1,
+                            'process_count': 1, 'threads': torch.get_num_threads(),
+                            'start_step': 0, 'num_steps': num_steps},
+                           packages=('torch', 'numpy', 'pillow', 'jax', 'grain'))
+  writer = metrics_io.MetricsWriter(workdir)
+  skipped = {}
+  log.info('PyTorch twin: %s on %s, %d steps of %d images at %d px (torch %s, %d threads)',
+           config.model, config.dataset, num_steps, config.batch_size, config.image_size,
+           torch.__version__, torch.get_num_threads())
+
+  def evaluate():
+    net.eval()
+    sums = dict.fromkeys(('loss', 'correct', 'top5', 'count', 'flip_loss', 'flip_correct',
+                          'flip_top5'), 0.0)
+    batches = file_loader.iterate(file_loader.eval_dataset(
+        test, config.eval_batch_size, run_setup.eval_size(config)), *workers)
+    with torch.no_grad():
+      for batch in batches:
+        file_loader.report_skipped(skipped, batch.pop('skipped'))
+        mask = torch.from_numpy(batch['mask'])
+        x, y = to_tensor(batch['image'])[mask], torch.from_numpy(batch['label']).long()[mask]
+        log_probs = F.log_softmax(net(x), -1)
+        views = {'': log_probs}
+        if config.flip_tta:  # The mean of the two views' probabilities, as eval_step.
+          views['flip_'] = torch.logaddexp(log_probs, F.log_softmax(
+              net(x.flip(3)), -1)) - math.log(2.0)
+        for view, lp in views.items():
+          sums[view + 'loss'] += F.nll_loss(lp, y, reduction='sum').item()
+          sums[view + 'correct'] += (lp.argmax(1) == y).sum().item()
+          top = lp.topk(min(5, lp.shape[1]), 1).indices
+          sums[view + 'top5'] += (top == y[:, None]).any(1).sum().item()
+        sums['count'] += len(y)
+    batches.close()
+    net.train()
+    n = sums['count']
+    return {f'{view}eval_{k}': sums[view + m] / n for view in [''] + ['flip_'] * config.flip_tta
+            for k, m in (('loss', 'loss'), ('accuracy', 'correct'),
+                         ('top5_accuracy', 'top5'))} | {'eval_examples': int(n)}
+
+  loader = file_loader.TrainBatches(examples, num_steps, 0, *workers)
+  net.train()
+  window, window_start, eval_seconds, result = [], time.perf_counter(), 0.0, {}
+  epoch_at = lambda step: step * config.batch_size / len(train)
+  for step, batch in zip(range(num_steps), loader.map(range(num_steps))):
+    file_loader.report_skipped(skipped, batch.pop('skipped'))
+    for group in opt.param_groups:
+      group['lr'] = float(rates[step])
+    x, y = to_tensor(batch['image']), torch.from_numpy(batch['label']).long()
+    opt.zero_grad(set_to_none=True)
+    logits = net(x)
+    loss = F.cross_entropy(logits, y, label_smoothing=config.label_smoothing)
+    loss.backward()
+    opt.step()
+    window.append((loss.item(), (logits.argmax(1) == y).float().mean().item()))
+    done = step + 1
+    if done % config.log_every_steps == 0 or done == num_steps:
+      now = time.perf_counter()
+      writer.write(done, {'train_loss': float(np.mean([w[0] for w in window])),
+                          'train_accuracy': float(np.mean([w[1] for w in window])),
+                          'learning_rate': float(f'{rates[step]:.6g}'),
+                          'images_per_sec': len(window) * config.batch_size
+                                            / (now - window_start - eval_seconds),
+                          'epoch': epoch_at(done)}, total=num_steps)
+      window, window_start, eval_seconds = [], now, 0.0
+    if done in eval_at:
+      eval_start = time.perf_counter()
+      result = evaluate()
+      writer.write(done, {**result, 'epoch': epoch_at(done)}, total=num_steps)
+      eval_seconds += time.perf_counter() - eval_start
+  loader.close()
+  writer.close()
+  run_record.end_session(workdir, {'final_step': num_steps,
+                                   'eval_accuracy': result['eval_accuracy'],
+                                   'skipped_files': sorted(skipped)})
+  return result
+
+
+def _config_main() -> None:
+  """`--config PATH[:PRESET] --workdir W [--config.FIELD=VALUE ...]`, as main."""
+  from absl import flags
+  from resnet_jax import config_files
+  from resnet_jax import errors
+  from resnet_jax import logs
+  config = errors.define_config_flag(None, 'resnet_jax config file[:preset]')
+  workdir = flags.DEFINE_string('workdir', None, 'Where the run writes.')
+  flags.mark_flags_as_required(['config', 'workdir'])
+
+  def main(argv):
+    if len(argv) > 1:
+      raise errors.UserError(f'unexpected arguments {argv[1:]}; config fields go as '
+                             '--config.FIELD=VALUE')
+    logs.setup()
+    train_config(config.value, workdir.value)
+
+  errors.run_cli(main, prepare_argv=config_files.prepare_argv)
+
+
+if __name__ == '__main__' and any(
+    a in ('--config', '-config') or a.startswith(('--config=', '-config=')) for a in sys.argv):
+  _config_main()
+elif __name__ == '__main__':
   parser = argparse.ArgumentParser(description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument('--model', default='resnet20')

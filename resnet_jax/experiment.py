@@ -6,6 +6,7 @@ r"""Plans and runs an experiment: one ordinary run per (sweep point, seed).
   python -m resnet_jax.experiment --workdir exps/ls --launcher=slurm \
       --partition=gpu --time_minutes=240 --max_parallel=8
   python -m resnet_jax.results exps/ls                  # n, mean, std, intervals
+  python -m resnet_jax.experiment ... --program=benchmarks/torch_baseline.py  # PyTorch twin
 
 Each run is a normal workdir inside --workdir (run.json, lock, exact resume),
 named after its sweep point and seed. --sweep is repeatable (a grid); a
@@ -69,6 +70,10 @@ _SBATCH = flags.DEFINE_multi_string('sbatch', [], 'slurm: KEY=VALUE, any further
                                     'option: --sbatch=account=abc --sbatch=qos=high '
                                     '--sbatch=mem=16G (repeat, or comma-separate).')
 _WAIT = flags.DEFINE_bool('wait', False, 'slurm: wait for the array to end.')
+_PROGRAM = flags.DEFINE_string(
+    'program', None, 'What each run runs: resnet_jax.main (the default), or a script '
+    'that takes its flags (--config, --workdir, --config.FIELD=VALUE), e.g. '
+    'benchmarks/torch_baseline.py, the PyTorch twin. Remembered by the experiment.')
 _DRY_RUN = flags.DEFINE_bool('dry_run', False, 'Print the plan; run and write nothing.')
 flags.mark_flags_as_required(['workdir'])
 
@@ -114,7 +119,21 @@ def _new_plan(stored) -> plan_lib.Plan:
   if 'seed' in given:
     raise errors.UserError('--config.seed sets one seed for every run; give seeds '
                            'as --seeds=0-4')
-  return plan_lib.Plan(argument, overrides, points, seeds, sweep)
+  return plan_lib.Plan(argument, overrides, points, seeds, sweep, _program(stored))
+
+
+def _program(stored) -> str:
+  """--program as an absolute path ('' for resnet_jax.main), else the
+  experiment's own."""
+  given = _PROGRAM.value
+  if given is None:
+    return (stored or {}).get('program', '')
+  if given in ('', 'resnet_jax.main'):
+    return ''
+  if not os.path.isfile(given):
+    raise errors.UserError(f'--program {given} is not a file; pass a script that takes '
+                           "main's flags, e.g. benchmarks/torch_baseline.py")
+  return os.path.abspath(given)
 
 
 # The launcher flags an experiment remembers: a rerun without them uses the
@@ -156,7 +175,8 @@ def _jsonable(overrides: dict) -> dict:
 def _print_plan(folder: str, plan: plan_lib.Plan, statuses: dict, queued: dict) -> None:
   runs = plan.runs()
   print(f'Experiment {folder}: {len(runs)} run(s), {plan.describe()}, of '
-        f'{plan.config}' + (' with ' + ' '.join(
+        f'{plan.config}' + (f' run by {plan.program}' if plan.program else '')
+        + (' with ' + ' '.join(
             f'--config.{k}={v}' for k, v in plan.overrides.items()) if plan.overrides else ''))
   width = max(len(r.name) for r in runs)
   for run in runs:

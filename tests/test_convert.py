@@ -1,5 +1,8 @@
 """PyTorch parity: torchvision-layout weights converted to Flax give the same logits."""
 
+import os
+import sys
+
 import jax
 import numpy as np
 import pytest
@@ -9,13 +12,28 @@ torch = pytest.importorskip('torch')
 from resnet_jax.training import convert  # noqa: E402
 from resnet_jax import errors  # noqa: E402
 from resnet_jax import models  # noqa: E402
-from tests import torch_resnet  # noqa: E402
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                'benchmarks'))
+import torch_resnet  # noqa: E402  (benchmarks/: the twin's networks)
+
+
+def _randomize_batchnorm(model, generator) -> None:
+  """Random affine parameters and running statistics, so parity covers them."""
+  with torch.no_grad():
+    for m in model.modules():
+      if isinstance(m, torch.nn.BatchNorm2d):
+        c = m.num_features
+        m.weight.copy_(torch.rand(c, generator=generator) * 0.5 + 0.25)
+        m.bias.copy_(torch.randn(c, generator=generator) * 0.1)
+        m.running_mean.copy_(torch.randn(c, generator=generator) * 0.1)
+        m.running_var.copy_(torch.rand(c, generator=generator) + 0.5)
 
 
 def _torch_model(name, num_classes, stem, seed=0):
   torch.manual_seed(seed)
   net = torch_resnet.ResNet(name, num_classes, stem)
-  torch_resnet.randomize_batchnorm(net, torch.Generator().manual_seed(seed))
+  _randomize_batchnorm(net, torch.Generator().manual_seed(seed))
   with torch.no_grad():
     net.fc.weight.mul_(30)  # Logits of order 1-10, so 1e-4 is a strict bound.
   return net.eval()

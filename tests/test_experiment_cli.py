@@ -156,6 +156,9 @@ def test_experiment_refusals_are_one_line_and_write_nothing(tiny_folder, tmp_pat
        'got 1.5; set --config.label_smoothing'),
       (['--config.label_smoothing=0.1', '--sweep=label_smoothing=0,0.2'], None,
        '--config.label_smoothing fixes a field the sweep varies; drop one of them'),
+      (['--program=nope.py'], None,
+       "--program nope.py is not a file; pass a script that takes main's flags, e.g. "
+       'benchmarks/torch_baseline.py'),
   ]
   for extra, env, message in cases:
     result = _experiment('--workdir', str(folder), *_tiny(tiny_folder), *extra, env=env)

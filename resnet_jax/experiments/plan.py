@@ -183,6 +183,7 @@ class Plan:
   points: list      # [{field: value}], one per sweep point.
   seeds: list
   sweep: object = None  # As given: a grid {field: [values]} or explicit points.
+  program: str = ''  # A script run instead of resnet_jax.main (absolute path).
 
   @functools.cached_property
   def _loaded(self) -> ml_collections.ConfigDict:
@@ -225,16 +226,19 @@ class Plan:
         raise errors.UserError(f'run {run.name}: {e}') from None
 
   def command(self, workdir: str, python: str = sys.executable) -> list:
-    """`python -m resnet_jax.main` for one run of this plan, in `workdir`."""
+    """`python -m resnet_jax.main` (or `python PROGRAM`, which takes main's
+    flags) for one run of this plan, in `workdir`."""
     name = os.path.basename(os.path.normpath(workdir))
     run = next(r for r in self.runs() if r.name == name)
     fields = {**self.overrides, **run.point, 'seed': run.seed}
-    return [python, '-m', 'resnet_jax.main', '--config', self.config,
+    program = [self.program] if self.program else ['-m', 'resnet_jax.main']
+    return [python, *program, '--config', self.config,
             '--workdir', workdir] + [f'--config.{k}={_flag(v)}' for k, v in fields.items()
                                      if v is not None]
 
   def to_json(self) -> dict:
-    return {'config': self.config, 'overrides': _json(self.overrides),
+    return {'config': self.config, 'program': self.program,
+            'overrides': _json(self.overrides),
             'sweep': _json(self.sweep), 'points': _json(self.points),
             'seeds': list(self.seeds),
             'runs': [dataclasses.asdict(r) for r in self.runs()]}
@@ -281,6 +285,9 @@ def differences(stored: dict, plan: Plan) -> list:
   out = []
   gone = [n for n in old if n not in new]
   added = [n for n in new if n not in old]
+  if stored.get('program', '') != plan.program:
+    out.append(f"program {stored.get('program') or 'resnet_jax.main'} -> "
+               f"{plan.program or 'resnet_jax.main'}")
   if stored.get('seeds') != list(plan.seeds):
     out.append(f"seeds {format_seeds(stored['seeds'])} -> {format_seeds(plan.seeds)}")
   if _json(stored.get('sweep')) != _json(plan.sweep):

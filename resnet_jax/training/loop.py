@@ -53,7 +53,7 @@ def _report_resume(run: run_setup.Run, devices: dict) -> None:
              before.get('device_count'), before.get('parallelism'))
 
 
-def _eval_steps(num_steps: int, batch: int, num_examples: int, every: float) -> set:
+def eval_steps(num_steps: int, batch: int, num_examples: int, every: float) -> set:
   """Steps after which a (possibly fractional) epoch multiple is completed."""
   span = num_examples * every
   return {s for s in range(1, num_steps + 1)
@@ -162,7 +162,7 @@ def _train(run: run_setup.Run, initial: Optional[train_state.TrainState]) -> dic
   split_name, _ = run.eval_split()
   eval_data = run.eval_data(split_name)
   epoch_at = lambda step: step * config.batch_size / len(run.train)
-  eval_at = _eval_steps(run.num_steps, config.batch_size, len(run.train),
+  eval_at = eval_steps(run.num_steps, config.batch_size, len(run.train),
                         config.eval_every_epochs)
   k = run.steps_per_call
   log.info('Training %s on %s: %d steps of %d images (%.2f epochs) on %d %s '
