@@ -274,6 +274,7 @@ def train_config(config, workdir: str) -> dict:
   from resnet_jax.training import run_setup
   from resnet_jax.training import train_state
   from resnet_jax.workdir import config_validation
+  from resnet_jax.workdir import run_lock
   from resnet_jax.workdir import run_record
   check_twin(config)
   source = config_validation.validate(config)
@@ -285,6 +286,7 @@ def train_config(config, workdir: str) -> dict:
   if run_record.completed_step(workdir, record) is not None:
     log.info('%s holds a finished run: nothing to do', workdir)
     return {}
+  run_lock.check_free(workdir)  # A busy workdir is refused before any reading.
   train = datasets.load_split(source, 'train', config.image_size)
   test = datasets.load_split(source, 'test', config.image_size)
   to_tensor = _normalizer(*datasets.normalization(source, train, config.image_size))
@@ -309,7 +311,7 @@ def train_config(config, workdir: str) -> dict:
       m.momentum, m.eps = 1.0 - config.bn_momentum, config.bn_epsilon
   opt = _optimizer(net, float(rates[0]), config.weight_decay,
                    config.weight_decay_on == 'all', config.momentum, config.nesterov)
-  os.makedirs(workdir, exist_ok=True)
+  lock = run_lock.Lock(workdir)  # Creates the workdir; held until the run ends.
   run_record.start_session(workdir, json.loads(config.to_json()), framework,
                            {'device_kind': 'cpu', 'platform': 'cpu', 'device_count': 1,
                             'process_count': 1, 'threads': torch.get_num_threads(),
@@ -385,6 +387,7 @@ def train_config(config, workdir: str) -> dict:
   run_record.end_session(workdir, {'final_step': num_steps,
                                    'eval_accuracy': result['eval_accuracy'],
                                    'skipped_files': sorted(skipped)})
+  lock.release()
   return result
 
 
