@@ -57,7 +57,7 @@ from resnet_jax.reporting import timing
 import torch
 import torch.nn.functional as F
 
-from torch_resnet import build  # pylint: disable=unused-import (resnet_jax.benchmark uses it)
+from torch_resnet import build  # Also what resnet_jax.benchmark calls (torch_baseline.build).
 import torch_resnet
 
 
