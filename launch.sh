@@ -12,7 +12,8 @@
 # the --flag=value form (or --nproc N).
 #
 # The Python process replaces this shell (exec), so SIGTERM/SIGINT from a
-# scheduler reach it directly; with --nproc they are forwarded to every child.
+# scheduler reach it directly; with --nproc they are forwarded to every child,
+# and the first child to exit non-zero is named and the others are stopped.
 set -euo pipefail
 usage() {
   echo "usage: $0 CONFIG WORKDIR [--nproc N] [--config.FIELD=VALUE ...]${1:+ ($1)}" >&2
@@ -52,7 +53,8 @@ if [[ $nproc -gt 1 ]]; then
     exit 2
   fi
   pids=()
-  trap 'kill -TERM "${pids[@]}" 2>/dev/null || true' TERM INT
+  stopping=0
+  trap 'stopping=1; kill -TERM "${pids[@]}" 2>/dev/null || true' TERM INT
   for ((i = 0; i < nproc; i++)); do
     if [[ $gpus -gt 0 ]]; then
       share=$((gpus / nproc))
@@ -62,10 +64,44 @@ if [[ $nproc -gt 1 ]]; then
       --process_id="$i" ${args[@]+"${args[@]}"} &
     pids+=($!)
   done
-  status=0
-  for pid in "${pids[@]}"; do
-    wait "$pid" || { rc=$?; [[ $status -ne 0 ]] || status=$rc; }
+  # The first process to fail is named and the others stopped: with a peer
+  # dead they would wait in a collective until JAX gives up. SIGTERM first,
+  # SIGKILL for any still there after a grace. bash's own report of a killed
+  # child ("line N: 4242 Killed ...") would come first and say less: it
+  # goes to /dev/null, ours to fd 3 (the children keep the real stderr).
+  exec 3>&2 2>/dev/null
+  status=0 deadline=0 left=("${!pids[@]}")
+  while [[ ${#left[@]} -gt 0 ]]; do
+    still=() failed=()
+    for i in "${left[@]}"; do
+      if kill -0 "${pids[i]}" 2>/dev/null; then still+=("$i"); continue; fi
+      rc=0
+      wait "${pids[i]}" || rc=$?
+      # Exit 75 is a process that saw a peer die (resnet_jax/parallelism/
+      # distributed.py): when both ended since the last look, name the peer.
+      if [[ $rc -eq 75 ]]; then
+        failed+=("$i:$rc")
+      elif [[ $rc -ne 0 ]]; then
+        failed=("$i:$rc" ${failed[@]+"${failed[@]}"})
+      fi
+    done
+    left=(${still[@]+"${still[@]}"})
+    if [[ $status -eq 0 && ${#failed[@]} -gt 0 ]]; then
+      i=${failed[0]%:*} status=${failed[0]#*:}
+      if [[ $stopping -eq 0 ]]; then  # Not stopped by a signal to this script.
+        signal=''
+        [[ $status -le 128 ]] || signal=" (SIG$(kill -l $((status - 128)) 2>/dev/null || echo $((status - 128))))"
+        echo "launch.sh: process $i (pid ${pids[i]}) exited with $status$signal; stopping the others" >&3
+        kill -TERM "${pids[@]}" 2>/dev/null || true
+        deadline=$((SECONDS + 15))
+      fi
+    fi
+    if [[ ${#left[@]} -gt 0 && $deadline -gt 0 && $SECONDS -ge $deadline ]]; then
+      for i in "${left[@]}"; do kill -KILL "${pids[i]}" 2>/dev/null || true; done
+    fi
+    [[ ${#left[@]} -eq 0 ]] || sleep 0.2
   done
+  exec 2>&3 3>&-
   exit "$status"
 fi
 

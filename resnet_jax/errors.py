@@ -12,11 +12,16 @@ class UserError(Exception):
 
 
 class Stopped(Exception):
-  """The run stopped early (a signal, a diverged loss); the message says why."""
+  """The run stopped early (a signal, a diverged loss); the message says why.
 
-  def __init__(self, message: str, exit_code: int):
+  `every_process`: every process of a multi-process run stops here, at the
+  same step (so they can still meet in a collective).
+  """
+
+  def __init__(self, message: str, exit_code: int, every_process: bool = False):
     super().__init__(message)
     self.exit_code = exit_code
+    self.every_process = every_process
 
 
 def run_cli(main_fn, prepare_argv=None) -> None:

@@ -73,7 +73,8 @@ _WAIT = flags.DEFINE_bool('wait', False, 'slurm: wait for the array to end.')
 _PROGRAM = flags.DEFINE_string(
     'program', None, 'What each run runs: resnet_jax.main (the default), or a script '
     'that takes its flags (--config, --workdir, --config.FIELD=VALUE), e.g. '
-    'benchmarks/torch_baseline.py, the PyTorch twin. Remembered by the experiment.')
+    'benchmarks/torch_baseline.py, the PyTorch twin (--launcher=local only: it keeps no '
+    'checkpoints to resume a requeued task from). Remembered by the experiment.')
 _DRY_RUN = flags.DEFINE_bool('dry_run', False, 'Print the plan; run and write nothing.')
 flags.mark_flags_as_required(['workdir'])
 
@@ -209,6 +210,14 @@ def main(argv):
   plan = _new_plan(stored)
   options = _launch_options(stored)
   on_slurm = options['launcher'] in ('slurm', 'submitit_local')
+  if on_slurm and plan.program:
+    # Requeued at each time limit, a run that cannot resume would never end.
+    raise errors.UserError(
+        f'--launcher={options["launcher"]} requeues a task at its time limit and on '
+        'preemption, and only resnet_jax.main resumes from its checkpoint: each attempt '
+        f'of {plan.program} (the PyTorch twin keeps no checkpoints) would start again at '
+        'step 0; use --launcher=local (on a cluster, inside one allocation long enough '
+        'for all the runs)')
   if on_slurm:
     try:
       importlib.import_module('submitit')  # Optional: only these launchers need it.

@@ -16,11 +16,13 @@ class Background(subprocess.Popen):
   """A command run from the repository with its output in files: a pipe
   nobody reads while the test waits could fill and stall a chatty run."""
 
-  def __init__(self, cmd, env=None):
+  def __init__(self, cmd, env=None, new_session=False):
+    """`new_session`: the command leads a process group of its own (as a
+    SLURM step or a terminal's foreground job), which `killpg` signals whole."""
     self._files = (tempfile.TemporaryFile('w+'), tempfile.TemporaryFile('w+'))
     # os.environ holds conftest's 8-device flag and any ISA flag of the caller.
     super().__init__(cmd, cwd=REPO, env=env or dict(os.environ), stdout=self._files[0],
-                     stderr=self._files[1], text=True)
+                     stderr=self._files[1], text=True, start_new_session=new_session)
 
   def communicate(self, input=None, timeout=None):  # pylint: disable=redefined-builtin
     del input
@@ -34,9 +36,9 @@ class Background(subprocess.Popen):
     return tuple(f.read() for f in self._files)
 
 
-def main(args, env=None) -> Background:
+def main(args, env=None, new_session=False) -> Background:
   """`python -m resnet_jax.main ARGS` in the background."""
-  return Background([sys.executable, '-m', 'resnet_jax.main', *args], env)
+  return Background([sys.executable, '-m', 'resnet_jax.main', *args], env, new_session)
 
 
 def wait_for_step(workdir, step, proc, timeout=300):

@@ -1,9 +1,12 @@
 """Experiments without training: seeds, sweeps, plans, statuses, groups and
-their statistics, read from run folders written here by hand."""
+their statistics, read from run folders written here by hand; what the SLURM
+launcher decides from squeue's answers and a run's files (a fake squeue, a
+fake run)."""
 
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
 
@@ -356,3 +359,140 @@ def test_the_local_launcher_runs_one_run_per_gpu_group_at_a_time(tmp_path):
   assert started[:2] == [('cmd0', '0,1', 'run0.log'), ('cmd1', '2,3', 'run1.log')]
   # A freed slot's GPUs go to the next run: every run saw one group only.
   assert {env for _, env, _ in started} == {'0,1', '2,3'}
+
+
+def _fake_squeue(tmp_path, monkeypatch, queue):
+  """squeue on PATH answering every query from `queue` ('id|state' lines, as
+  `-o %i|%T` prints them; `-o %T` gets the first state), its arguments
+  appended to tmp_path/CALLS."""
+  bin_dir = tmp_path / 'bin'
+  bin_dir.mkdir()
+  (tmp_path / 'QUEUE').write_text(queue)
+  (bin_dir / 'squeue').write_text(
+      f'#!/bin/sh\necho "$*" >> {tmp_path}/CALLS\n'
+      f"case \"$*\" in *'%i|%T'*) cat {tmp_path}/QUEUE ;;\n"
+      f"*) head -1 {tmp_path}/QUEUE | cut -d'|' -f2 ;; esac\n")
+  (bin_dir / 'squeue').chmod(0o755)
+  monkeypatch.setenv('PATH', f'{bin_dir}:{os.environ["PATH"]}')
+
+
+def test_a_job_preempted_by_cancel_has_ended(tmp_path, monkeypatch):
+  # After PreemptMode=CANCEL ended a job, `squeue -t all` (or a user's
+  # SQUEUE_STATES=all) shows it PREEMPTED for MinJobAge, as SLURM 22.05 did
+  # here: a rerun resubmits the run, and --wait stops waiting for it.
+  pytest.importorskip('submitit')
+  from resnet_jax.experiments import slurm
+  _fake_squeue(tmp_path, monkeypatch,
+               '4242_0|PREEMPTED\n4242_1|COMPLETING\n4242_[2-3]|PENDING\n')
+  launch = {'launcher': 'slurm', 'job_id': '4242', 'runs': [f'seed={i}' for i in range(4)]}
+  assert slurm.active([launch]) == {'seed=1': 'COMPLETING', 'seed=2': 'PENDING',
+                                    'seed=3': 'PENDING'}
+  # What experiment._wait asks of a task whose result never came.
+  assert slurm.job_state('4242_0') == 'PREEMPTED'
+  assert slurm.job_state('4242_0') not in slurm.ACTIVE_STATES
+  # Every state asked for: a user's SQUEUE_STATES=R would hide pending tasks.
+  calls = (tmp_path / 'CALLS').read_text().splitlines()
+  assert len(calls) == 3 and all(' -t all ' in f' {c} ' for c in calls), calls
+
+
+# A resumed run, as the task starts it: trims metrics.jsonl back to its
+# checkpoint as MetricsWriter does, trains GAIN steps, warns its task as SLURM
+# does before the time limit, and on the task's SIGTERM saves a checkpoint
+# (if it trained) and exits 143.
+_RESUMED_RUN = '''
+import json, os, signal, sys, time
+workdir, gain = sys.argv[sys.argv.index('--workdir') + 1], int(sys.argv[1])
+restored = max(int(n) for n in os.listdir(os.path.join(workdir, 'checkpoints')))
+path = os.path.join(workdir, 'metrics.jsonl')
+kept = [l for l in open(path) if json.loads(l)['step'] <= restored]
+with open(path, 'w') as f:
+  f.writelines(kept + [json.dumps({'step': s}) + '\\n'
+                       for s in range(restored + 1, restored + gain + 1)])
+
+def stop(*_):
+  if gain:
+    os.makedirs(os.path.join(workdir, 'checkpoints', str(restored + gain)))
+  sys.exit(143)
+
+signal.signal(signal.SIGTERM, stop)
+os.kill(os.getppid(), signal.SIGUSR2)
+while True:
+  time.sleep(1)
+'''
+
+
+@pytest.mark.skipif(sys.platform != 'linux', reason='signals between processes')
+@pytest.mark.parametrize('gain', [20, 0])
+def test_no_progress_is_judged_by_checkpoints_not_by_a_killed_attempts_metrics(
+    tmp_path, gain):
+  pytest.importorskip('submitit')
+  from resnet_jax.experiments import slurm
+  # A kill -9 after step 140 of an attempt whose last checkpoint is step 100.
+  workdir = tmp_path / 'exp' / 'seed=0'
+  (workdir / 'checkpoints' / '100').mkdir(parents=True)
+  (workdir / 'run.json').write_text(json.dumps({'framework': 'jax', 'config': {}, 'sessions': [
+      {'started': '2026-12-01T08:00:00+00:00', 'start_step': 0, 'num_steps': 1000}]}))
+  (workdir / 'metrics.jsonl').write_text(
+      ''.join(json.dumps({'step': s, 'train_loss': 1.0}) + '\n' for s in range(10, 141, 10)))
+  script = tmp_path / 'resumed_run.py'
+  script.write_text(_RESUMED_RUN)
+  command = [sys.executable, str(script), str(gain), '--workdir', str(workdir)]
+  log_path = str(tmp_path / 'exp' / 'logs' / 'seed=0.log')
+  task, requeue = slurm.RunTask(), []
+
+  class Exited(Exception):
+    """submitit ends the task once `checkpoint` has answered."""
+
+  def on_usr2(signum, frame):  # submitit's handler, reduced to what decides.
+    requeue.append(task.checkpoint('seed=0', command, log_path))
+    raise Exited
+
+  old = signal.signal(signal.SIGUSR2, on_usr2)
+  try:
+    with pytest.raises(Exited):
+      task('seed=0', command, log_path)
+  finally:
+    signal.signal(signal.SIGUSR2, old)
+  with open(os.path.join(tmp_path, 'exp', 'logs', 'seed=0.json')) as f:
+    outcome = json.load(f)
+  if gain:  # Step 120 is past the checkpoint it resumed from, not past step 140.
+    assert requeue[0] is not None, outcome
+    assert (outcome['outcome'], outcome['reason']) == ('stopped',
+                                                       'time limit at step 120; requeued')
+  else:
+    assert requeue == [None]
+    assert (outcome['outcome'], outcome['reason']) == ('failed', (
+        'no progress before the time limit (no checkpoint after step 100); raise '
+        '--time_minutes'))
+
+
+def test_the_pytorch_twin_is_refused_on_the_launchers_that_requeue(tmp_path):
+  twin = os.path.join(REPO, 'benchmarks', 'torch_baseline.py')
+  experiment = lambda *args: subprocess.run(
+      [sys.executable, '-m', 'resnet_jax.experiment', *args], capture_output=True,
+      text=True, cwd=REPO, timeout=120)
+  message = lambda launcher: (
+      f'error: --launcher={launcher} requeues a task at its time limit and on preemption, '
+      'and only resnet_jax.main resumes from its checkpoint: each attempt of '
+      f'{twin} (the PyTorch twin keeps no checkpoints) would start again at step 0; use '
+      '--launcher=local (on a cluster, inside one allocation long enough for all the runs)')
+  for split in ('train', 'test'):  # An image folder the config validates against.
+    (tmp_path / 'data' / 'tiny' / split / 'a').mkdir(parents=True)
+  data = {'dataset': 'tiny', 'data_dir': str(tmp_path / 'data')}
+  new = tmp_path / 'new'
+  result = experiment('--config', 'configs/imagenet.py:resnet18', '--workdir', str(new),
+                      *[f'--config.{k}={v}' for k, v in data.items()],
+                      '--program=benchmarks/torch_baseline.py', '--launcher=slurm')
+  assert (result.returncode, result.stderr.strip()) == (2, message('slurm'))
+  assert not new.exists()
+  # A twin experiment run locally so far: a rerun on submitit_local is refused
+  # at planning, before even a dry run prints its plan.
+  old = str(tmp_path / 'old')
+  plan_lib.write(old, plan_lib.Plan(os.path.join(REPO, 'configs', 'imagenet.py:resnet18'),
+                                    data, [{}], [0], program=twin))
+  before = open(os.path.join(old, 'experiment.json')).read()
+  result = experiment('--workdir', old, '--launcher=submitit_local', '--dry_run')
+  assert (result.returncode, result.stderr.strip(), result.stdout) == (
+      2, message('submitit_local'), '')
+  assert os.listdir(old) == ['experiment.json']
+  assert open(os.path.join(old, 'experiment.json')).read() == before

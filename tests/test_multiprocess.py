@@ -1,5 +1,6 @@
 """Several processes through launch.sh: equal to one process, stopped and
-resumed together, evaluated together; the launcher's options and refusals."""
+resumed together, evaluated together, stopped at once when one dies; the
+launcher's options and refusals."""
 
 import json
 import os
@@ -7,6 +8,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 
 import jax
 import jax.numpy as jnp
@@ -131,6 +133,10 @@ def test_a_stop_signal_reaches_every_process_and_the_same_command_resumes(two_pr
   assert str(stopped_at) in os.listdir(os.path.join(workdir, 'checkpoints'))
   assert resumed.returncode == 0, resumed.stderr[-3000:]
   assert f'Resuming from the checkpoint at step {stopped_at}' in resumed.stderr
+  # Processes that end through Python (a stop, the end of the run) are not
+  # taken for dead ones (distributed._PeerWatch), nor by launch.sh.
+  assert 'is gone' not in err + resumed.stderr
+  assert 'launch.sh:' not in err + resumed.stderr
   # One train and one eval line per step: nothing lost, nothing repeated.
   assert [l['step'] for l in _lines(workdir)] == [s for s in range(1, STEPS + 1)
                                                    for _ in range(2)]
@@ -359,3 +365,80 @@ def test_launcher_gives_each_local_process_its_own_gpus(tmp_path):
   assert result.returncode == 2
   assert result.stderr.strip() == ('error: 8 GPUs do not split evenly over --nproc 3; '
                                    'pass a divisor of 8')
+
+
+@pytest.mark.slow
+def test_a_killed_process_stops_the_others_at_once_and_is_named(tiny_folder, tmp_path):
+  # kill -9 of process 1: process 0 used to wait in a collective, then in
+  # JAX's shutdown barrier, until the heartbeat gave up (61-84 s) and end in
+  # a bare abort. Now it names process 1 and ends (distributed._PeerWatch),
+  # and launch.sh names the process that died first.
+  workdir = str(tmp_path / 'w')
+  # Training, logged at every step, not evaluated: one program to compile.
+  cmd = ['./launch.sh', 'configs/cifar.py', workdir, '--nproc', '2',
+         f'--config.data_dir={tiny_folder["data_dir"]}', f'--config.dataset={tiny_folder["name"]}',
+         '--config.model=resnet8', '--config.batch_size=16', '--config.num_train_steps=100000',
+         '--config.log_every_steps=1', '--config.eval_every_epochs=100']
+  proc = processes.Background(cmd, _env(2))
+  processes.wait_for_step(workdir, 1, proc)
+  victim = subprocess.run(['pgrep', '-P', str(proc.pid), '-f', 'process_id=1 '],
+                          capture_output=True, text=True, check=True).stdout.split()
+  assert len(victim) == 1, victim
+  start = time.monotonic()
+  os.kill(int(victim[0]), signal.SIGKILL)
+  _, err = proc.communicate(timeout=180)
+  took = time.monotonic() - start
+  print(err[-3000:], f'\nlaunch.sh ended {took:.1f} s after the kill')
+  assert proc.returncode == 128 + signal.SIGKILL
+  assert (f'launch.sh: process 1 (pid {victim[0]}) exited with 137 (SIGKILL); stopping '
+          'the others') in err
+  # Well under JAX's own heartbeat (100 s); a loaded machine's margin above
+  # the ~0.3 s it takes.
+  assert took < 30
+  assert ('error: process 1 of 2 is gone (killed, crashed or its host lost); this '
+          'process stops too; resume with the same command once every host is back') in err
+  assert 'Aborted' not in err and 'Terminating process' not in err
+
+
+def _fake_processes(tmp_path, script):
+  """launch.sh --nproc 2 running `script` (sh; $1 is the process id) as
+  each process, in place of Python. Returns (CompletedProcess, seconds)."""
+  python = tmp_path / 'python'
+  python.write_text('#!/bin/sh\ncase "$*" in *--process_id=*) ;; *) exit 0 ;; esac\n'
+                    'i=${*##*--process_id=}; i=${i%% *}\n' + script)
+  python.chmod(0o755)
+  env = dict(os.environ, PYTHON=str(python), RESNET_JAX_PORT='1234', CUDA_VISIBLE_DEVICES='',
+             STATE=str(tmp_path))
+  start = time.monotonic()
+  result = subprocess.run(['./launch.sh', 'configs/cifar.py', 'runs/x', '--nproc', '2'],
+                          capture_output=True, text=True, cwd=REPO, env=env, timeout=60)
+  return result, time.monotonic() - start
+
+
+def test_the_launcher_names_the_first_process_to_fail_and_stops_the_others(tmp_path):
+  # Process 0 is killed; process 1 would run on (as one waiting in a
+  # collective) but ends on SIGTERM.
+  result, took = _fake_processes(tmp_path, (
+      'if [ "$i" = 0 ]; then sleep 0.5; kill -9 $$; fi\n'
+      'trap \'echo "1 got SIGTERM"; exit 143\' TERM\n'
+      'while :; do sleep 0.05; done\n'))
+  assert result.returncode == 137
+  pid = re.search(r'process 0 \(pid (\d+)\)', result.stderr)
+  assert result.stderr == (f'launch.sh: process 0 (pid {pid[1]}) exited with 137 '
+                           '(SIGKILL); stopping the others\n'), result.stderr
+  assert result.stdout == '1 got SIGTERM\n'
+  assert took < 20
+
+
+def test_the_launcher_names_the_dead_process_not_the_one_that_saw_it_die(tmp_path):
+  # Process 0 exits 75 (distributed.PEER_LOST_EXIT) the moment process 1
+  # dies: usually within launch.sh's same poll, where index order alone
+  # would name process 0.
+  result, _ = _fake_processes(tmp_path, (
+      'if [ "$i" = 1 ]; then echo $$ > "$STATE/p1"; sleep 0.5; kill -9 $$; fi\n'
+      'until [ -s "$STATE/p1" ]; do sleep 0.01; done\n'
+      'while kill -0 "$(cat "$STATE/p1")" 2>/dev/null; do sleep 0.01; done\n'
+      'exit 75\n'))
+  assert result.returncode == 137
+  assert re.fullmatch(r'launch\.sh: process 1 \(pid \d+\) exited with 137 \(SIGKILL\); '
+                      r'stopping the others\n', result.stderr), result.stderr

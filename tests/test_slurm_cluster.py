@@ -70,9 +70,14 @@ def test_what_sbatch_would_refuse_is_one_line_and_leaves_nothing(cluster, tiny_f
 @pytest.fixture(scope='module')
 def experiment(cluster, tiny_folder, tmp_path_factory):
   """Two seeds on the preemptible partition `low`, CPU only (no --gpus_per_run:
-  the partition has none), then reruns while they are queued or running."""
+  the partition has none), each an image-folder run with loader worker
+  processes, then reruns while they are queued or running."""
   folder = str(tmp_path_factory.mktemp('exp') / 'sl')
-  tiny = _tiny(tiny_folder, steps=STEPS)
+  # Decoded from the files by 2 grain worker processes, which SLURM signals
+  # with the task: 96 px makes a batch (442 KB) outgrow a pipe (64 KB), so
+  # a worker that died of the signal left its run hung (fixed; issue 41).
+  tiny = _tiny(tiny_folder, steps=STEPS) + ['--config.image_size=96',
+                                            '--config.input_workers=2']
   first = _launch(folder, tiny, cluster, '--seeds=0-1', '--launcher=slurm', '--partition=low',
                   '--time_minutes=10')
   assert first.returncode == 0, first.stderr[-3000:]
@@ -110,6 +115,7 @@ def test_preemption_by_sigterm_requeues_and_the_run_ends_as_if_uninterrupted(
     assert sessions[-1]['final_step'] == STEPS
     log = open(os.path.join(folder, 'logs', os.path.basename(workdir) + '.log')).read()
     assert log.count('== task ') >= 2 and 'Resuming from the checkpoint' in log
+    assert 'by 2 grain worker process(es)' in log
   # Equal to an uninterrupted run of the same recipe, here.
   reference = str(tmp_path / 'ref' / 'seed=0')
   plan = plan_lib.Plan(CIFAR, {}, [{}], [0])

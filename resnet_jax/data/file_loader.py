@@ -15,16 +15,30 @@ generator seeded by its stream position. Each process reads and decodes only
 its own rows of each global batch, so the processes of a multi-host run
 share one epoch's files without overlap, whatever the worker count.
 
-A file that does not decode (`image_decoding.BadImage`: empty, truncated,
-not an image, a decompression bomb) is skipped: training takes the next file
-of the epoch's permutation in its place, evaluation masks it out; either way
-the batch names it under 'skipped', and the loop logs it once and records it
-in run.json (`skipped_files`).
+A file that is bad (`image_decoding.BadImage`: empty, truncated, not an
+image, a decompression bomb; or gone, a folder, unreadable for permissions)
+is skipped: training takes the next file of the epoch's permutation in its
+place, evaluation masks it out; either way the batch names it under
+'skipped', and the loop logs it once and records it in run.json
+(`skipped_files`). Any other error while reading (EIO, ESTALE, EMFILE: a
+shared filesystem's hiccup, not the file's fault) is retried for about a
+minute, then stops the run with `ReadFailed`: skipping such a file would make
+a batch depend on the filesystem's mood, not only on (seed, step).
+
+grain's worker processes ignore SIGTERM and SIGINT: SLURM (preemption,
+scancel, a time limit) and a terminal's Ctrl-C signal the whole process
+group, and a worker that died then left the training process unable to read
+its next batch, or blocked on a half-written one. The training process
+checkpoints and stops them; they also exit by themselves when it is gone.
 """
 
 import dataclasses
+import errno
 import math
 import os
+import signal
+import threading
+import time
 from typing import Iterator, Optional, Sequence
 
 import numpy as np
@@ -48,12 +62,16 @@ class FileSplit:
   def __len__(self) -> int:
     return len(self.labels)
 
+  def name(self, index: int) -> str:
+    """The file's path relative to `root`."""
+    return os.fsdecode(self.paths[index])
+
   def path(self, index: int) -> str:
-    return os.path.join(self.root, self.paths[index].decode())
+    return os.path.join(self.root, self.name(index))
 
   def read(self, index: int) -> bytes:
-    with open(self.path(index), 'rb') as f:
-      return f.read()
+    """The file's bytes; transient errors retried (`read_file`)."""
+    return read_file(self.path(index))
 
   def take(self, selection) -> 'FileSplit':
     """The files at `selection` (a mask or indices), in that order."""
@@ -91,8 +109,46 @@ class Sizes:
     return {s for s in range(first + 1, end) if self.at(s) != self.at(s - 1)}
 
 
+# errno values that say the file itself is bad: the same on every try.
+BAD_FILE_ERRNOS = frozenset({errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.EACCES,
+                             errno.EPERM, errno.ENAMETOOLONG, errno.ELOOP})
+# Waits between the tries of a read that failed otherwise: 62 s in all,
+# longer than an NFS server's usual failover.
+RETRY_DELAYS = (0.5, 1.5, 4.0, 8.0, 16.0, 32.0)
+
+
+class ReadFailed(Exception):
+  """A read that kept failing with an error of the filesystem, not the file's."""
+
+
+def read_file(path: str, delays: Optional[Sequence[float]] = None) -> bytes:
+  """The bytes of `path`, retrying errors that are not the file's fault.
+
+  Raises:
+    OSError: the file is bad (`BAD_FILE_ERRNOS`): skip it.
+    ReadFailed: it still failed after every retry.
+  """
+  delays = RETRY_DELAYS if delays is None else delays
+  for attempt in range(len(delays) + 1):
+    try:
+      with open(path, 'rb') as f:
+        return f.read()
+    except OSError as e:
+      if e.errno in BAD_FILE_ERRNOS:
+        raise
+      if attempt == len(delays):
+        raise ReadFailed(f'reading {path} failed {attempt + 1} times over '
+                         f'{sum(delays):.0f} s ({e}): the filesystem is failing, not '
+                         'the file') from e
+      from resnet_jax.logs import log
+      log.warning('Reading %s failed (%s); retry %d of %d in %.1f s', path, e,
+                  attempt + 1, len(delays), delays[attempt])
+      time.sleep(delays[attempt])
+  raise AssertionError('unreachable')
+
+
 def _skipped(split: FileSplit, index: int, error: Exception) -> tuple:
-  return (split.paths[index].decode(), str(error))
+  return (split.name(index), str(error))
 
 
 class TrainExamples:
@@ -115,14 +171,27 @@ class TrainExamples:
     self.local = global_batch // process_count
     self.offset = process_index * self.local
     self._perms = {}
+    # Decoding threads call this object at once; two crossing an epoch
+    # boundary together evicted the same epoch twice.
+    self._lock = threading.Lock()
+
+  def __getstate__(self):  # To grain's workers: a lock does not pickle.
+    return {k: v for k, v in self.__dict__.items() if k != '_lock'}
+
+  def __setstate__(self, state):
+    self.__dict__.update(state)
+    self._lock = threading.Lock()
 
   def _permutation(self, epoch: int) -> np.ndarray:
-    if epoch not in self._perms:
-      if len(self._perms) > 1:
-        self._perms.pop(min(self._perms))
-      self._perms[epoch] = np.random.default_rng(
-          [self.seed, 0, epoch]).permutation(len(self.split))
-    return self._perms[epoch]
+    """The file order of `epoch`; the last two epochs' are kept."""
+    with self._lock:
+      order = self._perms.get(epoch)
+      if order is None:
+        order = np.random.default_rng([self.seed, 0, epoch]).permutation(len(self.split))
+        self._perms[epoch] = order
+        while len(self._perms) > 2:
+          self._perms.pop(min(e for e in self._perms if e != epoch))
+      return order
 
   def position(self, k: int) -> int:
     """The global stream position of this process's k-th example."""
@@ -199,17 +268,23 @@ def iterate(dataset, workers: int, threads: int = 1):
         it, grain.experimental.DatasetOptions(min_shm_size=1 << 62))
     it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers,
                                                      per_worker_buffer_size=2),
-                        worker_init_fn=_exit_with_parent)
+                        worker_init_fn=_init_worker)
   return iter(it)
 
 
-def _exit_with_parent(worker_index: int, worker_count: int) -> None:
-  """In each grain worker: exit when the training process is gone. A run
-  killed with -9 (or by the OOM killer) cannot stop its workers, which
-  would otherwise wait on their queues forever, holding memory."""
+def _init_worker(worker_index: int, worker_count: int) -> None:
+  """In each grain worker: ignore stop signals, and exit when the training
+  process is gone.
+
+  A stop signal sent to the process group (SLURM, Ctrl-C) is the training
+  process's to act on: it checkpoints, then closes its iterators, which
+  stops the workers. A run killed with -9 (or by the OOM killer) cannot stop
+  its workers, which would otherwise wait on their queues forever, holding
+  memory.
+  """
   del worker_index, worker_count
-  import threading
-  import time
+  for sig in (signal.SIGTERM, signal.SIGINT):
+    signal.signal(sig, signal.SIG_IGN)
   parent = os.getppid()
 
   def watch():

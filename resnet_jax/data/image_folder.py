@@ -125,7 +125,10 @@ def file_split(root: str, split: str):
   1.28M training files: one directory listing per class)."""
   from resnet_jax.data import file_loader
   paths, labels = _files(root, split, class_folders(root))
-  return file_loader.FileSplit(folder(root, split), np.asarray(paths, dtype=bytes),
+  # The file system's own bytes (os.fsencode): any name it holds, 'café_1.jpg'
+  # or bytes that are not UTF-8, round-trips through os.fsdecode.
+  return file_loader.FileSplit(folder(root, split),
+                               np.asarray([os.fsencode(p) for p in paths], dtype=bytes),
                                labels, class_names(root))
 
 

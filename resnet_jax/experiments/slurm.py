@@ -15,7 +15,9 @@ How a task ends its run:
   process of the job; the run checkpoints and exits 143. The task then leaves
   no result behind and lets SLURM finish what it started (a requeue or a
   cancel); if the job is still running (a preemption grace period), the task
-  requeues it itself, so a preempted run always comes back.
+  requeues it itself. Under PreemptMode=CANCEL the task sees what a scancel
+  shows (COMPLETING, on SLURM 22.05 even within a GraceTime): the job ends
+  PREEMPTED and a rerun of the experiment resubmits its run.
 A task that runs twice (a requeue racing a resubmission) is harmless: the
 second finds the workdir locked or the run complete.
 
@@ -36,12 +38,16 @@ import submitit
 
 from resnet_jax import errors
 from resnet_jax.experiments import run_status
+from resnet_jax.workdir import run_record
 
 # Job states that will still run (or are running): such runs are not
-# submitted again.
+# submitted again. squeue is asked for every state (`-t all`, whatever the
+# user's SQUEUE_STATES) and shows an ended job for MinJobAge: PREEMPTED is
+# such a job, ended by PreemptMode=CANCEL (a job being requeued shows
+# COMPLETING, then PENDING).
 ACTIVE_STATES = ('PENDING', 'RUNNING', 'REQUEUED', 'CONFIGURING', 'COMPLETING',
                  'RESIZING', 'SUSPENDED', 'REQUEUE_HOLD', 'REQUEUE_FED', 'STAGE_OUT',
-                 'SIGNALING', 'PREEMPTED')
+                 'SIGNALING')
 # Seconds between SLURM's warning signal and the kill: enough for the run to
 # finish its step and write a checkpoint.
 SIGNAL_DELAY_S = 120
@@ -66,10 +72,11 @@ def _job_id() -> str:
 
 
 def job_state(job_id: str) -> str:
-  """SLURM's state of a live job ('' once it has left the queue, or without SLURM)."""
+  """SLURM's state of a job it still knows, ended ones included for MinJobAge
+  ('' after that, or without SLURM)."""
   try:
-    out = subprocess.run(['squeue', '-h', '-j', job_id, '-o', '%T'], capture_output=True,
-                         text=True, timeout=30).stdout.split()
+    out = subprocess.run(['squeue', '-h', '-t', 'all', '-j', job_id, '-o', '%T'],
+                         capture_output=True, text=True, timeout=30).stdout.split()
   except (OSError, subprocess.SubprocessError):
     return ''
   return out[0] if out else ''
@@ -80,6 +87,14 @@ def write_outcome(log_path: str, outcome: dict) -> None:
                                       'host': socket.gethostname()})
 
 
+def _checkpointed(command: list) -> int:
+  """The step of the newest checkpoint of the run `command` trains: what an
+  attempt keeps. Not metrics.jsonl's last step, which a hard-killed attempt
+  leaves past its checkpoint until the next attempt trims it."""
+  workdir = command[command.index('--workdir') + 1]
+  return max(run_record.checkpoint_steps(workdir), default=0)
+
+
 class RunTask(submitit.helpers.Checkpointable):
   """One array task: runs one run's command; requeued with it on USR2."""
 
@@ -88,8 +103,7 @@ class RunTask(submitit.helpers.Checkpointable):
     self._start_step = 0
 
   def __call__(self, name: str, command: list, log_path: str) -> str:
-    workdir = command[command.index('--workdir') + 1]
-    self._start_step = run_status.of(workdir).step
+    self._start_step = _checkpointed(command)
     os.makedirs(os.path.dirname(log_path), exist_ok=True)
     with open(log_path, 'a') as log:
       log.write(f'== task {_job_id()} on {socket.gethostname()}, '
@@ -135,11 +149,11 @@ class RunTask(submitit.helpers.Checkpointable):
       except subprocess.TimeoutExpired:
         pass  # SLURM kills it; the run resumes from its previous checkpoint.
     self._proc = None
-    workdir = command[command.index('--workdir') + 1]
-    step = run_status.of(workdir).step
+    step = _checkpointed(command)
     if step <= self._start_step:
       write_outcome(log_path, {'outcome': 'failed', 'exit_code': None, 'reason': (
-          f'no progress before the time limit (step {step}); raise --time_minutes')})
+          f'no progress before the time limit (no checkpoint after step {step}); '
+          'raise --time_minutes')})
       return None  # submitit: not requeued, the task fails.
     write_outcome(log_path, {'outcome': 'stopped', 'exit_code': 128 + signal.SIGTERM,
                              'reason': f'time limit at step {step}; requeued'})
@@ -328,7 +342,8 @@ def active(launches: list) -> dict:
     return {}
   arrays = sorted({i.split('_')[0] for i in ids})
   try:
-    out = subprocess.run(['squeue', '-h', '-r', '-o', '%i|%T', '-j', ','.join(arrays)],
+    out = subprocess.run(['squeue', '-h', '-r', '-t', 'all', '-o', '%i|%T', '-j',
+                          ','.join(arrays)],
                          capture_output=True, text=True, timeout=60).stdout
   except (OSError, subprocess.SubprocessError):
     return {}

@@ -4,16 +4,35 @@ One process per host (or, for testing, several on one machine). The
 coordinator is given explicitly (`--coordinator_address`, `--num_processes`,
 `--process_id`), or detected under SLURM (`srun`) and on multi-host TPU VMs,
 where `jax.distributed.initialize()` reads the cluster's own variables.
+
+A process that dies (kill -9, the OOM killer, a crash) would leave the others
+waiting in a collective: `_PeerWatch` names it and stops them at once. A host
+that goes silent (frozen, cut off) is left to JAX's heartbeat, shortened to
+`HEARTBEAT_TIMEOUT_S`.
 """
 
+import atexit
+import inspect
 import os
+import secrets
+import selectors
 import shutil
+import socket
 import subprocess
+import threading
+import time
 from typing import Optional
 
 import jax
 
 from resnet_jax import errors
+
+# JAX's default, 100 s, kept a dead process's peers idle that long (61-92 s
+# measured before they aborted). Heartbeats come from a C++ thread, so a
+# busy or compiling process still sends them.
+HEARTBEAT_TIMEOUT_S = 10
+# EX_TEMPFAIL: nothing is wrong with the run; the same command resumes it.
+PEER_LOST_EXIT = 75
 
 
 def _detected_cluster() -> Optional[str]:
@@ -63,6 +82,8 @@ def initialize(coordinator_address: Optional[str] = None,
     # JAX's SLURM detection would give each process the one GPU of its local
     # rank, whatever the tasks per node: with one task per node, 1 of 8.
     kwargs['local_device_ids'] = slurm_local_device_ids(os.environ, _visible_gpus())
+  if 'heartbeat_timeout_seconds' in inspect.signature(jax.distributed.initialize).parameters:
+    kwargs['heartbeat_timeout_seconds'] = HEARTBEAT_TIMEOUT_S
   try:
     jax.distributed.initialize(initialization_timeout=timeout_s, **kwargs)
   except Exception as e:  # The runtime raises several kinds; all mean "no".
@@ -73,8 +94,173 @@ def initialize(coordinator_address: Optional[str] = None,
   if num_processes is not None and jax.process_count() != num_processes:
     raise errors.UserError(f'the coordinator has {jax.process_count()} processes but '
                            f'--num_processes is {num_processes}; make them agree')
+  if jax.process_count() > 1:
+    _PeerWatch.start()
   return (f'process {jax.process_index()} of {jax.process_count()} '
           f'({jax.local_device_count()} local devices) via {where}')
+
+
+_WATCH_KEY = 'resnet_jax/peer_watch'
+
+
+class _PeerWatch:
+  """A TCP connection from every process to process 0 that says, the moment
+  a process dies, which one: the kernel closes a dead process's sockets
+  however it died, while JAX notices only when its heartbeats stop and then
+  aborts in C++ without naming it. A process that ends through Python says
+  `bye` first (atexit), so only a silent end raises the alarm.
+
+  Best effort: without JAX's key-value store (a private API) or a port the
+  others reach, there is no watch and the heartbeat stops them instead. When
+  process 0 dies, JAX's abort (its calls to the coordinator fail at once)
+  may come before this line; launch.sh or srun names process 0 then.
+  """
+
+  def __init__(self, client, index: int, count: int):
+    self._client, self._index, self._count = client, index, count
+    self._lock = threading.Lock()  # Guards `_peers`; one writer a socket.
+    self._peers = {}  # socket -> the process at its other end (None: not yet known)
+    self._finished = set()  # Processes that said bye.
+
+  @classmethod
+  def start(cls) -> None:
+    """Watches the other processes from a daemon thread; after initialize."""
+    try:
+      from jax._src import distributed as jax_distributed  # The key-value store.
+      state = jax_distributed.global_state
+      watch = cls(state.client, jax.process_index(), jax.process_count())
+      if watch._index == 0:
+        serve = watch._listen()
+      else:
+        host = state.coordinator_address.rsplit(':', 1)[0].strip('[]')
+        serve = lambda: watch._follow(host)
+    except Exception as e:  # pylint: disable=broad-except
+      _no_watch(e)
+      return
+    threading.Thread(target=_guarded(serve), name='peer-watch', daemon=True).start()
+    atexit.register(watch._bye)  # Runs before JAX's own exit handler.
+
+  def _listen(self):
+    """Process 0: a port on every interface, published with a token."""
+    if socket.has_dualstack_ipv6():
+      server = socket.create_server(('', 0), family=socket.AF_INET6, dualstack_ipv6=True)
+    else:
+      server = socket.create_server(('', 0))
+    token = secrets.token_hex(8)
+    self._client.key_value_set(_WATCH_KEY, f'{server.getsockname()[1]} {token}')
+    return lambda: self._serve(server, token)
+
+  def _serve(self, server, token: str) -> None:
+    """Process 0: takes each process's hello and bye, or its silent end."""
+    watched = selectors.DefaultSelector()  # epoll: no FD_SETSIZE limit.
+    watched.register(server, selectors.EVENT_READ)
+    pending = {}
+    while True:
+      for key, _ in watched.select():
+        s = key.fileobj
+        if s is server:
+          conn = server.accept()[0]
+          with self._lock:
+            self._peers[conn] = None
+          watched.register(conn, selectors.EVENT_READ)
+          continue
+        lines = _read_lines(s, pending)
+        for words in lines or ():
+          if words == ['bye'] and self._peers[s] is not None:
+            self._finished.add(self._peers[s])
+          elif (len(words) == 2 and words[0] == token and words[1].isdigit() and
+                self._peers[s] is None):
+            self._peers[s] = int(words[1])
+          else:
+            lines = None  # Not one of ours.
+            break
+        if lines is None:
+          watched.unregister(s)
+          with self._lock:
+            peer = self._peers.pop(s)
+          s.close()
+          if peer is not None and peer not in self._finished:
+            self._lost(peer)
+
+  def _follow(self, host: str) -> None:
+    """Another process: connects to process 0 and waits for its word."""
+    port, token = self._client.blocking_key_value_get(_WATCH_KEY, 120_000).split()
+    conn = socket.create_connection((host, int(port)), timeout=60)
+    conn.settimeout(None)
+    with self._lock:
+      self._peers[conn] = 0
+      conn.sendall(f'{token} {self._index}\n'.encode())
+    pending = {}
+    while (lines := _read_lines(conn, pending)) is not None:
+      for words in lines:
+        if words == ['bye']:
+          self._finished.add(0)
+        elif len(words) == 2 and words[0] == 'lost' and words[1].isdigit():
+          self._lost(int(words[1]))
+    if 0 not in self._finished:
+      self._lost(0)
+
+  def _lost(self, peer: int) -> None:
+    """One line naming the dead process, then this process ends too."""
+    os.write(2, (f'error: process {peer} of {self._count} is gone (killed, crashed or '
+                 'its host lost); this process stops too; resume with the same command '
+                 'once every host is back\n').encode())
+    if self._index == 0:
+      # Process 0 tells the others and gives them a moment to go first:
+      # once it (JAX's coordinator) is gone, their runtime aborts unheard.
+      others = selectors.DefaultSelector()
+      with self._lock:
+        for s, p in self._peers.items():
+          if p is not None and p != peer:
+            _send(s, f'lost {peer}\n')
+            others.register(s, selectors.EVENT_READ)
+      deadline = time.monotonic() + 3
+      while others.get_map() and time.monotonic() < deadline:
+        for key, _ in others.select(deadline - time.monotonic()):
+          if _read_lines(key.fileobj, {}) is None:
+            others.unregister(key.fileobj)
+    os._exit(PEER_LOST_EXIT)  # pylint: disable=protected-access
+
+  def _bye(self) -> None:
+    with self._lock:
+      for s in self._peers:
+        _send(s, 'bye\n')
+
+
+def _read_lines(sock, pending: dict) -> Optional[list]:
+  """The lines (as lists of words) that one read of `sock` completes, with
+  `pending` holding each socket's partial line; None once it is closed."""
+  try:
+    data = sock.recv(4096)
+  except OSError:  # Reset: a process killed with bytes unread.
+    data = b''
+  if not data:
+    return None
+  *lines, pending[sock] = (pending.get(sock, b'') + data).split(b'\n')
+  return [line.decode(errors='replace').split() for line in lines]
+
+
+def _send(sock, text: str) -> None:
+  try:
+    sock.sendall(text.encode())
+  except OSError:
+    pass  # That end is gone: its own watch or JAX's heartbeat tells.
+
+
+def _guarded(serve):
+  """`serve`, whose failure ends the watch with one warning line."""
+  def run():
+    try:
+      serve()
+    except Exception as e:  # pylint: disable=broad-except
+      _no_watch(e)
+  return run
+
+
+def _no_watch(e: Exception) -> None:
+  os.write(2, (f'warning: no watch over the other processes ({type(e).__name__}: {e}); '
+               'a dead one stops the others within about '
+               f'{HEARTBEAT_TIMEOUT_S} s, through JAX\'s heartbeat\n').encode())
 
 
 def slurm_local_device_ids(env, visible_gpus: int) -> Optional[list]:

@@ -18,6 +18,7 @@ from resnet_jax.data import file_loader
 from resnet_jax.data import input_pipeline
 from resnet_jax.logs import log
 from resnet_jax.parallelism import data_parallel
+from resnet_jax.parallelism import process_gather
 from resnet_jax.reporting import metrics_io
 from resnet_jax.reporting import progress
 from resnet_jax.reporting import summary
@@ -81,19 +82,25 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     init = init_from.init_from_run if os.path.isdir(config.init_from) else init_from.init_from_torch
     initial = init(run.init_state(), config, run.num_classes)
   run.hold(write_checkpoints=True)
-  outcome = {}
+  outcome, together = {}, False
   try:
     result = _train(run, initial)
     key, value = evaluation.headline(result)
     outcome.update({'final_step': run.num_steps, key: value})
+    together = True
     return result
   except errors.Stopped as e:
     outcome.update(stopped=str(e), exit_code=e.exit_code)
+    together = e.every_process
     raise
   finally:
     run.release()
-    if run.skipped:
-      outcome['skipped_files'] = dict(sorted(run.skipped.items()))
+    skipped = dict(run.skipped)
+    if together:  # Each process read its own files: run.json lists them all.
+      for other in process_gather.allgather_json(run.skipped):
+        skipped.update(other)
+    if skipped:
+      outcome['skipped_files'] = dict(sorted(skipped.items()))
     if jax.process_index() == 0:
       run_record.end_session(workdir, outcome)
 
@@ -183,74 +190,97 @@ def _train(run: run_setup.Run, initial: Optional[train_state.TrainState]) -> dic
   if run.pipeline == 'files':
     loader = _file_batches(run, start)
   calls = feed(run.pipeline, dp, run.train, config, plan, k, loader, run.skipped)
+  done = saved = start
   try:
     with preemption.Guard(ckpt) as guard:
-      for (first, n), data in zip(plan, calls):
-        state, metrics = run.p_train_chunk(state, data, n)
-        pending.append((n, metrics))  # Fetched at log time: no wait per call.
-        in_flight.append(metrics)
-        if len(in_flight) > MAX_CALLS_IN_FLIGHT:
-          # The loop stays at most this many calls ahead of the device: enough
-          # to keep it busy, and a stop signal is acted on within a call or
-          # two, not after every step queued since the last log line.
-          jax.block_until_ready(in_flight.popleft())
-        done = first + n
-        if first == start and done % config.log_every_steps and done != run.num_steps:
-          # The one wait outside the log cadence: says that training runs long
-          # before the first metrics line (compilation makes the first call slow).
-          jax.block_until_ready(metrics)
-          log.info('Step %d/%d done in %.1f s (compilation included); '
-                   'metrics every %d steps', done, run.num_steps,
-                   time.perf_counter() - last_time, config.log_every_steps)
-        bar.step(done)
-        # A signal at the last step changes nothing: the run ends complete.
-        stop = guard.should_stop(done) and done < run.num_steps
-        log_now = done % config.log_every_steps == 0 or done == run.num_steps
-        eval_now = done in eval_at
-        save_now = (done % config.checkpoint_every_steps == 0 or done == run.num_steps
-                    or eval_now or stop)
-        if log_now or save_now:
-          # One transfer for the steps since the last fetch; never log or
-          # checkpoint past a diverged step.
-          fetched = fetch_steps(dp, pending)
-          bad = metrics_io.first_nonfinite(range(last_step + 1, done + 1),
-                                           [m['train_loss'] for m in fetched])
-          if bad:
-            raise errors.Stopped(
-                f'training loss is {bad[1]} at step {bad[0]}; the last good '
-                f'checkpoint (step {ckpt.latest_step()}) is kept. Lower '
-                '--config.learning_rate or check the data, then start a new workdir '
-                'or resume from it', exit_code=3)
-        if log_now:
-          logged = metrics_io.mean_metrics(fetched)
-          now = time.perf_counter()
-          logged['learning_rate'] = float(f'{float(run.lr_fn(done - 1)):.6g}')
-          # Wall time between two log lines, evaluations excluded: input,
-          # dispatch, device work and checkpoint saves.
-          logged['images_per_sec'] = ((done - last_step) * config.batch_size
-                                      / (now - last_time - eval_seconds))
-          logged['epoch'] = epoch_at(done)
-          writer.write(done, logged, total=run.num_steps)
-          pending, last_time, last_step, eval_seconds = [], now, done, 0.0
-        if eval_now:
-          eval_start = time.perf_counter()
-          result = evaluation.evaluate(dp, run.p_evaluate, state, eval_data,
-                                       split_name)
-          writer.write(done, {**metrics_io.scalars(result), 'epoch': epoch_at(done)},
-                       total=run.num_steps)
-          # Evaluation time is not billed to training speed.
-          eval_seconds += time.perf_counter() - eval_start
-        if save_now:
+      try:
+        for (first, n), data in zip(plan, calls):
+          state, metrics = run.p_train_chunk(state, data, n)
+          pending.append((n, metrics))  # Fetched at log time: no wait per call.
+          in_flight.append(metrics)
+          if len(in_flight) > MAX_CALLS_IN_FLIGHT:
+            # The loop stays at most this many calls ahead of the device: enough
+            # to keep it busy, and a stop signal is acted on within a call or
+            # two, not after every step queued since the last log line.
+            jax.block_until_ready(in_flight.popleft())
+          done = first + n
+          if first == start and done % config.log_every_steps and done != run.num_steps:
+            # The one wait outside the log cadence: says that training runs long
+            # before the first metrics line (compilation makes the first call slow).
+            jax.block_until_ready(metrics)
+            log.info('Step %d/%d done in %.1f s (compilation included); '
+                     'metrics every %d steps', done, run.num_steps,
+                     time.perf_counter() - last_time, config.log_every_steps)
+          bar.step(done)
+          # A signal at the last step changes nothing: the run ends complete.
+          stop = guard.should_stop(done) and done < run.num_steps
+          log_now = done % config.log_every_steps == 0 or done == run.num_steps
+          eval_now = done in eval_at
+          save_now = (done % config.checkpoint_every_steps == 0 or done == run.num_steps
+                      or eval_now or stop)
+          if log_now or save_now:
+            # One transfer for the steps since the last fetch; never log or
+            # checkpoint past a diverged step.
+            fetched = fetch_steps(dp, pending)
+            bad = metrics_io.first_nonfinite(range(last_step + 1, done + 1),
+                                             [m['train_loss'] for m in fetched])
+            if bad:
+              raise errors.Stopped(
+                  f'training loss is {bad[1]} at step {bad[0]}; the last good '
+                  f'checkpoint (step {ckpt.latest_step()}) is kept. Lower '
+                  '--config.learning_rate or check the data, then start a new workdir '
+                  'or resume from it', exit_code=3, every_process=True)
+          if log_now:
+            logged = metrics_io.mean_metrics(fetched)
+            now = time.perf_counter()
+            logged['learning_rate'] = float(f'{float(run.lr_fn(done - 1)):.6g}')
+            # Wall time between two log lines, evaluations excluded: input,
+            # dispatch, device work and checkpoint saves.
+            logged['images_per_sec'] = ((done - last_step) * config.batch_size
+                                        / (now - last_time - eval_seconds))
+            logged['epoch'] = epoch_at(done)
+            writer.write(done, logged, total=run.num_steps)
+            pending, last_time, last_step, eval_seconds = [], now, done, 0.0
+          if eval_now:
+            eval_start = time.perf_counter()
+            result = evaluation.evaluate(dp, run.p_evaluate, state, eval_data,
+                                         split_name)
+            writer.write(done, {**metrics_io.scalars(result), 'epoch': epoch_at(done)},
+                         total=run.num_steps)
+            # Evaluation time is not billed to training speed.
+            eval_seconds += time.perf_counter() - eval_start
+          if save_now:
+            ckpt.save(done, dp.canonical_state(state), run.meta(),
+                      eval_accuracy=evaluation.headline(result)[1] if eval_now else None,
+                      data_state=loader.state_at(done) if loader else None)
+            saved = done
+          if stop:
+            ckpt.wait()
+            name = signal.Signals(guard.signum).name
+            log.info('Received %s: saved the checkpoint of step %d; run the same '
+                     'command to resume', name, done)
+            raise errors.Stopped(f'{name} at step {done}; checkpoint saved, run the '
+                                 'same command to resume', exit_code=128 + guard.signum,
+                                 every_process=True)
+      except Exception as e:  # pylint: disable=broad-except
+        if isinstance(e, errors.Stopped) or not (
+            isinstance(e, file_loader.ReadFailed) or guard.signum is not None):
+          raise
+        # The input failed: the filesystem (ReadFailed), or a loader worker
+        # that a stop signal to the whole process group ended before it could
+        # ignore it. The state of the last step run is sound: keep it, stop.
+        if done > saved and _sound(dp, pending, last_step, done):
           ckpt.save(done, dp.canonical_state(state), run.meta(),
-                    eval_accuracy=evaluation.headline(result)[1] if eval_now else None,
                     data_state=loader.state_at(done) if loader else None)
-        if stop:
-          ckpt.wait()
-          name = signal.Signals(guard.signum).name
-          log.info('Received %s: saved the checkpoint of step %d; run the same '
-                   'command to resume', name, done)
-          raise errors.Stopped(f'{name} at step {done}; checkpoint saved, run the '
-                               'same command to resume', exit_code=128 + guard.signum)
+          saved = done
+        ckpt.wait()
+        if guard.signum is None:
+          raise errors.Stopped(f'{e}; the checkpoint of step {saved} is kept: run the same '
+                               'command to resume once it reads again', exit_code=74) from e
+        name = signal.Signals(guard.signum).name
+        raise errors.Stopped(f'{name} at step {done} (the input stopped with it: {e}); '
+                             f'the checkpoint of step {saved} is kept, run the same '
+                             'command to resume', exit_code=128 + guard.signum) from e
     ckpt.wait()  # A failed last save stops the run here, not silently.
   finally:  # Also on a stop: workers stopped, bars ended, events flushed.
     calls.close()
@@ -261,6 +291,13 @@ def _train(run: run_setup.Run, initial: Optional[train_state.TrainState]) -> dic
   if result is None:  # Resumed at the end: evaluate what is there.
     result = evaluation.evaluate(dp, run.p_evaluate, state, eval_data, split_name)
   return result
+
+
+def _sound(dp: data_parallel.DataParallel, pending: list, first: int, done: int) -> bool:
+  """Whether the steps (first, done] of the unfetched `pending` calls all
+  have a finite loss (a checkpoint never holds a diverged state)."""
+  losses = [m['train_loss'] for m in fetch_steps(dp, pending)] if pending else []
+  return not metrics_io.first_nonfinite(range(first + 1, done + 1), losses)
 
 
 def chunk_plan(start: int, end: int, k: int, log_every: int, checkpoint_every: int,
