@@ -39,9 +39,10 @@ files), with main's own flags, alone or as an experiment's program:
 It reads the config as main does and uses resnet_jax's grain loader (the same
 crops and flips for each step of a seed), learning-rate function, label
 smoothing, weight-decay rule (`weight_decay_on`), BatchNorm momentum and
-epsilon, zero-initialised residual branches, evaluation crop, flip TTA and
-evaluation cadence; it refuses the fields it does not implement (mixup, EMA,
-LARS, bf16, ...). See `train_config`.
+epsilon and groups (`bn_group_size`), zero-initialised residual branches,
+BlurPool (FFCV's own module), evaluation crop, flip TTA and evaluation
+cadence; it refuses the fields it does not implement (mixup, EMA, LARS, bf16,
+...). See `train_config`.
 """
 
 import argparse
@@ -113,12 +114,20 @@ def run(model: str, batch_size: int, windows: int = 5, steps: int = 10,
           'eval_images_per_sec': round(eval_rate, 1)}
 
 
-def _optimizer(net, lr, weight_decay, decay_all=False, momentum=0.9, nesterov=False):
+def _decayed(name: str, p, on: str = 'kernels') -> bool:
+  """resnet_jax's `weight_decay_on` rule for one torchvision-layout parameter:
+  conv and dense kernels ('kernels'), every parameter ('all'), or FFCV's own
+  test on the name ('ffcv', train_imagenet.py's create_optimizer)."""
+  return {'kernels': p.ndim > 1, 'all': True, 'ffcv': 'bn' not in name}[on]
+
+
+def _optimizer(net, lr, weight_decay, on='kernels', momentum=0.9, nesterov=False):
   """SGD with the decay added to the gradient before momentum (torch's
-  `weight_decay`, optax's add_decayed_weights + sgd): on conv and dense
-  kernels, or on every parameter with `decay_all`."""
-  decay = [p for p in net.parameters() if decay_all or p.ndim > 1]
-  rest = [p for p in net.parameters() if not (decay_all or p.ndim > 1)]
+  `weight_decay`, optax's add_decayed_weights + sgd), on the parameters
+  `_decayed` picks (resnet_jax's `weight_decay_on`)."""
+  named = list(net.named_parameters())
+  decay = [p for n, p in named if _decayed(n, p, on)]
+  rest = [p for n, p in named if not _decayed(n, p, on)]
   return torch.optim.SGD([{'params': decay, 'weight_decay': weight_decay},
                           {'params': rest, 'weight_decay': 0.0}], lr=lr,
                          momentum=momentum, nesterov=nesterov)
@@ -305,12 +314,14 @@ def train_config(config, workdir: str) -> dict:
                                        (config.crop_min_area, 1.0), config.augment)
   torch.manual_seed(config.seed)
   net = torch_resnet.build(config.model, source.num_classes, stem=config.stem,
-                           zero_init_residual=config.zero_init_residual)
+                           zero_init_residual=config.zero_init_residual,
+                           blurpool=config.get('blurpool', False),
+                           bn_group_size=config.get('bn_group_size', 0))
   for m in net.modules():
     if isinstance(m, torch.nn.BatchNorm2d):  # flax's decay 0.9 is torch's momentum 0.1.
       m.momentum, m.eps = 1.0 - config.bn_momentum, config.bn_epsilon
   opt = _optimizer(net, float(rates[0]), config.weight_decay,
-                   config.weight_decay_on == 'all', config.momentum, config.nesterov)
+                   config.weight_decay_on, config.momentum, config.nesterov)
   lock = run_lock.Lock(workdir)  # Creates the workdir; held until the run ends.
   run_record.start_session(workdir, json.loads(config.to_json()), framework,
                            {'device_kind': 'cpu', 'platform': 'cpu', 'device_count': 1,

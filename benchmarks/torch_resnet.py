@@ -182,6 +182,73 @@ class ResNet(nn.Module):
     return self.fc(torch.flatten(self.avgpool(x), 1))
 
 
+class BlurPoolConv2d(nn.Module):
+  """FFCV's (ffcv-imagenet train_imagenet.py): a fixed depthwise
+  [[1, 2, 1], [2, 4, 2], [1, 2, 1]] / 16 blur, stride 1, zero padding 1, then
+  the wrapped convolution. The filter is a buffer, not a parameter."""
+
+  def __init__(self, conv: nn.Conv2d):
+    super().__init__()
+    filt = torch.tensor([[[[1., 2., 1.], [2., 4., 2.], [1., 2., 1.]]]]) / 16.0
+    self.conv = conv
+    self.register_buffer('blur_filter', filt.repeat(conv.in_channels, 1, 1, 1))
+
+  def forward(self, x):
+    blurred = F.conv2d(x, self.blur_filter, stride=1, padding=(1, 1),
+                       groups=self.conv.in_channels, bias=None)
+    return self.conv(blurred)
+
+
+def apply_blurpool(net: nn.Module) -> nn.Module:
+  """FFCV's rule: every Conv2d with stride > 1 and 16+ input channels gets
+  `BlurPoolConv2d` (resnet_jax's `blurpool`, `layers.with_blurpool`)."""
+  for name, child in net.named_children():
+    if isinstance(child, nn.Conv2d) and max(child.stride) > 1 and child.in_channels >= 16:
+      setattr(net, name, BlurPoolConv2d(child))
+    else:
+      apply_blurpool(child)
+  return net
+
+
+class GroupBatchNorm2d(nn.BatchNorm2d):
+  """resnet_jax's `bn_group_size` (`layers.GroupBatchNorm`): in training each
+  group of `group_size` consecutive examples is normalised by its own
+  statistics, and the running averages move towards the mean over the groups
+  of what `nn.BatchNorm2d` on each group alone would record (its unbiased
+  variance, as the twin's plain BatchNorm keeps; resnet_jax keeps flax's
+  biased one). Evaluation is `nn.BatchNorm2d`'s."""
+
+  def __init__(self, bn: nn.BatchNorm2d, group_size: int):
+    super().__init__(bn.num_features, bn.eps, bn.momentum)
+    self.load_state_dict(bn.state_dict())
+    self.group_size = group_size
+
+  def forward(self, x):
+    if not self.training:
+      return super().forward(x)
+    b, c, h, w = x.shape
+    groups = x.reshape(b // self.group_size, self.group_size, c, h, w)
+    mean = groups.mean((1, 3, 4), keepdim=True)
+    var = groups.var((1, 3, 4), unbiased=False, keepdim=True)
+    y = ((groups - mean) * torch.rsqrt(var + self.eps)).reshape(b, c, h, w)
+    with torch.no_grad():
+      count = self.group_size * h * w
+      self.running_mean.lerp_(mean.mean(0).flatten(), self.momentum)
+      self.running_var.lerp_(var.mean(0).flatten() * count / (count - 1), self.momentum)
+      self.num_batches_tracked += 1
+    return y * self.weight[:, None, None] + self.bias[:, None, None]
+
+
+def apply_bn_groups(net: nn.Module, group_size: int) -> nn.Module:
+  """Every `nn.BatchNorm2d` of `net` -> `GroupBatchNorm2d` (same values)."""
+  for name, child in net.named_children():
+    if isinstance(child, nn.BatchNorm2d):
+      setattr(net, name, GroupBatchNorm2d(child, group_size))
+    else:
+      apply_bn_groups(child, group_size)
+  return net
+
+
 def init_like_jax(net: nn.Module, zero_init_residual: bool = False) -> nn.Module:
   """The JAX models' initialisers: He normal (fan-out) convolutions, LeCun
   normal classifier (flax's truncated normal), zero bias; BatchNorm scale 1,
@@ -205,24 +272,29 @@ def init_like_jax(net: nn.Module, zero_init_residual: bool = False) -> nn.Module
 
 
 def build(model: str, num_classes: int = 10, dropout: float = 0.0, stem: str = 'cifar',
-          zero_init_residual: bool = False) -> nn.Module:
+          zero_init_residual: bool = False, blurpool: bool = False,
+          bn_group_size: int = 0) -> nn.Module:
   """The PyTorch twin of a resnet_jax model name, initialised as JAX does:
   ResNet-18 ... 152 (torchvision's layout, `stem` 'cifar' or 'imagenet'), the
   CIFAR ResNets (resnet20, 32, ..., option-A shortcuts) and the Wide ResNets
-  (wrn16_8, ...).
+  (wrn16_8, ...); with `blurpool`, FFCV's BlurPool (`apply_blurpool`); with
+  `bn_group_size`, BatchNorm over groups of examples (`apply_bn_groups`).
 
   Raises:
     ValueError: a model the baseline does not have.
   """
+  def options(net):  # After the initialisation.
+    net = apply_blurpool(net) if blurpool else net
+    return apply_bn_groups(net, bn_group_size) if bn_group_size else net
   if model in LAYERS:  # Before the 6n+2 rule: resnet50 and resnet152 fit it too.
-    return init_like_jax(ResNet(model, num_classes, stem), zero_init_residual)
+    return options(init_like_jax(ResNet(model, num_classes, stem), zero_init_residual))
   name = model.removeprefix('resnet')
   if name.isdigit() and int(name) > 2 and (int(name) - 2) % 6 == 0:
-    return init_like_jax(CifarResNet(int(name), num_classes))
+    return options(init_like_jax(CifarResNet(int(name), num_classes)))
   depth, _, k = model.removeprefix('wrn').partition('_')
   if model.startswith('wrn') and depth.isdigit() and k.isdigit() and \
       int(depth) > 4 and (int(depth) - 4) % 6 == 0:
-    return init_like_jax(WideResNet(int(depth), int(k), num_classes, dropout))
+    return options(init_like_jax(WideResNet(int(depth), int(k), num_classes, dropout)))
   raise ValueError(f'the PyTorch baseline has ResNet-18 ... 152 ({", ".join(LAYERS)}), '
                    f'the CIFAR ResNets (resnet20, 32, ...) and the Wide ResNets '
                    f'(wrn16_8, wrn28_10, ...), not {model!r}')

@@ -9,7 +9,7 @@ pad + random crop + flip.
   python -m resnet_jax.main --config configs/cifar.py:resnet56 --workdir runs/r56
 
 Any field can be overridden: `--config.batch_size=256`.
-`resnet_jax.workdir.config_validation.FIELDS` says what each one means
+`resnet_jax.workdir.config_fields.FIELDS` says what each one means
 (`python -m resnet_jax.main --help` prints it).
 """
 
@@ -30,6 +30,8 @@ def get_config(preset: str = '') -> ml_collections.ConfigDict:
   c.dropout_rate = 0.0
   c.bn_momentum = 0.9
   c.bn_epsilon = 1e-5
+  c.bn_group_size = 0
+  c.blurpool = False
   c.half_precision = False
   c.store_conv_inputs = 'auto'
   c.init_from = ''
@@ -62,6 +64,7 @@ def get_config(preset: str = '') -> ml_collections.ConfigDict:
   c.lr_schedule = 'piecewise'
   c.lr_boundaries = (0.5, 0.75)
   c.lr_decay_factor = 0.1
+  c.lr_peak_epoch = 2.0
   c.warmup_steps = 0
   c.warmup_epochs = 0.0
   c.warmup_shape = 'constant'

@@ -19,7 +19,6 @@ import functools
 from typing import Any, Optional, Sequence
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 
 from resnet_jax import layers
@@ -35,28 +34,6 @@ def _conv(conv: ModuleDef, features: int, kernel: int, strides: int = 1,
           name: Optional[str] = None, **kwargs) -> nn.Module:
   return conv(features, (kernel, kernel), (strides, strides), padding=_PAD[kernel],
               name=name, **kwargs)
-
-
-class StoredInputConv(nn.Conv):
-  """`nn.Conv` whose input XLA must store rather than recompute.
-
-  The weight gradient of a convolution reads its input again. Left alone,
-  XLA:CPU recomputes that input (the BatchNorm, ReLU and residual adds of
-  every earlier block of the stage) inside the strided transpose that feeds
-  the weight-gradient convolution; on ResNet-20 that was half of the train
-  step. An optimization barrier makes the forward value the one the backward
-  pass reads. The arithmetic is unchanged. (JAX 0.10's XLA:CPU drops barriers
-  before fusion unless compiled with `KEEP_BARRIERS_OPTIONS`, as the train
-  step is.)
-  """
-
-  def __call__(self, inputs):
-    return super().__call__(jax.lax.optimization_barrier(inputs))
-
-
-# XLA options under which JAX 0.10's XLA:CPU keeps the barriers above until
-# after fusion (later versions keep them there anyway).
-KEEP_BARRIERS_OPTIONS = {'xla_disable_hlo_passes': 'cse_barrier_expander'}
 
 
 def _shortcut_a(x: jnp.ndarray, out_features: int, strides: int) -> jnp.ndarray:
@@ -214,7 +191,10 @@ class ResNet(nn.Module):
     axis_name: pmap axis for cross-replica BatchNorm statistics (None under jit,
       where the sharded global batch already gives global statistics).
     store_conv_inputs: in training, keep every convolution's input for the
-      backward pass (`StoredInputConv`); faster on XLA:CPU, same numbers.
+      backward pass (`layers.StoredInputConv`); faster on XLA:CPU, same numbers.
+    bn_group_size: training BatchNorm statistics over groups of this many
+      examples (`layers.GroupBatchNorm`); 0 = the whole global batch.
+    blurpool: FFCV's blur before strided convolutions (`layers.with_blurpool`).
   """
   stage_sizes: Sequence[int]
   block_cls: ModuleDef
@@ -231,6 +211,8 @@ class ResNet(nn.Module):
   dtype: Any = jnp.float32
   axis_name: Optional[str] = None
   store_conv_inputs: bool = False
+  bn_group_size: int = 0
+  blurpool: bool = False
 
   @property
   def preact(self) -> bool:
@@ -239,10 +221,12 @@ class ResNet(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool = False):
     # Evaluation has no backward pass to store inputs for.
-    conv_cls = StoredInputConv if self.store_conv_inputs and train else nn.Conv
+    conv_cls = layers.StoredInputConv if self.store_conv_inputs and train else nn.Conv
     conv = functools.partial(conv_cls, use_bias=False, dtype=self.dtype,
                              kernel_init=nn.initializers.variance_scaling(
                                  2.0, 'fan_out', 'normal'))
+    if self.blurpool:
+      conv = layers.with_blurpool(conv)
     norm = functools.partial(nn.BatchNorm, use_running_average=not train,
                              momentum=self.bn_momentum, epsilon=self.bn_epsilon,
                              dtype=self.dtype, axis_name=self.axis_name,
@@ -250,6 +234,11 @@ class ResNet(nn.Module):
                              # when |mean| >> std, making results depend on the
                              # reduction order (device count) far above rounding.
                              use_fast_variance=False)
+    if self.bn_group_size:
+      norm = functools.partial(layers.GroupBatchNorm, self.bn_group_size,
+                               use_running_average=not train, momentum=self.bn_momentum,
+                               epsilon=self.bn_epsilon, dtype=self.dtype,
+                               axis_name=self.axis_name)
     x = jnp.asarray(x, self.dtype)
     if self.stem == 'imagenet':
       x = _conv(conv, self.stem_width, 7, 2, name='conv1')(x)
@@ -363,7 +352,8 @@ def create_model(name: str, num_classes: int = 10, *, stem: str = 'cifar',
                  zero_init_residual: bool = False, bn_momentum: float = 0.9,
                  bn_epsilon: float = 1e-5, dtype: Any = jnp.float32,
                  axis_name: Optional[str] = None,
-                 store_conv_inputs: bool = False) -> ResNet:
+                 store_conv_inputs: bool = False, bn_group_size: int = 0,
+                 blurpool: bool = False) -> ResNet:
   """Builds a model of the zoo by name.
 
   Args:
@@ -380,7 +370,9 @@ def create_model(name: str, num_classes: int = 10, *, stem: str = 'cifar',
     dtype: computation dtype; parameters are always float32.
     axis_name: pmap axis name for BatchNorm statistics, None under jit.
     store_conv_inputs: keep convolution inputs for the backward pass instead
-      of letting XLA recompute them (see `StoredInputConv`).
+      of letting XLA recompute them (see `layers.StoredInputConv`).
+    bn_group_size: see `ResNet`.
+    blurpool: see `ResNet`.
 
   Returns:
     A linen Module; `init(key, x, train=False)` returns
@@ -410,4 +402,5 @@ def create_model(name: str, num_classes: int = 10, *, stem: str = 'cifar',
                      f'{name!r} is pre-activation')
   return ResNet(num_classes=num_classes, zero_init_residual=zero_init_residual,
                 bn_momentum=bn_momentum, bn_epsilon=bn_epsilon, dtype=dtype,
-                axis_name=axis_name, store_conv_inputs=store_conv_inputs, **fields)
+                axis_name=axis_name, store_conv_inputs=store_conv_inputs,
+                bn_group_size=bn_group_size, blurpool=bool(blurpool), **fields)

@@ -81,13 +81,15 @@ def _recipe(c: dict, seed: bool = True) -> str:
             else f"{c.get('warmup_steps', 0)} steps")
   if c.get('lr_schedule', 'piecewise') == 'cosine':
     parts.append(f"cosine, warm-up {warmup}")
+  elif c.get('lr_schedule') == 'triangular':
+    parts.append(f"triangular, peak at epoch {c.get('lr_peak_epoch', 2.0):g}")
   elif bounds:
     parts.append(f"x{c.get('lr_decay_factor', 0.1):g} at "
                  + '/'.join(f'{100 * b:g}%' for b in bounds))
     if c.get('warmup_epochs') or c.get('warmup_steps'):
       parts.append(f"{c.get('warmup_shape', 'constant')} warm-up {warmup}")
-  parts.append(f"wd {c['weight_decay']:g}" + (' (all)' if c.get('weight_decay_on') == 'all'
-                                              else ''))
+  parts.append(f"wd {c['weight_decay']:g}" + {'all': ' (all)', 'ffcv': ' (FFCV rule)'}.get(
+      c.get('weight_decay_on'), ''))
   if c.get('image_size'):
     size = str(c['image_size']) + (f"->{c['final_image_size']}"
                                    if c.get('final_image_size') else '')

@@ -37,6 +37,22 @@ def test_the_preset_table_is_generated_from_the_presets():
     assert set(module.SOURCES) == set(module.PRESETS)
 
 
+def test_every_imagenet_preset_differs_from_its_source_only_where_it_says_why():
+  module = config_docs.shipped_presets()['configs/imagenet.py']
+  assert set(module.RECIPES) == set(module.PRESETS)
+  for name in module.PRESETS:
+    for field, ours, theirs, where, why, differs in config_docs.recipe_rows(module, name):
+      assert where, (name, field)
+      if field != '(reported)':
+        assert differs == bool(why), (
+            f'{name}.{field}: here {ours!r}, source {theirs!r}; ' +
+            ('a difference needs its reason' if differs else 'no difference, no reason'))
+  # Every field a preset sets is checked against its source.
+  for name, fields in module.PRESETS.items():
+    checked = {row[0] for row in module.RECIPES[name]}
+    assert set(fields) - {'eval_batch_size'} <= checked, (name, set(fields) - checked)
+
+
 def test_the_front_page_stays_a_front_page():
   assert len(_read('README.md')) <= 12_000
 

@@ -131,6 +131,52 @@ def test_a_large_jpeg_is_decoded_at_reduced_size_to_nearly_the_same_crop():
   assert reduced >= 10
 
 
+@pytest.mark.parametrize('kind', ['png', 'jpeg'])
+def test_the_training_resize_antialiases_white_noise_as_evaluation_does(kind):
+  # 426 -> 224 px, a factor of 1.9. OpenCV's bilinear interpolation alone
+  # keeps most of the noise (std 49 on the PNG, 36 on the JPEG); Pillow's
+  # antialiased filter, evaluation's, averages it down (26, 21). Training
+  # blurs before interpolating: 27, 22.
+  noise = np.random.default_rng(0).integers(0, 256, (426, 426, 3), dtype=np.uint8)
+  data = (jpeg_files.png_bytes(noise) if kind == 'png'
+          else jpeg_files.jpeg_bytes(noise, quality=100))
+  rng = np.random.default_rng(0)
+  assert image_decoding.crop_window(426, 426, rng, (1.0, 1.0)) == (0, 0, 426, 426)
+  got = image_decoding.train_image(data, 224, np.random.default_rng(0), area=(1.0, 1.0))
+  pillow = np.asarray(Image.fromarray(image_decoding.decode_rgb(data)).resize(
+      (224, 224), Image.BILINEAR))
+  assert got.std() == pytest.approx(pillow.std(), rel=0.1)
+
+
+@pytest.mark.parametrize('height,width', [(426, 426), (426, 300), (300, 520), (150, 200)])
+def test_a_training_crop_of_a_smooth_image_matches_the_evaluation_filter(height, width):
+  # Shrinking 1.3-1.9x along one or both axes, or growing (150x200 to 224):
+  # a fraction of a level apart from Pillow's antialiased bilinear resize of
+  # the same window (the blur changes only what aliasing would).
+  image = jpeg_files.pattern(height, width, seed=6, noise=0)
+  data = jpeg_files.png_bytes(image)
+  rng = np.random.default_rng(0)
+  top, left, h, w = image_decoding.crop_window(width, height, rng, (1.0, 1.0))
+  flip = rng.random() < 0.5
+  got = image_decoding.train_image(data, 224, np.random.default_rng(0), area=(1.0, 1.0))
+  expected = np.asarray(Image.fromarray(image[top:top + h, left:left + w]).resize(
+      (224, 224), Image.BILINEAR)).astype(float)
+  if flip:
+    expected = expected[:, ::-1]
+  assert np.abs(got - expected).mean() < 0.4
+  assert np.abs(got - expected).max() <= 3
+
+
+def test_antialiasing_leaves_a_window_alone_where_it_does_not_shrink():
+  window = jpeg_files.pattern(200, 100, seed=2)
+  assert image_decoding.antialias(window, 224) is window
+  assert image_decoding.antialias(window, 200) is window
+  # Only the axis that shrinks is blurred: columns (growing) keep their
+  # values where every row is the same.
+  rows = np.repeat(jpeg_files.pattern(1, 100, seed=2), 300, axis=0)
+  np.testing.assert_array_equal(image_decoding.antialias(rows, 224), rows)
+
+
 @pytest.mark.parametrize('mode', ['L', 'CMYK', 'PNG'])
 def test_grayscale_cmyk_and_png_named_jpeg_become_rgb(mode):
   source = jpeg_files.pattern(60, 80, seed=5)

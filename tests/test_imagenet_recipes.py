@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from configs import cifar
+from configs import imagenet
 from resnet_jax.data import file_loader
 from resnet_jax.data import image_folder
 from resnet_jax import results
@@ -64,6 +65,108 @@ def test_cosine_with_epoch_warmup_at_another_batch_size():
   assert float(lr(1000)) == pytest.approx(0.0, abs=1e-9)
 
 
+@pytest.mark.parametrize('batch', [64, 128, 256, 1024, 8192])
+def test_the_goyal_warmup_rises_from_the_base_rate_and_never_runs_downward(batch):
+  # Goyal et al. 2017, sec. 2.2: with k = batch / 256 the rate rises by a
+  # constant amount each iteration from eta = 0.1 to k x eta over 5 epochs,
+  # then holds k x eta to the first boundary (epoch 30). With k <= 1 there is
+  # nothing to ramp: k x eta from the first step.
+  config = imagenet.get_config()
+  config.batch_size = batch
+  per_epoch = IMAGENET_TRAIN / batch
+  num_steps = train_state.total_steps(config, IMAGENET_TRAIN)
+  lr = train_state.create_learning_rate_fn(config, num_steps, per_epoch)
+  k, eta, warmup = batch / 256, 0.1, round(5 * per_epoch)
+
+  def goyal(step):
+    if k > 1 and step < warmup:
+      return eta + (k * eta - eta) * step / warmup
+    return k * eta
+
+  for step in (0, warmup // 2, warmup - 1, warmup, 2 * warmup, round(num_steps / 3) - 1):
+    assert float(lr(step)) == pytest.approx(goyal(step), rel=1e-6), step
+  ramp = np.asarray(jax.vmap(lr)(jnp.arange(warmup + 2)))
+  assert (np.diff(ramp) >= 0).all()
+
+
+def _ffcv_rates(lr, epochs, lr_peak_epoch, iters):
+  """Every iteration's rate as ffcv-imagenet's train_imagenet.py sets it:
+  get_cyclic_lr at the epoch's start and end, interpolated over its `iters`
+  iterations in train_loop (its code, with the parameters passed in)."""
+  def get_cyclic_lr(epoch):
+    xs = [0, lr_peak_epoch, epochs]
+    ys = [1e-4 * lr, lr, 0]
+    return np.interp([epoch], xs, ys)[0]
+  rates = []
+  for epoch in range(epochs):
+    lr_start, lr_end = get_cyclic_lr(epoch), get_cyclic_lr(epoch + 1)
+    rates.extend(np.interp(np.arange(iters), [0, iters], [lr_start, lr_end]))
+  return np.array(rates)
+
+
+@pytest.mark.parametrize('lr,epochs,peak,iters', [(1.7, 88, 2, 312), (0.5, 16, 2, 1251),
+                                                  (1.0, 24, 3, 7)])
+def test_the_triangular_schedule_is_ffcvs_cyclic_one(lr, epochs, peak, iters):
+  # FFCV's rn50_88 (lr 1.7, peak at epoch 2 by default, 8 GPUs x 512 images:
+  # 312 iterations an epoch, the last partial batch dropped), rn18_16 (lr 0.5
+  # at 1024: 1251) and a peak at epoch 3, compared at every step.
+  config = _config(learning_rate=lr, lr_schedule='triangular', lr_peak_epoch=float(peak),
+                   num_epochs=float(epochs))
+  num_steps = epochs * iters
+  ours = np.asarray(jax.vmap(train_state.create_learning_rate_fn(
+      config, num_steps, float(iters)))(jnp.arange(num_steps)))
+  theirs = _ffcv_rates(lr, epochs, peak, iters)
+  np.testing.assert_allclose(ours, theirs, rtol=2e-6, atol=1e-9 * lr)
+  last = num_steps - 1
+  for step in (0, 1, peak * iters - 1, peak * iters, (peak * iters + last) // 2, last):
+    assert float(ours[step]) == pytest.approx(theirs[step], rel=1e-6), step
+  assert theirs[0] == pytest.approx(1e-4 * lr) and theirs[peak * iters] == pytest.approx(lr)
+
+
+def _preset_lr(name):
+  config = imagenet.get_config(name)
+  per_epoch = IMAGENET_TRAIN / config.batch_size
+  num_steps = train_state.total_steps(config, IMAGENET_TRAIN)
+  return train_state.create_learning_rate_fn(config, num_steps, per_epoch), per_epoch, num_steps
+
+
+def test_each_presets_learning_rate_follows_its_sources_formula():
+  # The Flax example (train.py:90-109, configs/tpu.py): 0.1 x 1024/256, linear
+  # from 0 over 5 epochs, then cosine to 0 over the other 95.
+  lr, per_epoch, num_steps = _preset_lr('resnet50_flax')
+  warmup = round(5 * per_epoch)
+  flax = lambda s: (0.4 * s / warmup if s < warmup else
+                    0.2 * (1 + np.cos(np.pi * (s - warmup) / (num_steps - warmup))))
+  for step in (0, warmup // 2, warmup, (warmup + num_steps) // 2, num_steps - 1):
+    assert float(lr(step)) == pytest.approx(flax(step), rel=1e-5, abs=1e-9), step
+  # FFCV (train_imagenet.py:107-113): 1e-4 x lr at 0, lr at epoch 2, 0 at the end.
+  for name, peak, epochs in (('resnet50_fast_88', 1.7, 88), ('resnet18_fast_16', 0.5, 16)):
+    lr, per_epoch, num_steps = _preset_lr(name)
+    ffcv = lambda e: np.interp(e, [0, 2, epochs], [1e-4 * peak, peak, 0])
+    for epoch in (0, 1, 2, 9, epochs / 2, epochs - 1):
+      step = round(epoch * per_epoch)
+      # Within 5e-5 of the peak: the run's last step is rounded to a whole step.
+      assert float(lr(step)) == pytest.approx(ffcv(step / per_epoch), abs=5e-5 * peak), (
+          name, epoch)
+
+
+def test_ffcv_presets_switch_to_192_px_at_ffcvs_epoch():
+  # FFCV's get_resolution over each config's start_ramp/end_ramp, once per
+  # epoch (the epochs worked out by hand from its yaml files).
+  assert {e: imagenet.ffcv_first_large_epoch(e) for e in imagenet.FFCV_RAMPS} == {
+      16: 12, 24: 19, 32: 25, 40: 32, 56: 45, 88: 71}
+  for name in ('resnet50_fast_16', 'resnet50_fast_88', 'resnet18_fast_88'):
+    config = imagenet.get_config(name)
+    epochs = int(config.num_epochs)
+    per_epoch = IMAGENET_TRAIN / config.batch_size
+    sizes = file_loader.Sizes(config.image_size, config.final_image_size,
+                              config.resize_start_epoch, config.resize_end_epoch, per_epoch)
+    switch = imagenet.ffcv_first_large_epoch(epochs)
+    first = int(np.ceil(switch * per_epoch))
+    assert (sizes.at(0), sizes.at(first - 1), sizes.at(first)) == (160, 160, 192), name
+    assert sizes.changes(0, round(epochs * per_epoch)) == {first}
+
+
 def _params():
   return {'conv': {'kernel': jnp.full((3, 3, 2, 4), 0.5)},
           'bn': {'scale': jnp.full((4,), 2.0), 'bias': jnp.full((4,), 1.0)}}
@@ -81,6 +184,27 @@ def test_weight_decay_leaves_batchnorm_out_or_in(on):
   bn = 0.0 if on == 'kernels' else 1.0
   np.testing.assert_allclose(updates['bn']['scale'], -0.2 * bn)
   np.testing.assert_allclose(updates['bn']['bias'], -0.1 * bn)
+
+
+def test_ffcvs_decay_rule_leaves_out_the_batchnorms_named_bn():
+  # FFCV's create_optimizer: no decay on parameters whose name contains
+  # 'bn'; in torchvision's ResNet the shortcut's BatchNorm is
+  # `downsample.1` (decayed), and the classifier's bias is decayed too.
+  model = train_state.create_model(_config(model='resnet18', stem='imagenet'), 10)
+  params = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3))))
+  mask = train_state.decay_mask(_config(weight_decay_on='ffcv'))(params['params'])
+  decayed = {'/'.join(k.key for k in path): on
+             for path, on in jax.tree_util.tree_flatten_with_path(mask)[0]}
+  left_out = sorted(k for k, on in decayed.items() if not on)
+  assert all(k.split('/')[-2] in ('bn1', 'bn2') for k in left_out)
+  assert len(left_out) == 2 * (1 + 2 * 8)  # Scale and bias: the stem's, two per block.
+  for name in ('fc/bias', 'fc/kernel', 'layer2_0/downsample_bn/scale',
+               'layer2_0/downsample_bn/bias', 'layer2_0/downsample_conv/kernel',
+               'conv1/kernel', 'layer4_1/conv2/kernel'):
+    assert decayed[name], name
+  kernels = train_state.decay_mask(_config())(params['params'])
+  # 'kernels' leaves out those two besides.
+  assert sum(jax.tree.leaves(mask)) == sum(jax.tree.leaves(kernels)) + 1 + 2 * 3
 
 
 def test_lars_trust_ratio_against_a_hand_computation():
@@ -187,7 +311,9 @@ def test_a_preset_trains_a_few_steps_at_a_tiny_size(folder, tmp_path, preset):
                          str(workdir), f'--config.data_dir={folder}',
                          '--config.dataset=jpegs', '--config.model=resnet18',
                          '--config.image_size=32', '--config.final_image_size=0',
-                         '--config.eval_image_size=32', '--config.batch_size=8',
+                         '--config.eval_image_size=32', '--config.batch_size=16',
+                         '--config.bn_group_size=2',  # FFCV's 512 per GPU, shrunk.
+                         '--config.lr_peak_epoch=0.1',
                          '--config.eval_batch_size=8', '--config.num_train_steps=2',
                          '--config.warmup_epochs=0', '--config.log_every_steps=1'])
   _, err = proc.communicate(timeout=600)

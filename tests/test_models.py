@@ -6,6 +6,7 @@ import numpy as np
 import optax
 import pytest
 
+from resnet_jax import layers
 from resnet_jax import models
 from resnet_jax.reporting import summary
 
@@ -196,7 +197,7 @@ def test_stored_conv_inputs_give_the_plain_gradients(name):
                                     mutable=['batch_stats'])
       return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean(), updates
     # The XLA options the train step compiles with when inputs are stored.
-    options = models.KEEP_BARRIERS_OPTIONS if store else None
+    options = layers.KEEP_BARRIERS_OPTIONS if store else None
     (value, updates), grads = jax.jit(jax.value_and_grad(loss, has_aux=True),
                                       compiler_options=options)(variables['params'])
     barriers = {train: jax.jit(lambda p, train=train: model.apply(

@@ -30,8 +30,8 @@ BATCH = 16
 
 def _one_step(tiny_data, tmp_path, strategy, num_devices, **overrides):
   """(loss, state after one step) from the seed's initial state on batch 0."""
-  config = tiny_config(tiny_data['data_dir'], parallelism=strategy, batch_size=BATCH,
-                       num_devices=num_devices, **overrides)
+  config = tiny_config(tiny_data['data_dir'], parallelism=strategy, num_devices=num_devices,
+                       **{'batch_size': BATCH, **overrides})
   run = run_setup.Run(config, str(tmp_path / f'{strategy}{num_devices}'), need_train=True)
   state = run.dp.place_state(run.init_state())
   stream = input_pipeline.TrainStream(run.train, config.batch_size, config.seed)
@@ -74,6 +74,36 @@ def test_one_step_is_the_same_on_any_layout(tiny_data, tmp_path, jit8, strategy,
                          getattr(state, tree))
     changes = jax.tree.leaves(moved)
     assert sum(c > 0 for c in changes) >= 0.9 * len(changes), (tree, moved)
+
+
+# BatchNorm over groups of 4 (bn_group_size): 32 examples, so each of 8
+# devices holds one group and each of 2 holds four.
+GROUPED = dict(batch_size=32, bn_group_size=4)
+
+
+@pytest.fixture(scope='module')
+def grouped_jit8(tiny_data, tmp_path_factory):
+  return _one_step(tiny_data, tmp_path_factory.mktemp('g'), 'jit', 8, **GROUPED)
+
+
+@pytest.mark.parametrize('strategy,num_devices', [('pmap', 8), ('pmap', 2), ('jit', 1)])
+def test_batchnorm_groups_are_the_same_on_any_layout(tiny_data, tmp_path, grouped_jit8,
+                                                     strategy, num_devices):
+  # Groups never straddle devices; under pmap each replica normalises its own
+  # groups and only the running averages are averaged over the replicas.
+  # (What the groups compute: tests/test_bn_groups.py.)
+  loss, state = _one_step(tiny_data, tmp_path, strategy, num_devices, **GROUPED)
+  diffs = relative_differences(grouped_jit8[1], state)
+  print(f'groups of 4, {strategy} {num_devices} vs jit 8: loss {loss:.8f} vs '
+        f'{grouped_jit8[0]:.8f}, relative differences {diffs}')
+  assert loss == pytest.approx(grouped_jit8[0], rel=STEP_RTOL)
+  assert max(diffs.values()) <= STEP_RTOL, diffs
+  if strategy == 'pmap' and num_devices == 8:
+    # Statistics over the whole batch give another step, far beyond rounding
+    # (the running averages move by a tenth of the difference: momentum 0.9).
+    whole = _one_step(tiny_data, tmp_path / 'whole', 'jit', 8, batch_size=32)
+    diffs = relative_differences(whole[1], state)
+    assert min(diffs.values()) > 10 * STEP_RTOL, diffs
 
 
 def test_stored_conv_inputs_leave_the_trajectory_bitwise_unchanged(tiny_data, tmp_path):

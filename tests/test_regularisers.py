@@ -330,7 +330,9 @@ def test_validation_split_is_fixed_by_the_seed_and_disjoint():
     ('ema_decay', -0.5, 'ema_decay must be in (0, 1)'),
     ('mixup_alpha', -1.0, 'mixup_alpha must be 0 (off) or positive'),
     ('augment_policy', 'randaugment', "augment_policy must be '' (none) or 'trivialaugment'"),
-    ('lr_schedule', 'linear', "lr_schedule must be 'piecewise' or 'cosine'"),
+    ('lr_schedule', 'linear', "lr_schedule must be 'piecewise', 'cosine' or 'triangular'"),
+    ('lr_peak_epoch', -1.0, 'lr_peak_epoch must be 0 or a positive number of epochs'),
+    ('weight_decay_on', 'bn', "weight_decay_on must be 'kernels', 'all' or 'ffcv'"),
     ('validation_size', -5, 'validation_size must be a whole number'),
 ])
 def test_bad_values_are_refused_naming_the_field(tiny_data, field, value, message):
@@ -338,6 +340,29 @@ def test_bad_values_are_refused_naming_the_field(tiny_data, field, value, messag
   with pytest.raises(errors.UserError) as e:
     config_validation.validate(config)
   assert message in str(e.value) and f'--config.{field}' in str(e.value)
+
+
+@pytest.mark.parametrize('fields,message', [
+    (dict(warmup_epochs=2.0), "warmup_epochs 2.0 sets a warm-up, which lr_schedule "
+                              "'triangular' does not have"),
+    (dict(warmup_steps=10), 'set --config.warmup_steps=0'),
+    (dict(num_train_steps=-1, num_epochs=2.0),
+     'lr_peak_epoch 2.0 is not before the end of the run'),
+])
+def test_a_triangular_schedule_has_its_peak_inside_the_run_and_no_warmup(
+    tiny_data, fields, message):
+  config = tiny_config(tiny_data['data_dir'], lr_schedule='triangular', **fields)
+  with pytest.raises(errors.UserError) as e:
+    config_validation.validate(config)
+  assert message in str(e.value)
+
+
+def test_a_triangular_peak_past_a_run_given_in_steps_is_refused_once_epochs_are_known(
+    tiny_data):
+  config = tiny_config(tiny_data['data_dir'], lr_schedule='triangular')
+  run_setup.check_warmup(config, 101, 50.0)
+  with pytest.raises(errors.UserError, match=r'lr_peak_epoch 2.0 \(100 steps\) is not'):
+    run_setup.check_warmup(config, 100, 50.0)
 
 
 def test_mixup_and_cutmix_together_are_refused(tiny_data):

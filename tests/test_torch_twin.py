@@ -58,6 +58,98 @@ def test_the_twin_starts_from_the_jax_models_initial_distributions(name):
       assert np.array_equal(twin[key], value), key  # BatchNorm and bias: constants.
 
 
+@pytest.mark.parametrize('on', ['ffcv', 'kernels', 'all'])
+def test_the_twin_decays_the_parameters_the_jax_rule_does(on):
+  # 'ffcv' in the twin is FFCV's own test on torchvision names ('bn' not in
+  # the name); JAX's mask, named the torchvision way, picks the same ones.
+  import torch_baseline
+  net = torch_resnet.build('resnet50', 10, stem='imagenet')
+  opt = torch_baseline._optimizer(net, 0.1, 5e-5, on)
+  ids = {id(p) for g in opt.param_groups if g['weight_decay'] > 0 for p in g['params']}
+  twin = {n for n, p in net.named_parameters() if id(p) in ids}
+  if on == 'ffcv':
+    assert twin == {n for n, _ in net.named_parameters() if 'bn' not in n}
+  config = config_files.load_default()
+  config.update(model='resnet50', stem='imagenet', weight_decay_on=on)
+  params = models.create_model('resnet50', 10, stem='imagenet').init(
+      jax.random.key(0), jnp.zeros((1, 32, 32, 3)))['params']
+  mask = train_state.decay_mask(config)(params)
+  ours = {convert.torch_name(path) for path, decayed in
+          jax.tree_util.tree_flatten_with_path(mask)[0] if decayed}
+  assert ours == twin
+
+
+@pytest.mark.parametrize('name', ['resnet18', 'resnet50'])
+def test_the_twins_blurpool_is_ffcvs_on_the_convolutions_jax_blurs(name):
+  net = torch_resnet.build(name, 10, stem='imagenet', blurpool=True)
+  wrapped = {n: m for n, m in net.named_modules()
+             if isinstance(m, torch_resnet.BlurPoolConv2d)}
+  # torchvision's names -> the JAX model's ('layer2.0.downsample.0' is the
+  # projection, `downsample_conv`); tests/test_blurpool.py lists the JAX side.
+  jax_names = {n.replace('.0.', '_0/', 1).replace('downsample.0', 'downsample_conv')
+               for n in wrapped}
+  conv = {'resnet18': 'conv1', 'resnet50': 'conv2'}[name]
+  assert jax_names == {f'layer{i}_0/{c}' for i in (2, 3, 4)
+                       for c in (conv, 'downsample_conv')}
+  # The blur itself: FFCV's depthwise conv of the buffer against layers.BlurPool.
+  from resnet_jax import layers
+  block = wrapped['layer2.0.downsample.0']
+  assert not any(p is block.blur_filter for p in net.parameters())
+  x = torch.randn(2, block.conv.in_channels, 7, 6)
+  blurred = torch.nn.functional.conv2d(x, block.blur_filter, padding=(1, 1),
+                                       groups=block.conv.in_channels)
+  ours = layers.BlurPool().apply({}, jnp.asarray(x.permute(0, 2, 3, 1).numpy()))
+  np.testing.assert_allclose(np.asarray(ours), blurred.permute(0, 2, 3, 1).numpy(),
+                             rtol=1e-5, atol=1e-6)
+  with torch.no_grad():
+    np.testing.assert_array_equal(block(x).numpy(), block.conv(blurred).numpy())
+
+
+def test_the_twins_batchnorm_groups_are_batchnorm_on_each_group():
+  from resnet_jax import layers
+  torch.manual_seed(0)
+  x = torch.randn(8, 5, 3, 4) * 2 + 1
+  x[4:] = 3 * x[4:] - 4  # Two groups of 4 with other statistics.
+  plain = torch.nn.BatchNorm2d(5, momentum=0.1)
+  with torch.no_grad():
+    plain.weight.uniform_(0.5, 2)
+    plain.bias.normal_()
+    plain.running_mean.fill_(0.5)
+    plain.running_var.fill_(2.0)
+  grouped = torch_resnet.GroupBatchNorm2d(plain, 4)
+  alone = [torch_resnet.GroupBatchNorm2d(plain, 4) for _ in range(2)]  # Copies.
+  with torch.no_grad():
+    y = grouped(x)
+    # nn.BatchNorm2d's own training forward on each group alone.
+    want = torch.cat([super(torch_resnet.GroupBatchNorm2d, m).forward(x[4 * i:4 * i + 4])
+                      for i, m in enumerate(alone)])
+  np.testing.assert_allclose(y.numpy(), want.numpy(), rtol=1e-5, atol=1e-5)
+  for buffer in ('running_mean', 'running_var'):
+    np.testing.assert_allclose(getattr(grouped, buffer).numpy(),
+                               sum(getattr(m, buffer) for m in alone).numpy() / 2,
+                               rtol=1e-6)
+  # resnet_jax's layer: the same output and running mean; its running
+  # variance is the biased one (flax's), the twin's torch's unbiased one.
+  variables = {'params': {'scale': plain.weight.detach().numpy(),
+                          'bias': plain.bias.detach().numpy()},
+               'batch_stats': {'mean': np.full(5, 0.5, np.float32),
+                               'var': np.full(5, 2.0, np.float32)}}
+  ours, stats = layers.GroupBatchNorm(4, momentum=0.9).apply(
+      variables, jnp.asarray(x.permute(0, 2, 3, 1).numpy()), mutable=['batch_stats'])
+  np.testing.assert_allclose(np.asarray(ours), y.permute(0, 2, 3, 1).numpy(),
+                             rtol=1e-5, atol=1e-5)
+  stats = stats['batch_stats']
+  np.testing.assert_allclose(stats['mean'], grouped.running_mean.numpy(), rtol=1e-6)
+  count = 4 * 3 * 4
+  np.testing.assert_allclose(0.9 * 2.0 + (stats['var'] - 0.9 * 2.0) * count / (count - 1),
+                             grouped.running_var.numpy(), rtol=1e-5)
+  # The twin's networks take it on every BatchNorm.
+  net = torch_resnet.build('resnet18', 10, stem='imagenet', bn_group_size=4)
+  norms = [m for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+  assert len(norms) == 20 and all(isinstance(m, torch_resnet.GroupBatchNorm2d)
+                                  for m in norms)
+
+
 def _twin(*args, timeout=300):
   return subprocess.run([sys.executable, TWIN, *args], capture_output=True, text=True,
                         cwd=REPO, timeout=timeout)
@@ -74,7 +166,7 @@ def _flags(jpegs, *extra):
           '--config.image_size=32', '--config.batch_size=8', '--config.eval_batch_size=8',
           '--config.num_epochs=2', '--config.log_every_steps=1',
           '--config.warmup_epochs=0.5', '--config.lr_schedule=cosine',
-          '--config.label_smoothing=0.1', *extra]
+          '--config.label_smoothing=0.1', '--config.bn_group_size=0', *extra]
 
 
 def test_the_twin_refuses_what_it_does_not_implement(jpegs, tmp_path):

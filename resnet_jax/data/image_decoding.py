@@ -1,10 +1,12 @@
 """Image files of any size -> fixed-size uint8 crops, for training and evaluation.
 
-Training takes the Inception-style random-resized crop (Szegedy et al. 2015;
-torchvision's `RandomResizedCrop` and tf's `sample_distorted_bounding_box`
-define it the same way): up to 10 tries at a window of 8-100% of the area
-with aspect ratio 3/4-4/3, else a centre crop at the nearest allowed aspect,
-then a horizontal flip with probability 1/2. Evaluation resizes the shorter
+Training takes the Inception-style random-resized crop (Szegedy et al. 2015)
+as torchvision's `RandomResizedCrop` defines it: up to 10 tries at a window
+of 8-100% of the area with aspect ratio 3/4-4/3 (log-uniform), else a centre
+crop at the nearest allowed aspect, then a horizontal flip with probability
+1/2. (tf's `sample_distorted_bounding_box` draws otherwise: the aspect
+uniformly, the height uniformly, a `min_object_covered` share of the box,
+the whole image as the fallback; docs/data.md.) Evaluation resizes the shorter
 side to `floor(size / 0.875)` (256 for 224) and takes the centre crop: the
 standard evaluation, with Pillow's antialiased bilinear filter, pixel for
 pixel what torchvision's `Resize` + `CenterCrop` give on a PIL image.
@@ -12,14 +14,19 @@ pixel what torchvision's `Resize` + `CenterCrop` give on a PIL image.
 Speed (BENCHMARKS.md, "JPEG decoding"): a training crop decodes a JPEG with
 libjpeg-turbo through simplejpeg, at 1/2, 1/4 or 1/8 of its size when the
 window would still be at least `size` pixels there (JPEG's scaled DCT:
-cheaper decoding, and a box filter before the resize), then resizes the
-window with OpenCV's bilinear filter, whose factor is then below 2. Files
+cheaper decoding, and a low-pass filter before the resize), then resizes the
+window with OpenCV's bilinear filter (the factor left is then up to 2.67:
+below 2 on the shorter side, times the aspect 4/3 on the longer), after a
+Gaussian blur along each axis that shrinks (`antialias`), so that training
+filters like evaluation's antialiased Pillow resize instead of aliasing. Files
 that are not baseline/progressive JPEGs (PNG, anything Pillow opens) take
 Pillow's decoder; grayscale and CMYK become RGB either way.
 
 A file that cannot be decoded (empty, truncated, not an image, over
 `MAX_PIXELS`) raises `BadImage`; the loader skips it and counts it
-(`file_loader`).
+(`file_loader`). Training and evaluation agree on which files those are:
+Pillow decides (a JPEG that simplejpeg's strict mode refuses for a libjpeg
+warning takes Pillow's decoder).
 """
 
 import io
@@ -165,8 +172,11 @@ def train_image(data: bytes, size: int, rng: np.random.Generator,
     try:
       pixels = simplejpeg.decode_jpeg(data, colorspace='RGB', min_height=-(-height // f),
                                       min_width=-(-width // f))
-    except ValueError as e:
-      raise BadImage(f'does not decode ({e})') from e
+    except ValueError:
+      # simplejpeg refuses what libjpeg only warns about ("extraneous bytes
+      # before marker"); Pillow, which evaluation uses, decodes those and
+      # refuses truncated files: one definition of a bad file for both.
+      pixels = decode_rgb(data)
   else:
     pixels = decode_rgb(data)
   # The window in the decoded image's pixels (a scaled decode is ceil(side / f)).
@@ -174,8 +184,35 @@ def train_image(data: bytes, size: int, rng: np.random.Generator,
   y0, x0 = int(top * sy), int(left * sx)
   y1 = max(y0 + 1, min(pixels.shape[0], int(round((top + h) * sy))))
   x1 = max(x0 + 1, min(pixels.shape[1], int(round((left + w) * sx))))
-  out = cv2.resize(pixels[y0:y1, x0:x1], (size, size), interpolation=cv2.INTER_LINEAR)
-  return np.ascontiguousarray(out[:, ::-1]) if flip else out
+  out = cv2.resize(antialias(pixels[y0:y1, x0:x1], size), (size, size),
+                   interpolation=cv2.INTER_LINEAR)
+  # cv2.flip: numpy's copy of a reversed view took 0.2-0.5 ms per 224 px crop.
+  return cv2.flip(out, 1) if flip else out
+
+
+def _blur_sigma(scale: float) -> float:
+  """The Gaussian blur (in input pixels) that, followed by bilinear
+  interpolation, has the variance of Pillow's antialiased bilinear filter
+  when shrinking by `scale`: a triangle of half-width `scale`, variance
+  scale^2 / 6, of which bilinear interpolation gives 1/6 on average."""
+  return math.sqrt((scale * scale - 1.0) / 6.0) if scale > 1 else 0.0
+
+
+def antialias(window: np.ndarray, size: int) -> np.ndarray:
+  """`window` blurred along each axis it will shrink along to `size` pixels
+  (`_blur_sigma`), so that OpenCV's bilinear resize, which interpolates
+  without antialiasing, then filters like Pillow's (evaluation's) instead of
+  aliasing; unchanged along an axis that grows or keeps its size."""
+  import cv2
+  sy, sx = (_blur_sigma(n / size) for n in window.shape[:2])
+  if not (sx or sy):
+    return window
+  # Taps out to ceil(2 sigma): up to sigma 1 (shrinking by 2.65, beyond any
+  # crop of a JPEG decoded at scale) the weights left out are under 1.1% of
+  # the centre's.
+  kx, ky = (2 * math.ceil(2 * s) + 1 if s else 1 for s in (sx, sy))
+  return cv2.GaussianBlur(window, (kx, ky), sx or 1.0, sigmaY=sy or 1.0,
+                          borderType=cv2.BORDER_REFLECT_101)
 
 
 def eval_image(data: bytes, size: int,

@@ -72,6 +72,19 @@ class DataParallel:
           f'{what} {global_batch} does not divide evenly over {n} devices; set '
           f'--config.{what} to a positive multiple of {n}')
 
+  def check_groups(self, global_batch: int, group_size: int) -> None:
+    """Refuses a BatchNorm group size (`bn_group_size`) that does not divide
+    each device's batch: a group never straddles two devices, so a pmap
+    replica normalises its own groups, and the groups are the same on any
+    device count."""
+    per_device = global_batch // len(self.devices)
+    if group_size and per_device % group_size:
+      raise errors.UserError(
+          f'bn_group_size {group_size} does not divide the batch of {per_device} examples '
+          f'on each of {len(self.devices)} devices (batch_size {global_batch}); set '
+          f'--config.bn_group_size to a divisor of {per_device}, or 0 for statistics over '
+          'the whole batch')
+
   def place_state(self, state: Any) -> Any:
     """Canonical (replicated) state -> this strategy's placement."""
     return self.replicate(state)

@@ -31,6 +31,23 @@ def _flax_path(torch_key: str) -> tuple:
   return tuple(parts)
 
 
+def torch_name(path) -> str:
+  """A parameter's torchvision-layout name from its Flax path (strings or
+  jax.tree_util keys): ('layer1_0', 'downsample_bn', 'scale') ->
+  'layer1.0.downsample.1.weight'. The inverse of `_flax_path` for parameters."""
+  parts = [str(getattr(k, 'key', getattr(k, 'name', k))) for k in path]
+  *modules, leaf = parts
+  out = []
+  for m in modules:
+    head, _, index = m.partition('_')
+    if head.startswith('layer') and index.isdigit():
+      out += [head, index]
+    else:
+      out += {'downsample_conv': ['downsample', '0'],
+              'downsample_bn': ['downsample', '1']}.get(m, [m])
+  return '.'.join(out + [{'kernel': 'weight', 'scale': 'weight'}.get(leaf, leaf)])
+
+
 def infer_stem(state_dict: Mapping) -> str:
   """'imagenet' for a 7x7 first convolution, 'cifar' for 3x3."""
   k = _numpy(state_dict['conv1.weight']).shape[-1]

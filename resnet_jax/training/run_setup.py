@@ -33,6 +33,7 @@ def preflight(config: ml_collections.ConfigDict):
   dp = data_parallel.DataParallel(config.parallelism, config.num_devices)
   dp.check_batch(config.batch_size, 'batch_size')
   dp.check_batch(config.eval_batch_size, 'eval_batch_size')
+  dp.check_groups(config.batch_size, config.bn_group_size)
   return dp, source
 
 
@@ -170,7 +171,15 @@ def eval_size(config: ml_collections.ConfigDict) -> int:
 
 def check_warmup(config: ml_collections.ConfigDict, num_steps: Optional[int],
                  steps_per_epoch: Optional[float]) -> None:
-  """Refuses a warm-up as long as the run (None: not known yet)."""
+  """Refuses a warm-up, or a triangular schedule's peak, as long as the run
+  (None: not known yet)."""
+  if (config.get('lr_schedule') == 'triangular' and num_steps is not None
+      and steps_per_epoch is not None):
+    peak = config.lr_peak_epoch * steps_per_epoch
+    if peak >= num_steps:
+      raise errors.UserError(
+          f'lr_peak_epoch {config.lr_peak_epoch} ({peak:.0f} steps) is not before the '
+          f'end of the run ({num_steps} steps); set --config.lr_peak_epoch lower')
   if num_steps is None or (steps_per_epoch is None and config.get('warmup_epochs', 0)):
     return
   warmup = train_state.warmup_steps(config, steps_per_epoch or 1.0)

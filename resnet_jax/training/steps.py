@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from resnet_jax import models
+from resnet_jax import layers
 from resnet_jax.data import device_pipeline
 from resnet_jax.parallelism import data_parallel
 from resnet_jax.training import train_state
@@ -155,5 +155,5 @@ def train_compiler_options(config: ml_collections.ConfigDict) -> Optional[dict]:
   skipping the pass is harmless. `jax.pmap` takes no options.
   """
   if train_state.store_conv_inputs(config) and jax.default_backend() == 'cpu':
-    return models.KEEP_BARRIERS_OPTIONS
+    return layers.KEEP_BARRIERS_OPTIONS
   return None

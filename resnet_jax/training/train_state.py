@@ -10,6 +10,7 @@ import optax
 
 from resnet_jax import models
 from resnet_jax.parallelism import data_parallel
+from resnet_jax.training import convert
 
 
 class TrainState(flax_train_state.TrainState):
@@ -47,7 +48,9 @@ def create_model(config: ml_collections.ConfigDict, num_classes: int,
       zero_init_residual=config.zero_init_residual,
       bn_momentum=config.bn_momentum, bn_epsilon=config.bn_epsilon,
       dtype=compute_dtype(config), axis_name=axis_name,
-      store_conv_inputs=store_conv_inputs(config))
+      store_conv_inputs=store_conv_inputs(config),
+      # .get: configs saved by checkpoints before these fields existed lack them.
+      bn_group_size=config.get('bn_group_size', 0), blurpool=config.get('blurpool', False))
 
 
 def store_conv_inputs(config: ml_collections.ConfigDict) -> bool:
@@ -82,6 +85,19 @@ def warmup_steps(config: ml_collections.ConfigDict, steps_per_epoch: float) -> i
   return max(0, int(config.warmup_steps))
 
 
+def warmup_start(config: ml_collections.ConfigDict) -> float:
+  """The rate a warm-up starts at (linear, cosine) or holds (constant):
+  `warmup_lr`, or the peak where that is lower, so a warm-up never runs
+  downward. Goyal et al. 2017 ramp from the base rate 0.1 to k x 0.1 (k =
+  batch / 256); with k <= 1 there is nothing to ramp: the peak from step 0."""
+  return min(config.warmup_lr, peak_learning_rate(config))
+
+
+# FFCV's cyclic schedule starts at this fraction of the peak (train_imagenet.py,
+# get_cyclic_lr).
+TRIANGULAR_START = 1e-4
+
+
 def create_learning_rate_fn(config: ml_collections.ConfigDict, num_steps: int,
                             steps_per_epoch: float = 1.0) -> optax.Schedule:
   """The learning rate of each (0-based) step.
@@ -90,22 +106,31 @@ def create_learning_rate_fn(config: ml_collections.ConfigDict, num_steps: int,
   `lr_boundaries` (fractions of the run, so epochs at any batch size). With
   the defaults and 64k steps it is 0.1 for steps [0, 32000), 0.01 for [32000,
   48000) and 0.001 from 48000, as in He et al. 2015. A warm-up replaces the
-  first steps: constant at `warmup_lr` (the paper's 0.01 for ResNet-110), or
-  with `warmup_shape='linear'` rising from `warmup_lr` to the peak (Goyal et
-  al. 2017's gradual warm-up), the boundaries staying at their steps.
+  first steps: constant at `warmup_start` (the paper's 0.01 for ResNet-110),
+  or with `warmup_shape='linear'` rising from it to the peak (Goyal et al.
+  2017's gradual warm-up), the boundaries staying at their steps.
 
-  'cosine': linear from `warmup_lr` to the peak over the warm-up, then half a
-  cosine down to 0 at the end of the run (Loshchilov & Hutter 2017, without
+  'cosine': linear from `warmup_start` to the peak over the warm-up, then half
+  a cosine down to 0 at the end of the run (Loshchilov & Hutter 2017, without
   restarts).
+
+  'triangular': FFCV's `cyclic` schedule (ffcv-imagenet's train_imagenet.py):
+  `np.interp(epoch, [0, lr_peak_epoch, epochs], [1e-4 x peak, peak, 0])` at
+  the step's epoch `step / steps_per_epoch`, `epochs` the run's length, so 0
+  at the step after the last. FFCV interpolates linearly between its whole
+  epochs' values, which is the same line. No separate warm-up.
 
   The peak is `peak_learning_rate`; the warm-up lasts `warmup_steps(config,
   steps_per_epoch)` steps.
   """
   peak = peak_learning_rate(config)
   warmup = warmup_steps(config, steps_per_epoch)
-  if config.get('lr_schedule', 'piecewise') == 'cosine':
+  schedule_kind = config.get('lr_schedule', 'piecewise')
+  if schedule_kind == 'triangular':
+    return _triangular(peak, config.lr_peak_epoch * steps_per_epoch, num_steps)
+  if schedule_kind == 'cosine':
     return optax.warmup_cosine_decay_schedule(
-        init_value=config.warmup_lr if warmup > 0 else peak,
+        init_value=warmup_start(config) if warmup > 0 else peak,
         peak_value=peak, warmup_steps=warmup,
         # (Restoring for inference builds a schedule for 1 step.)
         decay_steps=max(num_steps, warmup + 1), end_value=0.0)
@@ -114,21 +139,43 @@ def create_learning_rate_fn(config: ml_collections.ConfigDict, num_steps: int,
   schedule = optax.piecewise_constant_schedule(peak, boundaries)
   if warmup <= 0:
     return schedule
+  start = warmup_start(config)
   if config.get('warmup_shape', 'constant') == 'linear':
-    ramp = lambda step: config.warmup_lr + (peak - config.warmup_lr) * step / warmup
+    ramp = lambda step: start + (peak - start) * step / warmup
   else:
-    ramp = lambda step: config.warmup_lr
+    ramp = lambda step: start
   # The warm-up keeps the boundaries at their absolute steps
   # (optax.join_schedules would shift the later schedule).
   return lambda step: jnp.where(step < warmup, ramp(step), schedule(step))
 
 
+def _triangular(peak: float, peak_step: float, num_steps: int) -> optax.Schedule:
+  """Linear from `TRIANGULAR_START x peak` at step 0 to `peak` at `peak_step`,
+  then linear to 0 at `num_steps`, 0 after."""
+  start = TRIANGULAR_START * peak
+  # (Restoring for inference builds a schedule for 1 step.)
+  end = max(num_steps, peak_step + 1)
+  def schedule(step):
+    # Counted in steps from the end (exact integers), not as float32 epochs,
+    # whose rounding would be a percent of the last steps' small rates.
+    up = start + (peak - start) * step / max(peak_step, 1e-9)
+    down = peak * (end - step) / (end - peak_step)
+    return jnp.clip(jnp.where(step < peak_step, up, down), 0.0, peak)
+  return schedule
+
+
 def decay_mask(config: ml_collections.ConfigDict) -> Callable:
   """params -> which leaves weight decay (and LARS's trust ratio) applies
-  to: conv and dense kernels, or with `weight_decay_on='all'` every
-  parameter (BatchNorm scales and biases too)."""
-  if config.get('weight_decay_on', 'kernels') == 'all':
+  to: conv and dense kernels ('kernels'), every parameter ('all'), or FFCV's
+  rule ('ffcv': every parameter whose torchvision name lacks 'bn', so the
+  kernels, the classifier's bias and the shortcut BatchNorm, torchvision's
+  `downsample.1`; train_imagenet.py's `create_optimizer`)."""
+  on = config.get('weight_decay_on', 'kernels')
+  if on == 'all':
     return lambda params: jax.tree.map(lambda p: True, params)
+  if on == 'ffcv':
+    return lambda params: jax.tree_util.tree_map_with_path(
+        lambda path, p: 'bn' not in convert.torch_name(path), params)
   return lambda params: jax.tree.map(lambda p: p.ndim > 1, params)
 
 

@@ -7,6 +7,8 @@
 - `environment`: what decides a run's bits besides its config (CPU, XLA
   flags, library versions), recorded in run.json.
 - `preemption`: SIGTERM/SIGINT -> checkpoint and exit.
+- `config_fields`: the config's fields, what each means, which a resume may
+  change.
 - `config_validation`: the config checked against itself and against the
   run a workdir holds.
 - `run_config`: the config of that run, for a command given only `--workdir`.

@@ -1,5 +1,5 @@
 """docs/config.md and docs/presets.md, generated from the config fields
-(`config_validation.FIELDS`) and the shipped configs' `PRESETS`/`SOURCES`.
+(`config_fields.FIELDS`) and the shipped configs' `PRESETS`/`SOURCES`.
 
   python -m resnet_jax.workdir.config_docs > docs/config.md
   python -m resnet_jax.workdir.config_docs presets > docs/presets.md
@@ -39,6 +39,54 @@ def preset_changes(module, name: str) -> dict:
   return {k: v for k, v in module.PRESETS[name].items() if defaults[k] != v}
 
 
+def recipe_rows(module, name: str) -> list:
+  """(field, the preset's value, the source's value, where, why) of preset
+  `name` against its source's recipe (`RECIPES`), and whether they differ.
+
+  Returns:
+    [(field, ours, theirs, where, why, differs)]; for a field in parentheses
+    (no config field) `ours` is '-' and it differs exactly when `why` is set
+    ('(reported)', the source's result, never differs: `why` says whether
+    this codebase has measured it).
+  """
+  config = module.get_config(name)
+  rows = []
+  for field, theirs, where, why in module.RECIPES[name]:
+    if field.startswith('('):  # '(reported)': the source's number, not a difference.
+      rows.append((field, '-', theirs, where, why, bool(why) and field != '(reported)'))
+      continue
+    ours = config[field]
+    same = (tuple(ours) == tuple(theirs) if isinstance(theirs, tuple)
+            else type(ours) is type(theirs) and ours == theirs)
+    rows.append((field, ours, theirs, where, why, not same))
+  return rows
+
+
+def _value(v) -> str:
+  if isinstance(v, tuple):
+    return '(' + ', '.join(f'{x:.4g}' if isinstance(x, float) else repr(x) for x in v) + ')'
+  return v if isinstance(v, str) and v == '-' else f'`{v!r}`' if not isinstance(v, str) or \
+      v.replace('_', '').isalnum() else v
+
+
+def fidelity_markdown(module, path: str) -> list:
+  """Lines of docs/presets.md: each preset with `RECIPES` beside its source."""
+  lines = ['## How each preset of ' + path + ' follows its source', '',
+           'Every field of the source\'s recipe, its value here and there, and where the '
+           'source says so; **differs** marks a difference, with the reason. A field in '
+           'parentheses is not a config field (an initialiser, a filter, a format).', '']
+  for name in module.RECIPES:
+    rows = recipe_rows(module, name)
+    lines += [f'### `{name}`: {module.SOURCES[name]}', '',
+              f'{sum(r[5] for r in rows)} of {len(rows)} rows differ.', '',
+              '| field | here | source | where | |', '|---|---|---|---|---|']
+    for field, ours, theirs, where, why, differs in rows:
+      note = f'**differs**: {why}' if differs else why or 'same'
+      lines.append(f'| {field} | {_value(ours)} | {_value(theirs)} | {where} | {note} |')
+    lines.append('')
+  return lines
+
+
 def presets_markdown(modules: dict) -> str:
   """docs/presets.md: every preset of the config files {'configs/NAME.py':
   module}, its source and the fields it sets, from `PRESETS` and `SOURCES`."""
@@ -53,6 +101,8 @@ def presets_markdown(modules: dict) -> str:
                  '`get_config()` (its docstring says which recipe).', '',
                  '| preset | source | fields it sets (beyond the defaults) |',
                  '|---|---|---|', *rows, '']
+    if hasattr(module, 'RECIPES'):
+      sections += fidelity_markdown(module, path)
   return '\n'.join([
       '# Presets', '',
       '[Back to the README](../README.md)', '',
