@@ -200,7 +200,8 @@ def prefetch_chunks(make_batches: Callable[[Iterable[int]], Iterable[dict]],
     batches += batches[-1:] * (k - n)
     return put({key: np.stack([b[key] for b in batches]) for key in batches[0]})
 
-  with concurrent.futures.ThreadPoolExecutor(1) as feeder:
+  feeder = concurrent.futures.ThreadPoolExecutor(1)
+  try:
     futures = collections.deque()
     for chunk in chunks:
       futures.append(feeder.submit(build, *chunk))
@@ -208,3 +209,7 @@ def prefetch_chunks(make_batches: Callable[[Iterable[int]], Iterable[dict]],
         yield futures.popleft().result()
     while futures:
       yield futures.popleft().result()
+  finally:
+    # On an error or a stop, the chunks not yet begun are dropped: each would
+    # read the files again (a failing filesystem retries for a minute a file).
+    feeder.shutdown(wait=True, cancel_futures=True)

@@ -28,9 +28,11 @@ import jax
 from resnet_jax import errors
 
 # JAX's default, 100 s, kept a dead process's peers idle that long (61-92 s
-# measured before they aborted). Heartbeats come from a C++ thread, so a
-# busy or compiling process still sends them.
-HEARTBEAT_TIMEOUT_S = 10
+# measured before they aborted). A death is told at once by `_PeerWatch`; the
+# heartbeat is left for a host that freezes or drops off the network, and
+# kept long enough (heartbeats come from a C++ thread, but a loaded
+# coordinator or a network stall on a large cluster must not end a run).
+HEARTBEAT_TIMEOUT_S = 30
 # EX_TEMPFAIL: nothing is wrong with the run; the same command resumes it.
 PEER_LOST_EXIT = 75
 
@@ -121,6 +123,7 @@ class _PeerWatch:
     self._lock = threading.Lock()  # Guards `_peers`; one writer a socket.
     self._peers = {}  # socket -> the process at its other end (None: not yet known)
     self._finished = set()  # Processes that said bye.
+    self._leaving = False  # This process fails alone (`leave_alone`).
 
   @classmethod
   def start(cls) -> None:
@@ -139,6 +142,7 @@ class _PeerWatch:
       return
     threading.Thread(target=_guarded(serve), name='peer-watch', daemon=True).start()
     atexit.register(watch._bye)  # Runs before JAX's own exit handler.
+    _PeerWatch.current = watch
 
   def _listen(self):
     """Process 0: a port on every interface, published with a token."""
@@ -202,6 +206,8 @@ class _PeerWatch:
 
   def _lost(self, peer: int) -> None:
     """One line naming the dead process, then this process ends too."""
+    if self._leaving:  # The connections it closed itself.
+      return
     os.write(2, (f'error: process {peer} of {self._count} is gone (killed, crashed or '
                  'its host lost); this process stops too; resume with the same command '
                  'once every host is back\n').encode())
@@ -221,10 +227,33 @@ class _PeerWatch:
             others.unregister(key.fileobj)
     os._exit(PEER_LOST_EXIT)  # pylint: disable=protected-access
 
+  def leave(self) -> None:
+    """Ends the connections without a bye: the others stop at once."""
+    with self._lock:
+      self._leaving = True
+      for s in self._peers:
+        try:
+          s.shutdown(socket.SHUT_RDWR)
+        except OSError:
+          pass
+
   def _bye(self) -> None:
+    if self._leaving:
+      return
     with self._lock:
       for s in self._peers:
         _send(s, 'bye\n')
+
+
+_PeerWatch.current = None
+
+
+def leave_alone() -> None:
+  """For a process that fails while the others go on (its filesystem, its
+  memory): tells them now, as a death would, instead of leaving them waiting
+  in a collective while this process exits through Python (which says bye)."""
+  if _PeerWatch.current is not None:
+    _PeerWatch.current.leave()
 
 
 def _read_lines(sock, pending: dict) -> Optional[list]:

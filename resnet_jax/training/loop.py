@@ -18,6 +18,7 @@ from resnet_jax.data import file_loader
 from resnet_jax.data import input_pipeline
 from resnet_jax.logs import log
 from resnet_jax.parallelism import data_parallel
+from resnet_jax.parallelism import distributed
 from resnet_jax.parallelism import process_gather
 from resnet_jax.reporting import metrics_io
 from resnet_jax.reporting import progress
@@ -94,6 +95,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     together = e.every_process
     raise
   finally:
+    if not together and jax.process_count() > 1:
+      distributed.leave_alone()  # The others would wait for it in a collective.
     run.release()
     skipped = dict(run.skipped)
     if together:  # Each process read its own files: run.json lists them all.
@@ -190,7 +193,7 @@ def _train(run: run_setup.Run, initial: Optional[train_state.TrainState]) -> dic
   if run.pipeline == 'files':
     loader = _file_batches(run, start)
   calls = feed(run.pipeline, dp, run.train, config, plan, k, loader, run.skipped)
-  done = saved = start
+  done = saved = eval_done = start
   try:
     with preemption.Guard(ckpt) as guard:
       try:
@@ -245,6 +248,7 @@ def _train(run: run_setup.Run, initial: Optional[train_state.TrainState]) -> dic
             eval_start = time.perf_counter()
             result = evaluation.evaluate(dp, run.p_evaluate, state, eval_data,
                                          split_name)
+            eval_done = done
             writer.write(done, {**metrics_io.scalars(result), 'epoch': epoch_at(done)},
                          total=run.num_steps)
             # Evaluation time is not billed to training speed.
@@ -266,21 +270,11 @@ def _train(run: run_setup.Run, initial: Optional[train_state.TrainState]) -> dic
         if isinstance(e, errors.Stopped) or not (
             isinstance(e, file_loader.ReadFailed) or guard.signum is not None):
           raise
-        # The input failed: the filesystem (ReadFailed), or a loader worker
-        # that a stop signal to the whole process group ended before it could
-        # ignore it. The state of the last step run is sound: keep it, stop.
-        if done > saved and _sound(dp, pending, last_step, done):
-          ckpt.save(done, dp.canonical_state(state), run.meta(),
-                    data_state=loader.state_at(done) if loader else None)
-          saved = done
-        ckpt.wait()
-        if guard.signum is None:
-          raise errors.Stopped(f'{e}; the checkpoint of step {saved} is kept: run the same '
-                               'command to resume once it reads again', exit_code=74) from e
-        name = signal.Signals(guard.signum).name
-        raise errors.Stopped(f'{name} at step {done} (the input stopped with it: {e}); '
-                             f'the checkpoint of step {saved} is kept, run the same '
-                             'command to resume', exit_code=128 + guard.signum) from e
+        # The step `done` is sound unless its evaluation is what failed (a
+        # checkpoint without it would skip that evaluation on resume).
+        sound = done > saved and (eval_done == done or done not in eval_at)
+        raise _input_failed(run, e, guard.signum, done, saved, state, pending, last_step,
+                            loader, sound) from e
     ckpt.wait()  # A failed last save stops the run here, not silently.
   finally:  # Also on a stop: workers stopped, bars ended, events flushed.
     calls.close()
@@ -291,6 +285,29 @@ def _train(run: run_setup.Run, initial: Optional[train_state.TrainState]) -> dic
   if result is None:  # Resumed at the end: evaluate what is there.
     result = evaluation.evaluate(dp, run.p_evaluate, state, eval_data, split_name)
   return result
+
+
+def _input_failed(run: run_setup.Run, error: Exception, signum: Optional[int], done: int,
+                  saved: int, state, pending: list, last_step: int, loader,
+                  save: bool) -> errors.Stopped:
+  """The stop of a run whose input failed: the filesystem (`ReadFailed`), or
+  a loader worker that a stop signal to the whole process group ended before
+  it could ignore it. A single process first saves the state of step `done`
+  when `save` and its losses are finite; with several, a save is collective
+  and the other processes are not here, so the last checkpoint stands.
+  """
+  if save and jax.process_count() == 1 and _sound(run.dp, pending, last_step, done):
+    run.ckpt.save(done, run.dp.canonical_state(state), run.meta(),
+                  data_state=loader.state_at(done) if loader else None)
+    saved = done
+  run.ckpt.wait()
+  if signum is None:
+    return errors.Stopped(f'{error}; the checkpoint of step {saved} is kept: run the same '
+                          'command to resume once it reads again', exit_code=74)
+  name = signal.Signals(signum).name
+  return errors.Stopped(f'{name} at step {done} (the input stopped with it: {error}); '
+                        f'the checkpoint of step {saved} is kept, run the same command '
+                        'to resume', exit_code=128 + signum)
 
 
 def _sound(dp: data_parallel.DataParallel, pending: list, first: int, done: int) -> bool:

@@ -7,24 +7,24 @@
 
 import ml_collections
 
-from resnet_jax.workdir import config_validation
+from resnet_jax.workdir import config_fields
 
 
 def reference_markdown(defaults: ml_collections.ConfigDict) -> str:
   """docs/config.md: every field, its default and meaning, from `FIELDS`."""
   rows = [f'| `{k}` | `{defaults.get(k)!r}` | {v.replace("|", "/")} |'
-          for k, v in config_validation.FIELDS.items()]
+          for k, v in config_fields.FIELDS.items()]
   def kind(k):
-    if k in config_validation.RECIPE_FIELDS:
+    if k in config_fields.RECIPE_FIELDS:
       return 'recipe (a resume refuses a change)'
     if k == 'input_pipeline':  # 'auto' resumes with the run's own kind.
       return ("runtime, but a resumed run keeps its kind: 'auto' follows it, the "
               'other kind is refused (it would draw other batches)')
     return 'runtime (a resume may change it)'
-  kinds = [f'| `{k}` | {kind(k)} |' for k in config_validation.FIELDS]
+  kinds = [f'| `{k}` | {kind(k)} |' for k in config_fields.FIELDS]
   return '\n'.join([
       '# Config reference', '',
-      'Generated from `resnet_jax/workdir/config_validation.py` (`FIELDS`) and the',
+      'Generated from `resnet_jax/workdir/config_fields.py` (`FIELDS`) and the',
       'defaults of `configs/cifar.py`; `tests/test_docs.py` fails when it is stale.',
       'Regenerate: `python -m resnet_jax.workdir.config_docs > docs/config.md`.',
       'Any field is set as `--config.FIELD=VALUE`.', '',
