@@ -345,6 +345,43 @@ def test_a_failing_input_ends_in_a_checkpoint_and_a_clean_stop(folder, tmp_path,
   assert max(run_record.checkpoint_steps(workdir)) == 4
 
 
+# A process group under a storm of SIGTERMs (one every 5 ms) starts grain's
+# workers five times, as every evaluation does: none may die of a signal
+# before it ignores them. Prints the batches read and the signals caught.
+STORM = r'''
+import os, signal, sys, threading, time
+from absl import flags
+flags.FLAGS.mark_as_parsed()
+from resnet_jax.data import file_loader
+from resnet_jax.data import image_folder
+caught = []
+signal.signal(signal.SIGTERM, lambda *_: caught.append(1))
+split = image_folder.file_split(sys.argv[1], 'test')
+done = threading.Event()
+def storm():
+  while not done.is_set():
+    os.killpg(0, signal.SIGTERM)
+    time.sleep(0.005)
+threading.Thread(target=storm, daemon=True).start()
+read = 0
+for _ in range(5):
+  iterator = file_loader.iterate(file_loader.eval_dataset(split, 4, 16), 2)
+  read += sum(1 for _ in file_loader.held_reads(iterator))
+  iterator.close()
+done.set()
+print('batches', read, 'caught', len(caught) > 0)
+'''
+
+
+@pytest.mark.slow
+def test_workers_started_under_a_storm_of_group_signals_survive_it(folder):
+  proc = subprocess.run([sys.executable, '-c', STORM, os.path.join(folder, 'jpegs')],
+                        capture_output=True, text=True, cwd=REPO, timeout=300,
+                        start_new_session=True)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert proc.stdout.split() == ['batches', '15', 'caught', 'True']
+
+
 def _flags(folder, workdir, *extra):
   return ['--config', 'configs/cifar.py', '--workdir', str(workdir),
           f'--config.data_dir={folder}', '--config.dataset=jpegs',

@@ -28,10 +28,12 @@ a batch depend on the filesystem's mood, not only on (seed, step).
 grain's worker processes ignore SIGTERM and SIGINT: SLURM (preemption,
 scancel, a time limit) and a terminal's Ctrl-C signal the whole process
 group, and a worker that died then left the training process unable to read
-its next batch, or blocked on a half-written one. The training process
+its next batch, or blocked on a half-written one. They start with those
+signals held (`signals_held`) until they ignore them. The training process
 checkpoints and stops them; they also exit by themselves when it is gone.
 """
 
+import contextlib
 import dataclasses
 import errno
 import math
@@ -269,7 +271,46 @@ def iterate(dataset, workers: int, threads: int = 1):
     it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers,
                                                      per_worker_buffer_size=2),
                         worker_init_fn=_init_worker)
-  return iter(it)
+    # Started here, not inside `signals_held`: starting it unblocks the stop
+    # signals of the thread that does (CPython's resource_tracker).
+    from multiprocessing import resource_tracker
+    resource_tracker.ensure_running()
+  with signals_held():  # grain may start its threads here already.
+    return iter(it)
+
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+@contextlib.contextmanager
+def signals_held():
+  """Holds stop signals in this thread while grain starts its workers.
+
+  Threads started meanwhile (grain's) keep the mask, and the processes they
+  spawn start with it, so a stop signal cannot kill a worker before
+  `_init_worker` ignores it (an evaluation starts new workers every time).
+  The training process loses nothing: a held signal goes to another thread,
+  or waits until the mask is restored, and its handler runs as usual.
+  """
+  previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+  try:
+    yield
+  finally:
+    signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def held_reads(iterator) -> Iterator:
+  """`iterator`'s items, each read with stop signals held (`signals_held`):
+  grain starts a worker's threads and process on a later read too."""
+  while True:
+    with signals_held():
+      item = next(iterator, _END)
+    if item is _END:
+      return
+    yield item
+
+
+_END = object()
 
 
 def _init_worker(worker_index: int, worker_count: int) -> None:
@@ -283,8 +324,10 @@ def _init_worker(worker_index: int, worker_count: int) -> None:
   memory.
   """
   del worker_index, worker_count
-  for sig in (signal.SIGTERM, signal.SIGINT):
+  for sig in STOP_SIGNALS:
     signal.signal(sig, signal.SIG_IGN)
+  # Held since the spawn (`signals_held`); one that came meanwhile is dropped.
+  signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
   parent = os.getppid()
 
   def watch():
@@ -315,14 +358,15 @@ class TrainBatches:
                workers: int, threads: int = 1, state: Optional[dict] = None):
     self.resumed_from_state = False
     dataset = train_dataset(examples, num_steps)
-    if state is not None and state.get('workers') == workers:
-      first = int(state['start'])
-      self._iterator = iterate(dataset[first:], workers, threads)
-      self._iterator.set_state(state['grain'])
-      self.resumed_from_state = True
-    else:
-      first = start
-      self._iterator = iterate(dataset[first:], workers, threads)
+    with signals_held():
+      if state is not None and state.get('workers') == workers:
+        first = int(state['start'])
+        self._iterator = iterate(dataset[first:], workers, threads)
+        self._iterator.set_state(state['grain'])
+        self.resumed_from_state = True
+      else:
+        first = start
+        self._iterator = iterate(dataset[first:], workers, threads)
     self._first, self._workers = first, workers
     self._next = start
     self._states = {start: self._iterator.get_state()}
@@ -332,7 +376,8 @@ class TrainBatches:
       if step != self._next:
         raise RuntimeError(f'batches must be read in order: asked for step {step}, '
                            f'next is {self._next}')
-      batch = next(self._iterator)
+      with signals_held():  # A read may start grain's workers.
+        batch = next(self._iterator)
       self._next += 1
       self._states[self._next] = self._iterator.get_state()
       if len(self._states) > STATES_KEPT:  # The oldest: dicts keep insertion order.

@@ -213,7 +213,7 @@ class FileEvalSplit:
     iterator = file_loader.iterate(dataset, *self._workers)
     group = []
     try:
-      for batch in iterator:
+      for batch in file_loader.held_reads(iterator):
         file_loader.report_skipped(self._skipped, batch.pop('skipped'))
         group.append(batch)
         if len(group) == self.group_size:
