@@ -353,6 +353,7 @@ import os, signal, sys, threading, time
 from absl import flags
 flags.FLAGS.mark_as_parsed()
 from resnet_jax.data import file_loader
+from resnet_jax.data import grain_workers
 from resnet_jax.data import image_folder
 caught = []
 signal.signal(signal.SIGTERM, lambda *_: caught.append(1))
@@ -366,7 +367,7 @@ threading.Thread(target=storm, daemon=True).start()
 read = 0
 for _ in range(5):
   iterator = file_loader.iterate(file_loader.eval_dataset(split, 4, 16), 2)
-  read += sum(1 for _ in file_loader.held_reads(iterator))
+  read += sum(1 for _ in grain_workers.held_reads(iterator))
   iterator.close()
 done.set()
 print('batches', read, 'caught', len(caught) > 0)

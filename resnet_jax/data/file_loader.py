@@ -25,20 +25,15 @@ shared filesystem's hiccup, not the file's fault) is retried for about a
 minute, then stops the run with `ReadFailed`: skipping such a file would make
 a batch depend on the filesystem's mood, not only on (seed, step).
 
-grain's worker processes ignore SIGTERM and SIGINT: SLURM (preemption,
-scancel, a time limit) and a terminal's Ctrl-C signal the whole process
-group, and a worker that died then left the training process unable to read
-its next batch, or blocked on a half-written one. They start with those
-signals held (`signals_held`) until they ignore them. The training process
-checkpoints and stops them; they also exit by themselves when it is gone.
+grain's worker processes ignore SIGTERM and SIGINT, which a cluster sends
+to the whole process group (`grain_workers`); the training process
+checkpoints and stops them, and they exit by themselves when it is gone.
 """
 
-import contextlib
 import dataclasses
 import errno
 import math
 import os
-import signal
 import threading
 import time
 from typing import Iterator, Optional, Sequence
@@ -46,6 +41,7 @@ from typing import Iterator, Optional, Sequence
 import numpy as np
 
 from resnet_jax import errors
+from resnet_jax.data import grain_workers
 from resnet_jax.data import image_decoding
 
 # ImageNet's per-channel statistics (the [0, 1] scale), the convention of
@@ -245,6 +241,7 @@ def _grain():
     import grain
   except ImportError as e:  # A dependency of the package: a broken install.
     raise errors.UserError(f'the file loader needs grain ({e}); pip install -e .') from e
+  grain_workers.shorten_join()
   return grain
 
 
@@ -270,71 +267,13 @@ def iterate(dataset, workers: int, threads: int = 1):
         it, grain.experimental.DatasetOptions(min_shm_size=1 << 62))
     it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers,
                                                      per_worker_buffer_size=2),
-                        worker_init_fn=_init_worker)
+                        worker_init_fn=grain_workers.init_worker)
     # Started here, not inside `signals_held`: starting it unblocks the stop
     # signals of the thread that does (CPython's resource_tracker).
     from multiprocessing import resource_tracker
     resource_tracker.ensure_running()
-  with signals_held():  # grain may start its threads here already.
+  with grain_workers.signals_held():  # grain may start its threads here already.
     return iter(it)
-
-
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
-
-
-@contextlib.contextmanager
-def signals_held():
-  """Holds stop signals in this thread while grain starts its workers.
-
-  Threads started meanwhile (grain's) keep the mask, and the processes they
-  spawn start with it, so a stop signal cannot kill a worker before
-  `_init_worker` ignores it (an evaluation starts new workers every time).
-  The training process loses nothing: a held signal goes to another thread,
-  or waits until the mask is restored, and its handler runs as usual.
-  """
-  previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
-  try:
-    yield
-  finally:
-    signal.pthread_sigmask(signal.SIG_SETMASK, previous)
-
-
-def held_reads(iterator) -> Iterator:
-  """`iterator`'s items, each read with stop signals held (`signals_held`):
-  grain starts a worker's threads and process on a later read too."""
-  while True:
-    with signals_held():
-      item = next(iterator, _END)
-    if item is _END:
-      return
-    yield item
-
-
-_END = object()
-
-
-def _init_worker(worker_index: int, worker_count: int) -> None:
-  """In each grain worker: ignore stop signals, and exit when the training
-  process is gone.
-
-  A stop signal sent to the process group (SLURM, Ctrl-C) is the training
-  process's to act on: it checkpoints, then closes its iterators, which
-  stops the workers. A run killed with -9 (or by the OOM killer) cannot stop
-  its workers, which would otherwise wait on their queues forever, holding
-  memory.
-  """
-  del worker_index, worker_count
-  for sig in STOP_SIGNALS:
-    signal.signal(sig, signal.SIG_IGN)
-  # Held since the spawn (`signals_held`); one that came meanwhile is dropped.
-  signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
-  parent = os.getppid()
-
-  def watch():
-    while os.getppid() == parent:
-      time.sleep(1.0)
-    os._exit(0)  # pylint: disable=protected-access
-  threading.Thread(target=watch, daemon=True, name='exit-with-parent').start()
 
 
 # grain states kept for checkpoints: the loop's feeder runs up to three calls
@@ -358,7 +297,7 @@ class TrainBatches:
                workers: int, threads: int = 1, state: Optional[dict] = None):
     self.resumed_from_state = False
     dataset = train_dataset(examples, num_steps)
-    with signals_held():
+    with grain_workers.signals_held():
       if state is not None and state.get('workers') == workers:
         first = int(state['start'])
         self._iterator = iterate(dataset[first:], workers, threads)
@@ -376,7 +315,7 @@ class TrainBatches:
       if step != self._next:
         raise RuntimeError(f'batches must be read in order: asked for step {step}, '
                            f'next is {self._next}')
-      with signals_held():  # A read may start grain's workers.
+      with grain_workers.signals_held():  # A read may start grain's workers.
         batch = next(self._iterator)
       self._next += 1
       self._states[self._next] = self._iterator.get_state()

@@ -27,6 +27,7 @@ import numpy as np
 
 from resnet_jax.data import device_pipeline
 from resnet_jax.data import file_loader
+from resnet_jax.data import grain_workers
 from resnet_jax.data import input_pipeline
 from resnet_jax.parallelism import data_parallel
 
@@ -213,7 +214,7 @@ class FileEvalSplit:
     iterator = file_loader.iterate(dataset, *self._workers)
     group = []
     try:
-      for batch in file_loader.held_reads(iterator):
+      for batch in grain_workers.held_reads(iterator):
         file_loader.report_skipped(self._skipped, batch.pop('skipped'))
         group.append(batch)
         if len(group) == self.group_size:
