@@ -40,14 +40,14 @@ flags.mark_flags_as_required(['workdir'])
 
 
 def _describe_fields() -> str:
-  from resnet_jax.workdir import config_validation
+  from resnet_jax.workdir import config_fields
   try:
     defaults = config_files.load_default()
   except errors.UserError:
     defaults = {}
-  width = max(len(f'{k}={defaults.get(k)!r}') for k in config_validation.FIELDS)
+  width = max(len(f'{k}={defaults.get(k)!r}') for k in config_fields.FIELDS)
   return '\n'.join(f'  --config.{k + "=" + repr(defaults.get(k)):<{width}}  {v}'
-                   for k, v in config_validation.FIELDS.items())
+                   for k, v in config_fields.FIELDS.items())
 
 
 # absl's --help prints the main module's docstring: list the config fields.

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from configs import cifar
+from resnet_jax.workdir import config_fields
 from resnet_jax.workdir import config_validation
 from resnet_jax import errors
 from resnet_jax import prepare_data
@@ -59,17 +60,17 @@ def _final(config, workdir):
 
 
 def test_every_config_field_is_sorted_into_recipe_or_runtime():
-  recipe, runtime = set(config_validation.RECIPE_FIELDS), set(config_validation.RUNTIME_FIELDS)
+  recipe, runtime = set(config_fields.RECIPE_FIELDS), set(config_fields.RUNTIME_FIELDS)
   assert not recipe & runtime
-  assert recipe | runtime == set(cifar.get_config().keys()) == set(config_validation.FIELDS)
+  assert recipe | runtime == set(cifar.get_config().keys()) == set(config_fields.FIELDS)
 
 
 def test_fields_added_later_count_as_their_default_for_older_runs():
   default = cifar.get_config()
-  for field, value in config_validation.ADDED_LATER.items():
+  for field, value in config_fields.ADDED_LATER.items():
     assert default[field] == value, field
   older = {k: v for k, v in json.loads(default.to_json()).items()
-           if k not in config_validation.ADDED_LATER}
+           if k not in config_fields.ADDED_LATER}
   assert config_validation.config_changes(older, default) == ({}, {})
   with_ema = cifar.get_config()
   with_ema.ema_decay = 0.9  # Would change the checkpoint layout: refused.

@@ -11,6 +11,7 @@ from ml_collections import config_flags
 import pytest
 
 from configs import cifar
+from resnet_jax.workdir import config_fields
 from resnet_jax.workdir import config_validation
 from resnet_jax.reporting import progress
 
@@ -43,7 +44,7 @@ def test_presets_select_the_papers_recipes():
 
 
 def test_every_config_field_has_one_line_of_help():
-  assert set(config_validation.FIELDS) == set(cifar.get_config().keys())
+  assert set(config_fields.FIELDS) == set(cifar.get_config().keys())
   result = subprocess.run([sys.executable, '-m', 'resnet_jax.main', '--help'],
                           capture_output=True, text=True, cwd=REPO, timeout=120)
   # Each with its default: --config.batch_size=128  global training batch...

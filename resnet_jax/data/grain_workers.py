@@ -25,7 +25,7 @@ def signals_held():
 
   Threads started meanwhile (grain's) keep the mask, and the processes they
   spawn start with it, so a stop signal cannot kill a worker before
-  `_init_worker` ignores it (an evaluation starts new workers every time).
+  `init_worker` ignores it (an evaluation starts new workers every time).
   The training process loses nothing: a held signal goes to another thread,
   or waits until the mask is restored, and its handler runs as usual.
   """

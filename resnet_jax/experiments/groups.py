@@ -11,7 +11,7 @@ other groups shown (`label_smoothing=0.1`), or by its framework.
 import dataclasses
 import json
 
-from resnet_jax.workdir import config_validation
+from resnet_jax.workdir import config_fields
 
 # Fields in the PyTorch twin's run.json that describe its data, not its recipe.
 _NOT_RECIPE = {'seed', 'mean', 'std', 'data_dir'}
@@ -25,11 +25,11 @@ def framework_family(framework: str) -> str:
 def recipe_key(config: dict, framework: str) -> tuple:
   """What must match for two runs to be seeds of one recipe."""
   fields = {k: v for k, v in config.items()
-            if k not in _NOT_RECIPE and k not in config_validation.RUNTIME_FIELDS}
+            if k not in _NOT_RECIPE and k not in config_fields.RUNTIME_FIELDS}
   if framework_family(framework) == 'jax':
     # Fields older runs lack count with the value they had implicitly.
-    fields = {**config_validation.ADDED_LATER, **fields}
-    fields = {k: v for k, v in fields.items() if k in config_validation.RECIPE_FIELDS}
+    fields = {**config_fields.ADDED_LATER, **fields}
+    fields = {k: v for k, v in fields.items() if k in config_fields.RECIPE_FIELDS}
   return (framework_family(framework),
           json.dumps(fields, sort_keys=True, default=str))
 

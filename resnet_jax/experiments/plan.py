@@ -23,6 +23,7 @@ import ml_collections
 from resnet_jax import config_files
 from resnet_jax import errors
 from resnet_jax.reporting import metrics_io
+from resnet_jax.workdir import config_fields
 from resnet_jax.workdir import config_validation
 from resnet_jax.workdir import run_record
 
@@ -72,7 +73,7 @@ def check_field(field: str, defaults: ml_collections.ConfigDict, what: str) -> N
         f'{what} names no config field {field!r}' +
         (f'; nearest: {", ".join(close)}' if close else '') +
         '; python -m resnet_jax.main --help lists the fields')
-  if field in config_validation.RUNTIME_FIELDS:
+  if field in config_fields.RUNTIME_FIELDS:
     raise errors.UserError(
         f'{what} sweeps {field}, a runtime field: it changes no result (a run may '
         f'change it on resume); sweep a recipe field, or set --config.{field} for all')
@@ -210,7 +211,7 @@ class Plan:
     out = []
     for point in self.points:
       for seed in self.seeds:
-        recipe = {k: base[k] for k in config_validation.RECIPE_FIELDS if k in base}
+        recipe = {k: base[k] for k in config_fields.RECIPE_FIELDS if k in base}
         recipe.update({k: _json(v) for k, v in point.items()}, seed=seed)
         out.append(Run(run_name(point, seed), seed, point, recipe))
     return out

@@ -272,9 +272,9 @@ def _train(run: run_setup.Run, initial: Optional[train_state.TrainState]) -> dic
           raise
         # The step `done` is sound unless its evaluation is what failed (a
         # checkpoint without it would skip that evaluation on resume).
-        sound = done > saved and (eval_done == done or done not in eval_at)
+        keep = done > saved and (eval_done == done or done not in eval_at)
         raise _input_failed(run, e, guard.signum, done, saved, state, pending, last_step,
-                            loader, sound) from e
+                            loader, keep) from e
     ckpt.wait()  # A failed last save stops the run here, not silently.
   finally:  # Also on a stop: workers stopped, bars ended, events flushed.
     calls.close()

@@ -12,14 +12,6 @@ from resnet_jax import models
 from resnet_jax.workdir import config_fields
 
 
-# The fields and their kinds live in config_fields; named here as well,
-# where the checks that use them are.
-FIELDS = config_fields.FIELDS
-RECIPE_FIELDS = config_fields.RECIPE_FIELDS
-RUNTIME_FIELDS = config_fields.RUNTIME_FIELDS
-ADDED_LATER = config_fields.ADDED_LATER
-
-
 def assign(config: ml_collections.ConfigDict, field: str, value) -> None:
   """Sets a field from a JSON value: JSON has no tuples, so a list becomes
   one where the field is a tuple (lr_boundaries)."""
@@ -32,11 +24,12 @@ def config_changes(stored: dict, config: ml_collections.ConfigDict) -> tuple:
   A field the stored config lacks (written by an older version) counts with
   its `ADDED_LATER` value, or is skipped."""
   requested = json.loads(config.to_json())
-  stored = {**ADDED_LATER, **stored}
+  stored = {**config_fields.ADDED_LATER, **stored}
   recipe, runtime = {}, {}
   for field, value in requested.items():
     if field in stored and stored[field] != value:
-      (recipe if field in RECIPE_FIELDS else runtime)[field] = (stored[field], value)
+      kind = recipe if field in config_fields.RECIPE_FIELDS else runtime
+      kind[field] = (stored[field], value)
   return recipe, runtime
 
 
@@ -218,7 +211,7 @@ def validate(config: ml_collections.ConfigDict) -> datasets.Source:
   Raises:
     errors.UserError: naming the first bad field and its fix.
   """
-  unknown = sorted(set(config.keys()) - set(FIELDS))
+  unknown = sorted(set(config.keys()) - set(config_fields.FIELDS))
   if unknown:
     raise errors.UserError(f'config fields {unknown} are not known to this version; '
                            'remove them or update configs/')

@@ -11,6 +11,7 @@ from typing import Optional
 import ml_collections
 
 from resnet_jax import errors
+from resnet_jax.workdir import config_fields
 from resnet_jax.workdir import config_validation
 from resnet_jax.workdir import run_record
 
@@ -37,7 +38,7 @@ def remembered(workdir: str, defaults: ml_collections.ConfigDict,
     if field in config:  # A field this version dropped: ignored.
       config_validation.assign(config, field, value)
   refused = {f: (config[f], v) for f, v in sorted(overrides.items())
-             if f in config_validation.RECIPE_FIELDS and config[f] != v}
+             if f in config_fields.RECIPE_FIELDS and config[f] != v}
   if refused:
     flags = ' '.join(f'--config.{f}' for f in refused)
     raise errors.UserError(
