@@ -35,6 +35,9 @@ from resnet_jax import errors
 HEARTBEAT_TIMEOUT_S = 30
 # EX_TEMPFAIL: nothing is wrong with the run; the same command resumes it.
 PEER_LOST_EXIT = 75
+# How long a process that failed by itself waits for word of a dead peer
+# before leaving alone: the watch hears of a death within milliseconds.
+PEER_WAIT_S = 2.0
 
 
 def _detected_cluster() -> Optional[str]:
@@ -124,6 +127,7 @@ class _PeerWatch:
     self._peers = {}  # socket -> the process at its other end (None: not yet known)
     self._finished = set()  # Processes that said bye.
     self._leaving = False  # This process fails alone (`leave_alone`).
+    self._saw_loss = threading.Event()  # `_lost` is telling and ending the process.
 
   @classmethod
   def start(cls) -> None:
@@ -208,6 +212,7 @@ class _PeerWatch:
     """One line naming the dead process, then this process ends too."""
     if self._leaving:  # The connections it closed itself.
       return
+    self._saw_loss.set()
     os.write(2, (f'error: process {peer} of {self._count} is gone (killed, crashed or '
                  'its host lost); this process stops too; resume with the same command '
                  'once every host is back\n').encode())
@@ -227,8 +232,17 @@ class _PeerWatch:
             others.unregister(key.fileobj)
     os._exit(PEER_LOST_EXIT)  # pylint: disable=protected-access
 
-  def leave(self) -> None:
-    """Ends the connections without a bye: the others stop at once."""
+  def leave(self, wait_s: float) -> None:
+    """Ends the connections without a bye: the others stop at once.
+
+    Args:
+      wait_s: how long to wait first for word of a dead peer. A collective
+        that fails may be the first sign of one (Gloo sees the closed
+        connection when this watch does): the process ends with the line
+        naming that peer instead of leaving alone with a bare error.
+    """
+    if self._saw_loss.wait(wait_s):
+      time.sleep(60)  # `_lost` ends the process.
     with self._lock:
       self._leaving = True
       for s in self._peers:
@@ -248,12 +262,18 @@ class _PeerWatch:
 _PeerWatch.current = None
 
 
-def leave_alone() -> None:
+def leave_alone(own_fault: bool) -> None:
   """For a process that fails while the others go on (its filesystem, its
   memory): tells them now, as a death would, instead of leaving them waiting
-  in a collective while this process exits through Python (which says bye)."""
+  in a collective while this process exits through Python (which says bye).
+
+  Args:
+    own_fault: the failure is this process's own verdict (a signal, a
+      refusal). Otherwise it may come from a peer's death and the watch gets
+      `PEER_WAIT_S` to name that peer first.
+  """
   if _PeerWatch.current is not None:
-    _PeerWatch.current.leave()
+    _PeerWatch.current.leave(0 if own_fault else PEER_WAIT_S)
 
 
 def _read_lines(sock, pending: dict) -> Optional[list]:

@@ -83,7 +83,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     init = init_from.init_from_run if os.path.isdir(config.init_from) else init_from.init_from_torch
     initial = init(run.init_state(), config, run.num_classes)
   run.hold(write_checkpoints=True)
-  outcome, together = {}, False
+  outcome, together, own_fault = {}, False, False
   try:
     result = _train(run, initial)
     key, value = evaluation.headline(result)
@@ -92,11 +92,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     return result
   except errors.Stopped as e:
     outcome.update(stopped=str(e), exit_code=e.exit_code)
-    together = e.every_process
+    together, own_fault = e.every_process, True
+    raise
+  except errors.UserError:
+    own_fault = True
     raise
   finally:
     if not together and jax.process_count() > 1:
-      distributed.leave_alone()  # The others would wait for it in a collective.
+      # The others would wait for it in a collective.
+      distributed.leave_alone(own_fault)
     run.release()
     skipped = dict(run.skipped)
     if together:  # Each process read its own files: run.json lists them all.
