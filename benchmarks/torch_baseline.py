@@ -54,6 +54,7 @@ import sys
 import time
 
 import numpy as np
+from resnet_jax import paths
 from resnet_jax.reporting import timing
 import torch
 import torch.nn.functional as F
@@ -409,7 +410,7 @@ def _config_main() -> None:
   from resnet_jax import errors
   from resnet_jax import logs
   config = errors.define_config_flag(None, 'resnet_jax config file[:preset]')
-  workdir = flags.DEFINE_string('workdir', None, 'Where the run writes.')
+  workdir = paths.define_flag('workdir', None, 'Where the run writes.')
   flags.mark_flags_as_required(['config', 'workdir'])
 
   def main(argv):
@@ -417,7 +418,7 @@ def _config_main() -> None:
       raise errors.UserError(f'unexpected arguments {argv[1:]}; config fields go as '
                              '--config.FIELD=VALUE')
     logs.setup()
-    train_config(config.value, workdir.value)
+    train_config(paths.expand_config(config.value), workdir.value)
 
   errors.run_cli(main, prepare_argv=config_files.prepare_argv)
 
@@ -434,9 +435,11 @@ elif __name__ == '__main__':
   parser.add_argument('--steps', type=int, default=10)
   parser.add_argument('--warmup', type=int, default=3)
   parser.add_argument('--bf16', action='store_true', help='bfloat16 autocast')
-  parser.add_argument('--data', help='image-folder dataset to train on (NAME/train, '
-                      'NAME/test); without it, time synthetic batches')
-  parser.add_argument('--workdir', help='where a training run writes (with --data)')
+  parser.add_argument('--data', type=paths.expand,
+                      help='image-folder dataset to train on (NAME/train, NAME/test); '
+                      'without it, time synthetic batches')
+  parser.add_argument('--workdir', type=paths.expand,
+                      help='where a training run writes (with --data)')
   parser.add_argument('--epochs', type=float, default=10.0)
   parser.add_argument('--learning_rate', type=float, default=0.1)
   parser.add_argument('--seed', type=int, default=0)

@@ -33,6 +33,7 @@ from resnet_jax.data import device_pipeline
 from resnet_jax import errors
 from resnet_jax.data import input_pipeline
 from resnet_jax import logs
+from resnet_jax import paths
 from resnet_jax.reporting import metrics_io
 from resnet_jax.reporting import timing
 
@@ -50,7 +51,7 @@ _TA_WORKERS = flags.DEFINE_list(
     'trivialaugment_workers', [], 'Worker process counts to time the TrivialAugment '
     'host pipeline with, e.g. 1,2.')
 _TORCH = flags.DEFINE_bool('torch', False, 'Also run the PyTorch baseline.')
-_TORCH_PYTHON = flags.DEFINE_string(
+_TORCH_PYTHON = paths.define_flag(
     'torch_python', None, 'Run the PyTorch baseline (implies --torch) with this '
     'Python interpreter, e.g. one where PyTorch installs when this one has none.')
 flags.mark_flags_as_required(['config'])
@@ -327,7 +328,7 @@ def main(argv):
   if len(argv) > 1:
     raise errors.UserError(f'unexpected arguments {argv[1:]}')
   logs.setup()
-  config = _CONFIG.value
+  config = paths.expand_config(_CONFIG.value)
   python = _TORCH_PYTHON.value
   if python and not (os.path.isfile(python) and os.access(python, os.X_OK)):
     raise errors.UserError(f'--torch_python {python} is not an executable; pass the '

@@ -5,6 +5,7 @@ import importlib.util
 import os
 
 from resnet_jax import errors
+from resnet_jax import paths
 
 DEFAULT = 'cifar.py'
 
@@ -82,7 +83,8 @@ def resolve(argument: str) -> str:
   """Maps a `--config` value, `PATH[:PRESET]`, to a file that exists.
 
   A path that does not exist here but names a shipped config (`configs/cifar.py`
-  run outside the checkout, or plain `cifar.py`) means the shipped copy.
+  run outside the checkout, or plain `cifar.py`) means the shipped copy; `~`
+  is expanded.
 
   Returns:
     The argument to load.
@@ -91,8 +93,9 @@ def resolve(argument: str) -> str:
     errors.UserError: when neither the path nor a shipped config matches.
   """
   path, colon, preset = argument.partition(':')
+  path = paths.expand(path)
   if os.path.isfile(path):
-    return argument
+    return path + colon + preset
   folder = shipped_dir()
   shipped = os.path.join(folder, os.path.basename(path))
   if os.path.dirname(path) in ('', 'configs') and os.path.isfile(shipped):

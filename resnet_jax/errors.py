@@ -26,7 +26,7 @@ class Stopped(Exception):
 
 def run_cli(main_fn, prepare_argv=None) -> None:
   """Runs an absl main: `UserError` is one line and exit code 2, `Stopped` one
-  line and its own code; neither prints a traceback.
+  line and its own code, Ctrl-C one line and 130; none prints a traceback.
 
   Args:
     main_fn: the absl main, called with the arguments flags left.
@@ -46,6 +46,11 @@ def run_cli(main_fn, prepare_argv=None) -> None:
     except Stopped as e:
       _line(f'stopped: {e}')
       sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+      # Ctrl-C where no handler of the command's own is installed (training
+      # installs one and checkpoints): a stop, not a crash.
+      _line('stopped: interrupted (SIGINT)')
+      sys.exit(130)
   def parse(argv):
     if prepare_argv:
       try:
@@ -100,7 +105,9 @@ def _flag_error(message: str) -> str:
   `config_files.prepare_argv`.)"""
   preset = re.search(r"unknown preset '[^']*'; choose one of: [^\n]*", message)
   if preset:
-    return f'{preset[0]}; pass --config configs/cifar.py:NAME'
+    # The file the presets are of: absl's message starts with the flag as given.
+    given = re.match(r'flag --config=([^:\s]+)', message)
+    return f'{preset[0]}; pass --config {given[1] if given else "FILE"}:NAME'
   return message.strip().splitlines()[0] + '; --helpfull lists the flags'
 
 

@@ -41,14 +41,15 @@ from resnet_jax import errors
 from resnet_jax.experiments import local
 from resnet_jax.experiments import plan as plan_lib
 from resnet_jax.experiments import run_status
+from resnet_jax import paths
 from resnet_jax.workdir import run_record
 
 
 _CONFIG = errors.define_config_flag(
     config_files.default_or_none(), 'Config file[:preset] of every run; '
     'default: the experiment in --workdir, or configs/cifar.py for a new one.')
-_WORKDIR = flags.DEFINE_string('workdir', None, 'The experiment folder (one '
-                               'workdir per run inside it).')
+_WORKDIR = paths.define_flag('workdir', None, 'The experiment folder (one '
+                             'workdir per run inside it).')
 _SEEDS = flags.DEFINE_string('seeds', None, "Seeds of every sweep point: '0-4', "
                              "'0,3,7'; default: the experiment's, or the config's seed.")
 _SWEEP = flags.DEFINE_multi_string('sweep', [], 'FIELD=V1,V2,...: a sweep axis '
@@ -70,7 +71,7 @@ _SBATCH = flags.DEFINE_multi_string('sbatch', [], 'slurm: KEY=VALUE, any further
                                     'option: --sbatch=account=abc --sbatch=qos=high '
                                     '--sbatch=mem=16G (repeat, or comma-separate).')
 _WAIT = flags.DEFINE_bool('wait', False, 'slurm: wait for the array to end.')
-_PROGRAM = flags.DEFINE_string(
+_PROGRAM = paths.define_flag(
     'program', None, 'What each run runs: resnet_jax.main (the default), or a script '
     'that takes its flags (--config, --workdir, --config.FIELD=VALUE), e.g. '
     'benchmarks/torch_baseline.py, the PyTorch twin (--launcher=local only: it keeps no '
@@ -97,6 +98,7 @@ def _new_plan(stored) -> plan_lib.Plan:
     argument, overrides = stored['config'], {**stored['overrides'], **given}
   else:
     argument, overrides = _config_argument(flag), given
+  overrides = paths.expand_config(dict(overrides))  # Also a plan stored before.
   config, module = config_files.load(argument)
   # Seeds and sweep not given are the experiment's own, also with a new
   # --config: a changed recipe then shows as what it is, not as other seeds.

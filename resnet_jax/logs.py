@@ -2,11 +2,15 @@
 
 orbax, tfds and JAX log through absl at INFO in volume; a researcher watching
 a run wants the run's own lines, so those go through a separate logger.
+
+Also the words of a progress line (rate, time left) that every long job
+shares: an evaluation's, a copy's.
 """
 
 import logging
 import os
 import sys
+from typing import Optional
 
 from absl import logging as absl_logging
 import tqdm
@@ -66,3 +70,37 @@ def setup() -> None:
   import jax
   log.setLevel(logging.INFO if jax.process_index() == 0 else logging.WARNING)
   log.propagate = False
+
+
+def duration(seconds: float) -> str:
+  """'45s', '3m05s', '1h02m'."""
+  seconds = int(round(seconds))
+  if seconds < 60:
+    return f'{seconds}s'
+  if seconds < 3600:
+    return f'{seconds // 60}m{seconds % 60:02d}s'
+  return f'{seconds // 3600}h{seconds // 60 % 60:02d}m'
+
+
+def size_text(num: float) -> str:
+  """`num` bytes as `1.20GB` (KB, MB, GB of 1,024)."""
+  return tqdm.tqdm.format_sizeof(num, 'B', 1024)
+
+
+def pace(done: float, total: Optional[float], seconds: float, unit: str) -> str:
+  """What a progress line says after its count: ` (25%), 50 files/s, ~15s
+  left`, or `, 50 files/s` where the total is unknown. `unit` names the
+  rate's ('img', 'files'); 'B' writes it as bytes (`128MB/s`)."""
+  rate = done / max(seconds, 1e-9)
+  speed = f'{size_text(rate)}/s' if unit == 'B' else f'{rate:,.0f} {unit}/s'
+  if not total:
+    return f', {speed}'
+  left = f'~{duration((total - done) / rate)}' if rate else '?'
+  return f' ({100 * done / total:.0f}%), {speed}, {left} left'
+
+
+def close_bar(bar: Optional[tqdm.tqdm]) -> None:
+  """Closes a progress bar, if there is one; None, the bar's holder's new
+  value (`self._bar = logs.close_bar(self._bar)`)."""
+  if bar is not None:
+    bar.close()

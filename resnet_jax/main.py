@@ -1,6 +1,9 @@
-r"""Trains or evaluates a ResNet on CIFAR.
+r"""Trains or evaluates a ResNet: CIFAR with configs/cifar.py (the default), or
+ImageNet and other image folders with configs/imagenet.py (docs/imagenet.md).
 
   python -m resnet_jax.main --config configs/cifar.py --workdir runs/resnet20
+  python -m resnet_jax.main --config configs/imagenet.py --workdir runs/r50 \
+    --config.data_dir=~/data                                     # ResNet-50 on ILSVRC-2012
   python -m resnet_jax.main --workdir runs/resnet20              # resumes it
   python -m resnet_jax.main --workdir runs/resnet20 --mode=eval
 
@@ -9,8 +12,8 @@ is evaluated) with the config its run.json records; --config.FIELD=VALUE may
 still change runtime fields (cadence, data_dir, devices). Without --config a
 new run uses configs/cifar.py, which also ships inside the package: that path
 works from any folder. Any config field can be overridden:
-`--config.batch_size=256`.
-"""
+`--config.batch_size=256`. `~` in --workdir, --config and the path fields
+(data_dir, init_from) is expanded."""
 
 import os
 
@@ -22,13 +25,14 @@ from resnet_jax import errors
 from resnet_jax.parallelism import distributed
 from resnet_jax import logs
 from resnet_jax.logs import log
+from resnet_jax import paths
 
 
 _CONFIG = errors.define_config_flag(
     config_files.default_or_none(), 'Training config file[:preset], e.g. '
-    'configs/cifar.py:resnet56; default: the run in --workdir, or configs/cifar.py '
-    'for a new one.')
-_WORKDIR = flags.DEFINE_string('workdir', None, 'Where checkpoints and metrics go.')
+    'configs/cifar.py:resnet56 or configs/imagenet.py:resnet50_fast_16; default: the '
+    'run in --workdir, or configs/cifar.py for a new one.')
+_WORKDIR = paths.define_flag('workdir', None, 'Where checkpoints and metrics go.')
 _MODE = flags.DEFINE_enum('mode', 'train', ['train', 'eval'],
                           'train (resuming if possible) or eval the latest checkpoint.')
 _COORDINATOR = flags.DEFINE_string(
@@ -50,8 +54,23 @@ def _describe_fields() -> str:
                    for k, v in config_fields.FIELDS.items())
 
 
-# absl's --help prints the main module's docstring: list the config fields.
-__doc__ += ('\nConfig fields, with the defaults of configs/cifar.py:\n' +
+def _describe_presets() -> str:
+  """The shipped configs' presets, one wrapped paragraph per file."""
+  import textwrap
+  from resnet_jax.workdir import config_docs
+  try:
+    modules = config_docs.shipped_presets()
+  except errors.UserError:
+    return ''
+  return ''.join(textwrap.fill(f'{path}: {", ".join(module.PRESETS)}', 88,
+                               initial_indent='  ', subsequent_indent='    ') + '\n'
+                 for path, module in modules.items())
+
+
+# absl's --help prints the main module's docstring: list the presets and the
+# config fields.
+__doc__ += ('\n\nPresets, --config FILE:NAME (docs/presets.md):\n' + _describe_presets()
+            + '\nConfig fields, with the defaults of configs/cifar.py:\n' +
             _describe_fields() + '\n')
 
 
@@ -86,8 +105,8 @@ def main(argv):
     others = ', '.join(f'{k[:-len("eval_accuracy")].rstrip("_")} {100 * v:.2f}%'
                        for k, v in result.items()
                        if k.endswith('_eval_accuracy') and k != 'eval_accuracy')
-    log.info('Evaluated step %d: test accuracy %.2f%%%s on %d examples, wrote %s and %s',
-             result['step'], 100 * result['eval_accuracy'],
+    log.info('Evaluated step %d: %s accuracy %.2f%%%s on %d examples, wrote %s and %s',
+             result['step'], result['split'], 100 * result['eval_accuracy'],
              f' ({others})' if others else '', result['eval_examples'],
              os.path.join(workdir, 'eval.json'), os.path.join(workdir, 'confusion.png'))
     return
@@ -100,7 +119,7 @@ def _config(workdir: str):
   """--config when given; else the workdir's own run's, else the default."""
   from resnet_jax.workdir import run_config
   flag = flags.FLAGS['config']
-  overrides = config_flags.get_override_values(flag)
+  overrides = paths.expand_config(config_flags.get_override_values(flag))
   given = ' '.join(f'--config.{k}={v}' for k, v in overrides.items())
   if not flag.present:
     remembered = run_config.remembered(workdir, _CONFIG.value, overrides)
@@ -113,7 +132,8 @@ def _config(workdir: str):
   log.info('Config: %s%s%s', config_flags.get_config_filename(flag),
            '' if flag.present else ' (the default)', f', with {given}' if given else '')
   _log_preset(config_flags.get_config_filename(flag))
-  return _CONFIG.value
+  # Once, here: training, run.json and a resume's checks see the expanded paths.
+  return paths.expand_config(_CONFIG.value)
 
 
 def _log_preset(argument: str) -> None:

@@ -343,6 +343,14 @@ MODELS = {
 # The models that offer both stems (and convert from torchvision).
 IMAGENET_FAMILY = ('resnet18', 'resnet34', 'resnet50', 'resnet101', 'resnet152')
 
+
+def downsampling(name: str, stem: str = 'cifar') -> int:
+  """How much smaller the last stage's maps are than the input: the least
+  image size that leaves them 1x1 (the ImageNet stem's /4, then /2 per stage
+  after the first)."""
+  return (4 if stem == 'imagenet' else 1) * 2 ** (len(MODELS[name]['stage_sizes']) - 1)
+
+
 # Names whose blocks carry dropout (`dropout_rate` applies to them only).
 _WIDE = ('wrn',)
 

@@ -10,6 +10,13 @@ side to N/0.875, centre N x N crop).
 An unreadable file gets an error line (or a JSON entry with "error") and the
 other files are still predicted; the exit code is then 1.
 
+Each prediction names the class readably (`class`: "tench", or "crane
+(n02012849)" where two classes share a name) and by its id (`class_id`: the
+class folder, e.g. the wnid; for tfds CIFAR the name itself). The names are
+today's, as evaluation shows them: a `classes.txt` added to the run's data
+folder after training counts, and wnids get ImageNet's names
+(`inference.current_names`).
+
 A run that kept a moving average of its weights (`ema_decay`) predicts with
 it (`--noema` for the raw weights); `--flip_tta` averages the class
 probabilities of each image and its mirror image. Each result says which.
@@ -27,8 +34,9 @@ from resnet_jax import errors
 from resnet_jax.data import device_pipeline
 from resnet_jax import logs
 from resnet_jax.logs import log
+from resnet_jax import paths
 
-_WORKDIR = flags.DEFINE_string('workdir', None, 'Workdir of a trained run.')
+_WORKDIR = paths.define_flag('workdir', None, 'Workdir of a trained run.')
 _STEP = flags.DEFINE_integer('step', None, 'Checkpoint step; default: the latest.')
 _TOP_K = flags.DEFINE_integer('top_k', 5, 'How many classes to print per image.')
 _JSON = flags.DEFINE_bool('json', False, 'Print one JSON document instead of text.')
@@ -94,23 +102,23 @@ def _evaluation_crop(path: str, image_size: int) -> np.ndarray:
     raise errors.UserError(f'{path}: not a readable image ({e})') from e
 
 
-def predict(workdir: str, paths: List[str], top_k: int = 5, step=None,
+def predict(workdir: str, files: List[str], top_k: int = 5, step=None,
             ema: bool = True, flip_tta: bool = False) -> List[dict]:
   """Top-k classes and probabilities per file; unreadable files get 'error'.
 
   Args:
     workdir: a trained run.
-    paths: image files.
+    files: image files.
     top_k: classes per image.
     step: checkpoint step; None = the latest.
     ema: use the moving-average weights when the run kept them.
     flip_tta: average the probabilities of each image and its mirror image.
   """
-  config, model, variables, names, step, mean_std, weights = _load(workdir, step, ema)
+  loaded = _load(workdir, step, ema)
   from resnet_jax.training import run_setup
-  image_size = run_setup.eval_size(config)
+  image_size = run_setup.eval_size(loaded.config)
   results, images, index = [], [], []
-  for path in paths:
+  for path in files:
     try:
       images.append(load_image(path, image_size))
       index.append(len(results))
@@ -118,19 +126,19 @@ def predict(workdir: str, paths: List[str], top_k: int = 5, step=None,
     except errors.UserError as e:
       results.append({'file': path, 'error': str(e)})
   if images:
-    x = device_pipeline.normalize(np.stack(images), mean_std)
-    probs = jax.nn.softmax(model.apply(variables, x, train=False))
+    x = device_pipeline.normalize(np.stack(images), loaded.mean_std)
+    probs = jax.nn.softmax(loaded.model.apply(loaded.variables, x, train=False))
     if flip_tta:
-      probs = (probs + jax.nn.softmax(model.apply(variables, x[:, :, ::-1],
-                                                  train=False))) / 2
+      flipped = loaded.model.apply(loaded.variables, x[:, :, ::-1], train=False)
+      probs = (probs + jax.nn.softmax(flipped)) / 2
     probs = np.asarray(probs)
-    k = min(top_k, len(names))
+    k = min(top_k, len(loaded.names))
     for i, p in zip(index, probs):
       top = np.argsort(-p)[:k]
-      results[i]['predictions'] = [{'class': names[c], 'probability': float(p[c])}
-                                   for c in top]
+      results[i]['predictions'] = [{'class': loaded.names[c], 'class_id': loaded.ids[c],
+                                    'probability': float(p[c])} for c in top]
   for r in results:
-    r.update(step=step, weights=weights, flip_tta=flip_tta)
+    r.update(step=loaded.step, weights=loaded.weights, flip_tta=flip_tta)
   return results
 
 
@@ -139,15 +147,26 @@ def _load(workdir, step, ema):
   return inference.load_for_inference(workdir, step, prefer_ema=ema)
 
 
+def text_lines(results: List[dict]) -> List[str]:
+  """The text output of `predict`'s results without errors: each file, then
+  one line per class, names in one column as wide as the longest."""
+  width = max((len(p['class']) for r in results for p in r['predictions']), default=0)
+  lines = []
+  for r in results:
+    lines.append(r['file'])
+    lines += [f'  {p["class"]:<{width}}  {p["probability"]:.3f}' for p in r['predictions']]
+  return lines
+
+
 def main(argv):
-  paths = argv[1:]
-  if not paths:
+  files = [paths.expand(f) for f in argv[1:]]
+  if not files:
     raise errors.UserError('no image files given; usage: python -m '
                            'resnet_jax.predict --workdir W IMAGE...')
   if _TOP_K.value < 1:
     raise errors.UserError(f'--top_k must be at least 1, got {_TOP_K.value}')
   logs.setup()
-  results = predict(_WORKDIR.value, paths, _TOP_K.value, _STEP.value, _EMA.value,
+  results = predict(_WORKDIR.value, files, _TOP_K.value, _STEP.value, _EMA.value,
                     _FLIP_TTA.value)
   if _JSON.value:
     print(json.dumps(results, indent=1))
@@ -159,10 +178,8 @@ def main(argv):
     for r in results:
       if 'error' in r:
         print(f'error: {r["error"]}', file=sys.stderr)
-        continue
-      print(r['file'])
-      for p in r['predictions']:
-        print(f'  {p["class"]:<12} {p["probability"]:.3f}')
+    for line in text_lines(done):
+      print(line)
   if any('error' in r for r in results):
     sys.exit(1)
 

@@ -3,134 +3,140 @@ r"""Builds a dataset from a local archive or folder, with no network.
   python -m resnet_jax.prepare_data --archive cifar-10-binary.tar.gz --data_dir DIR
   python -m resnet_jax.prepare_data --archive cifar-10-binary.tar.gz --data_dir DIR \
       --as_image_folder          # DIR/cifar10-png: the exact pixels, no TensorFlow
-  python -m resnet_jax.prepare_data --archive cifar10-jpeg.tar.gz --data_dir DIR
+  python -m resnet_jax.prepare_data --archive imagenette2-320.tgz --data_dir DIR
+  python -m resnet_jax.prepare_data --imagenet FOLDER --data_dir DIR
 
 Accepts the official archives of https://www.cs.toronto.edu/~kriz/cifar.html
 in either layout (binary `*-binary.tar.gz` or python `*-python.tar.gz`), for
 CIFAR-10 and CIFAR-100: the result is tfds's own `cifar10` / `cifar100`
-dataset (same version, features and example order as a download would give).
+dataset (same version, features and example order as a download would give;
+`data/cifar_official.py`).
 
 Also accepts an image-folder dataset, as a `.tar.gz` or a directory holding
 `NAME/train/<class>/*` and `NAME/test/<class>/*` (or `NAME/val/<class>/*`,
 as Imagenette's `imagenette2-320.tgz`): every image is checked (32x32 sets
 decoded in full, others by their headers), then the folder is placed at
 `DIR/NAME`, and `--config.dataset=NAME --config.data_dir=DIR` trains from it
-(no TensorFlow needed; add `--config.image_size=224` for images of other
-sizes).
+(no TensorFlow needed; images larger than 32x32 with `--config
+configs/imagenet.py`, the ImageNet recipes at 224 px). Classes named by
+ImageNet's WordNet ids (Imagenette, Imagewoof) get a `classes.txt` of their
+readable names, where the dataset brings none.
 
-`--imagenet FOLDER` arranges the official ILSVRC-2012 files (`data/ilsvrc.py`).
+`--imagenet FOLDER` arranges ILSVRC-2012, the official files or Kaggle's
+copy, into `DIR/imagenet2012/{train,val}/<wnid>/` (`data/ilsvrc.py`,
+`data/ilsvrc_kaggle.py`).
 """
 
-import hashlib
-import io
 import os
-import pickle
 import shutil
 import tarfile
-import tempfile
-from typing import NamedTuple
+from typing import Optional
 
 from absl import flags
 
-import numpy as np
-
 from resnet_jax import errors
-from resnet_jax.data import image_folder
 from resnet_jax import logs
-from resnet_jax.logs import log
+from resnet_jax import paths
+from resnet_jax.data import archives
+from resnet_jax.data import cifar_official
+from resnet_jax.data import ilsvrc
+from resnet_jax.data import ilsvrc_kaggle
+from resnet_jax.data import image_folder
+from resnet_jax.data import imagenet_classes
+from resnet_jax.data import staging
 
-_ARCHIVE = flags.DEFINE_string(
-    'archive', None, 'Path of the CIFAR .tar.gz archive, or of an image-folder '
-    'dataset (a directory or .tar.gz holding NAME/train and NAME/test).')
-_DATA_DIR = flags.DEFINE_string('data_dir', None, 'tfds data_dir to build into.')
-_IMAGENET = flags.DEFINE_string(
-    'imagenet', None, 'A folder holding the official ILSVRC-2012 files '
-    '(ILSVRC2012_img_train.tar, ILSVRC2012_img_val.tar, ILSVRC2012_devkit_t12.tar.gz): '
-    'arranged into DATA_DIR/imagenet2012/{train,val}/<wnid>/.')
+_ARCHIVE = paths.define_flag(
+    'archive', None, 'Path of an official CIFAR archive, or of an image-folder dataset '
+    '(a directory or .tar.gz/.tgz holding NAME/train and NAME/val or NAME/test).')
+_DATA_DIR = paths.define_flag(
+    'data_dir', None, 'Where datasets live (--config.data_dir for training): the tfds '
+    'CIFAR dataset, DATA_DIR/NAME for an image folder, DATA_DIR/imagenet2012 for ILSVRC.')
+_IMAGENET = paths.define_flag(
+    'imagenet', None, 'The official ILSVRC-2012 files (ILSVRC2012_img_train.tar, ..._val.tar,'
+    " ..._devkit_t12.tar.gz) in one folder, or Kaggle's download (LOC_synset_mapping.txt, "
+    'ILSVRC/Data/CLS-LOC): arranged into DATA_DIR/imagenet2012/{train,val}/<wnid>/.')
 _AS_IMAGE_FOLDER = flags.DEFINE_bool(
-    'as_image_folder', False, 'Official archives: write the exact pixels as a PNG '
+    'as_image_folder', False, 'Official CIFAR archives only: write the exact pixels as a PNG '
     'image folder, DATA_DIR/cifar10-png (or cifar100-png), instead of a tfds '
     'dataset: trains without TensorFlow.')
 
-
-class Layout(NamedTuple):
-  dataset: str
-  folder: str          # Top folder inside the archive.
-  binary: bool
-  md5: str             # Of the official archive (cs.toronto.edu/~kriz).
-
-
-# The official archives; tfds's cifar builders read the binary layout.
-LAYOUTS = (
-    Layout('cifar10', 'cifar-10-batches-bin', True, 'c32a1d4ab5d03f1284b67883e8d87530'),
-    Layout('cifar10', 'cifar-10-batches-py', False, 'c58f30108f718f92721af3b95e74349a'),
-    Layout('cifar100', 'cifar-100-binary', True, '03b5dce01913d631647c71ecec9e9cb8'),
-    Layout('cifar100', 'cifar-100-python', False, 'eb9058c3a382ffc7106e4002c42a8d85'),
-)
-# Binary-layout files, as tfds's builders expect them.
-_BIN_FILES = {
-    'cifar10': {'train': [f'data_batch_{i}.bin' for i in range(1, 6)],
-                'test': ['test_batch.bin'], 'label_bytes': 1},
-    'cifar100': {'train': ['train.bin'], 'test': ['test.bin'], 'label_bytes': 2},
-}
-_BINARY_FOLDER = {'cifar10': 'cifar-10-batches-bin', 'cifar100': 'cifar-100-binary'}
-_RECORD_PIXELS = 32 * 32 * 3
+# What `--archive` takes, for the errors that say so.
+_ACCEPTED = ('--archive takes an official CIFAR archive (cifar-10-binary.tar.gz, '
+             'cifar-10-python.tar.gz or their cifar-100 twins) or an image-folder '
+             'dataset: a folder or .tar.gz/.tgz holding NAME/train/<class>/ and '
+             "NAME/val/<class>/ or NAME/test/<class>/ (Imagenette's imagenette2-320.tgz)")
+# Images larger than 32x32: the default config (cifar.py) would train ResNet-20.
+_IMAGENET_CONFIG = '--config configs/imagenet.py'
+_IMAGENET_SIZE = ' (the ImageNet recipes at 224 px; --config.image_size=N for another size)'
 
 
-def _md5(path: str) -> str:
-  h = hashlib.md5()
-  with open(path, 'rb') as f:
-    for chunk in iter(lambda: f.read(1 << 20), b''):
-      h.update(chunk)
-  return h.hexdigest()
+def _image_folder_name(archive: str) -> Optional[str]:
+  """NAME if `archive` is a directory or .tar.gz holding NAME/train/, else None.
 
-
-def detect_layout(archive: str) -> Layout:
-  """Opens the archive far enough to tell which official layout it has."""
-  if not os.path.isfile(archive):
-    raise errors.UserError(f'archive {archive} does not exist; pass the path of '
-                           'cifar-10-binary.tar.gz or cifar-10-python.tar.gz')
-  try:
-    with tarfile.open(archive, 'r:*') as tar:
-      first = tar.next()
-  except (tarfile.TarError, EOFError, OSError) as e:
-    raise errors.UserError(f'archive {archive} is not a readable .tar.gz ({e}); '
-                           'download the official CIFAR archive again') from e
-  top = first.name.split('/')[0] if first else ''
-  for layout in LAYOUTS:
-    if top == layout.folder:
-      return layout
-  raise errors.UserError(
-      f'archive {archive} is neither a CIFAR archive (top folder {top!r}; expected '
-      'one of: ' + ', '.join(l.folder for l in LAYOUTS) + ') nor an image-folder '
-      'dataset (NAME/train/<class>/*, NAME/test/<class>/*)')
-
-
-def _image_folder_name(archive: str):
-  """NAME if `archive` is a directory or .tar.gz holding NAME/train/, else None."""
+  Reads an archive only as far as it takes to tell (its first members)."""
   if os.path.isdir(archive):
     return os.path.basename(os.path.normpath(archive))
   if not os.path.isfile(archive):
     return None
+  top = None
   try:
     with tarfile.open(archive, 'r:*') as tar:
-      first = tar.next()
-      top = first.name.strip('./').split('/')[0] if first else ''
-      if not top or any(top == l.folder for l in LAYOUTS):
-        return None
-      for member in [first] + list(iter(tar.next, None)):
+      for member in iter(tar.next, None):
         parts = member.name.strip('./').split('/')
+        if top is None:
+          top = parts[0]
+          if not top or any(top == l.folder for l in cifar_official.LAYOUTS):
+            return None
         if (len(parts) > 2 and parts[0] == top
             and parts[1] in ('train',) + image_folder.EVAL_FOLDERS):
           return top
-  except (tarfile.TarError, EOFError, OSError):
-    return None  # `detect_layout` says what is wrong with it.
+  except archives.READ_ERRORS:
+    # Unreadable from its start: `detect_layout` says so. Damaged further on:
+    # taken for the image folder it begins as, `archives.extract` says so.
+    return top or None
   return None
+
+
+def _ilsvrc_hint(archive: str, data_dir: str) -> Optional[str]:
+  """The error for ILSVRC-2012's files given to `--archive`: the official
+  files (their folder or one of them) or Kaggle's download go to `--imagenet`."""
+  official = (ilsvrc.TRAIN_TAR, ilsvrc.VAL_TAR, ilsvrc.DEVKIT)
+  if os.path.isdir(archive):
+    kaggle = ilsvrc_kaggle.find(archive)
+    if kaggle:
+      what, folder = "Kaggle's ImageNet download", kaggle[0]
+    elif any(os.path.isfile(os.path.join(archive, f)) for f in official):
+      what, folder = 'the official ILSVRC-2012 files', archive
+    else:
+      return None
+  elif os.path.basename(archive) in official:
+    what, folder = 'an official ILSVRC-2012 file', os.path.dirname(archive) or '.'
+  elif os.path.basename(archive) == ilsvrc_kaggle.ZIP:
+    return (f"{archive} is Kaggle's ImageNet download: unzip it, then pass the folder it "
+            f'unzipped into as --imagenet (prepare_data --imagenet FOLDER --data_dir '
+            f'{data_dir})')
+  else:
+    return None
+  return (f'{archive} is {what}, which --imagenet arranges, not --archive: '
+          f'python -m resnet_jax.prepare_data --imagenet {folder} --data_dir {data_dir}')
+
+
+def _name_imagenet_classes(root: str, folders: tuple) -> bool:
+  """Writes `root/classes.txt` from ImageNet's class list when every class
+  folder is a wnid and the dataset brings no names file: eval, the
+  confusion matrix and predict then say "tench", not "n01440764"."""
+  if any(os.path.exists(os.path.join(root, f)) for f in image_folder.NAME_FILES):
+    return False
+  named = imagenet_classes.names_of(folders)
+  if named:
+    imagenet_classes.write_names(root, named)
+  return bool(named)
 
 
 def prepare_image_folder(source: str, name: str, data_dir: str) -> dict:
   """Checks every image of an image-folder dataset and places it at
-  `data_dir/name`.
+  `data_dir/name`, with a `classes.txt` of ImageNet's names where its
+  classes are wnids and it has no names file (the source is left as it is).
 
   Args:
     source: a directory (`name/train`, `name/test`) or a .tar.gz holding one.
@@ -138,25 +144,25 @@ def prepare_image_folder(source: str, name: str, data_dir: str) -> dict:
     data_dir: where datasets live; `--config.data_dir` for training.
 
   Returns:
-    {'dataset', 'path', 'train', 'test', 'classes'}: what was built.
+    {'dataset', 'path', 'train', 'test', 'classes', 'small', 'smallest',
+    'largest', 'imagenet_names'}: what was built.
 
   Raises:
     errors.UserError: naming the file or folder at fault and the fix.
+    errors.Stopped: SIGTERM or SIGINT (the partial copy removed).
   """
-  target = os.path.join(data_dir, name)
-  if os.path.exists(target):
-    raise errors.UserError(f'{target} already exists; it was left as it is. Train '
-                           f'with --config.dataset={name} --config.data_dir={data_dir}, '
-                           'or delete that folder (or use another --data_dir) to rebuild')
-  os.makedirs(data_dir, exist_ok=True)
-  with tempfile.TemporaryDirectory(dir=data_dir, prefix='.extract-') as tmp:
+  target = staging.check_target(
+      data_dir, name, f'--config.dataset={name} --config.data_dir={data_dir} (images over '
+      f'32x32: {_IMAGENET_CONFIG})')
+  with staging.Staging(data_dir) as stage:
+    built = os.path.join(stage.path, name)
     if os.path.isdir(source):
       root, shown = source, source
     else:
-      _extract(source, tmp)
-      root, shown = os.path.join(tmp, name), f'{source}:{name}'
+      archives.extract(source, stage.path)
+      root, shown = built, f'{source}:{name}'
     try:
-      names = image_folder.class_names(root)
+      folders = image_folder.class_folders(root)
       sizes = {split: image_folder.image_sizes(root, split) for split in image_folder.SPLITS}
       small = all(s == (image_folder.SIZE, image_folder.SIZE)
                   for split in sizes.values() for s in split)
@@ -166,252 +172,74 @@ def prepare_image_folder(source: str, name: str, data_dir: str) -> dict:
     except errors.UserError as e:  # Name files as the user knows them.
       raise errors.UserError(str(e).replace(root, shown)) from e
     if os.path.isdir(source):
-      shutil.copytree(source, os.path.join(tmp, name))
-    os.rename(os.path.join(tmp, name), target)
+      shutil.copytree(source, built)
+    named = _name_imagenet_classes(built, folders)  # In the copy: the source stays as it is.
+    stage.place(built, target)
   every = [s for split in sizes.values() for s in split]
   areas = sorted(every, key=lambda s: s[0] * s[1])
-  return dict(dataset=name, path=target, classes=len(names), small=small,
-              smallest=areas[0], largest=areas[-1],
+  return dict(dataset=name, path=target, classes=len(folders), small=small,
+              smallest=areas[0], largest=areas[-1], imagenet_names=named,
               **{split: len(s) for split, s in sizes.items()})
 
 
-def _extract(archive: str, dest: str) -> None:
-  try:
-    with tarfile.open(archive, 'r:*') as tar:
-      tar.extractall(dest, filter='data')
-  except (tarfile.TarError, EOFError, OSError) as e:
-    raise errors.UserError(f'archive {archive} is truncated or damaged ({e}); '
-                           'download it again') from e
-
-
-def _python_to_binary(layout: Layout, src: str, dst: str) -> None:
-  """Rewrites the python layout's pickles as the binary layout's records."""
-  os.makedirs(dst)
-  if layout.dataset == 'cifar10':
-    pairs = [(f'data_batch_{i}', f'data_batch_{i}.bin') for i in range(1, 6)]
-    pairs.append(('test_batch', 'test_batch.bin'))
-    meta, meta_keys = 'batches.meta', [(b'label_names', 'batches.meta.txt')]
-    label_keys = [b'labels']
-  else:
-    pairs = [('train', 'train.bin'), ('test', 'test.bin')]
-    meta = 'meta'
-    meta_keys = [(b'coarse_label_names', 'coarse_label_names.txt'),
-                 (b'fine_label_names', 'fine_label_names.txt')]
-    label_keys = [b'coarse_labels', b'fine_labels']
-  for name, out in pairs:
-    d = _unpickle(os.path.join(src, name))
-    data = np.asarray(d[b'data'], np.uint8).reshape(-1, _RECORD_PIXELS)
-    labels = [np.asarray(d[k], np.uint8).reshape(-1, 1) for k in label_keys]
-    if any(len(l) != len(data) for l in labels):
-      raise errors.UserError(f'{name} in the archive has {len(data)} images but '
-                             'a different number of labels; the archive is damaged')
-    np.concatenate(labels + [data], axis=1).tofile(os.path.join(dst, out))
-  m = _unpickle(os.path.join(src, meta))
-  for key, out in meta_keys:
-    names = [n.decode() if isinstance(n, bytes) else n for n in m[key]]
-    with open(os.path.join(dst, out), 'w') as f:
-      f.write('\n'.join(names) + '\n')
-
-
-# Everything the official CIFAR pickles (Python 2, numpy arrays) and this
-# project's test archives need; any other global would be a crafted pickle's
-# way to run code.
-_PICKLE_GLOBALS = {
-    ('numpy.core.multiarray', '_reconstruct'), ('numpy._core.multiarray', '_reconstruct'),
-    ('numpy', 'ndarray'), ('numpy', 'dtype'),
-    ('numpy.core.multiarray', 'scalar'), ('numpy._core.multiarray', 'scalar'),
-    ('numpy.core.numeric', '_frombuffer'), ('numpy._core.numeric', '_frombuffer'),
-    ('_codecs', 'encode'),
-}
-
-
-class _CifarUnpickler(pickle.Unpickler):
-  """Loads dicts, lists, strings, bytes, numbers and numpy arrays only."""
-
-  def find_class(self, module, name):
-    if (module, name) in _PICKLE_GLOBALS:
-      return super().find_class(module, name)
-    raise pickle.UnpicklingError(
-        f'it asks for {module}.{name}, which CIFAR pickles never hold (a crafted '
-        'archive can run code this way); nothing was run')
-
-
-def _unpickle(path: str) -> dict:
-  try:
-    with open(path, 'rb') as f:
-      data = f.read()
-  except OSError as e:
-    raise errors.UserError(f'{os.path.basename(path)} is missing from the '
-                           f'archive ({e.strerror}); download it again') from e
-  try:
-    return _CifarUnpickler(io.BytesIO(data), encoding='bytes').load()
-  except (pickle.UnpicklingError, EOFError, ValueError, TypeError) as e:
-    raise errors.UserError(f'{os.path.basename(path)} in the archive is not a '
-                           f'CIFAR pickle ({e}); use the official archive') from e
-
-
-def _check_binary(dataset: str, folder: str) -> dict:
-  """Checks every record file of the binary layout; returns split sizes."""
-  spec = _BIN_FILES[dataset]
-  record = spec['label_bytes'] + _RECORD_PIXELS
-  num_classes = 10 if dataset == 'cifar10' else 100
-  sizes = {}
-  for split in ('train', 'test'):
-    total = 0
-    for name in spec[split]:
-      path = os.path.join(folder, name)
-      if not os.path.isfile(path):
-        raise errors.UserError(f'{name} is missing from the archive; it is '
-                               'incomplete, download it again')
-      raw = np.fromfile(path, np.uint8)
-      if raw.size == 0 or raw.size % record:
-        raise errors.UserError(f'{name} in the archive is truncated ({raw.size} '
-                               f'bytes, not a multiple of {record}); download it again')
-      labels = raw.reshape(-1, record)[:, spec['label_bytes'] - 1]
-      if labels.max() >= num_classes:
-        raise errors.UserError(f'{name} has label {labels.max()} outside '
-                               f'0..{num_classes - 1}; not a {dataset} archive')
-      total += len(labels)
-    sizes[split] = total
-  return sizes
-
-
-class _LocalFiles:
-  """Stands in for tfds's download manager: the archive is already extracted."""
-
-  def __init__(self, root: str):
-    self._root = root
-
-  def download_and_extract(self, url):
-    del url
-    return self._root
-
-
-def prepare(archive: str, data_dir: str) -> dict:
-  """Builds the tfds dataset of `archive` in `data_dir`.
-
-  Args:
-    archive: path of an official CIFAR-10/100 archive, either layout.
-    data_dir: tfds data_dir to build into.
+def _check_flags(archive: str, imagenet: str, data_dir: str,
+                 as_image_folder: bool) -> Optional[str]:
+  """Refuses flags that would be ignored or cannot work, before any building.
 
   Returns:
-    {'dataset', 'path', 'train', 'test', 'official'}: what was built.
-
-  Raises:
-    errors.UserError: a missing, unreadable, truncated or non-CIFAR archive.
+    NAME where `archive` is an image-folder dataset, else None.
   """
-  layout = detect_layout(archive)
-  official = _md5(archive) == layout.md5
-  if not official:
-    log.warning('%s is not the official %s archive (its MD5 differs); '
-                    'building from it anyway', archive, layout.dataset)
-  from resnet_jax.data import datasets
-  tfds, _ = datasets.import_tfds()  # Heavy import, after the cheap checks.
-
-  os.makedirs(data_dir, exist_ok=True)
-  builder = tfds.builder(layout.dataset, data_dir=data_dir)
-  if builder.is_prepared():
-    raise errors.UserError(
-        f'{builder.data_dir} already holds {layout.dataset}; it was left as it is. '
-        f'Train with --config.dataset={layout.dataset} --config.data_dir={data_dir}, '
-        'or delete that folder (or use another --data_dir) to rebuild')
-  with tempfile.TemporaryDirectory(dir=data_dir, prefix='.extract-') as tmp:
-    _extract(archive, tmp)
-    src = os.path.join(tmp, layout.folder)
-    binary_folder = _BINARY_FOLDER[layout.dataset]
-    if not layout.binary:
-      _python_to_binary(layout, src, os.path.join(tmp, binary_folder))
-    sizes = _check_binary(layout.dataset, os.path.join(tmp, binary_folder))
-    # tfds's own builder writes the dataset; only the download is replaced.
-    generators = type(builder)._split_generators
-    builder._split_generators = lambda _: generators(builder, _LocalFiles(tmp))
-    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
-        try_download_gcs=False))
-  return dict(dataset=layout.dataset, path=str(builder.data_dir),
-              official=official, **sizes)
-
-
-def prepare_png_folder(archive: str, data_dir: str) -> dict:
-  """Writes an official CIFAR archive as the image folder `data_dir/NAME-png`
-  (PNG: lossless, the exact pixels; CIFAR-100 with its 100 fine classes).
-
-  Returns:
-    {'name', 'path', 'train', 'test', 'classes', 'official'}.
-
-  Raises:
-    errors.UserError: a bad archive, or a folder of that name already there.
-  """
-  from PIL import Image
-  layout = detect_layout(archive)
-  name = f'{layout.dataset}-png'
-  path = os.path.join(data_dir, name)
-  if os.path.exists(path):
-    raise errors.UserError(f'{path} already exists; it was left as it is. Train with '
-                           f'--config.dataset={name} --config.data_dir={data_dir}, or '
-                           'delete it to rebuild')
-  spec = _BIN_FILES[layout.dataset]
-  os.makedirs(data_dir, exist_ok=True)
-  with tempfile.TemporaryDirectory(dir=data_dir, prefix='.extract-') as tmp:
-    _extract(archive, tmp)
-    binary = os.path.join(tmp, _BINARY_FOLDER[layout.dataset])
-    if not layout.binary:
-      _python_to_binary(layout, os.path.join(tmp, layout.folder), binary)
-    sizes = _check_binary(layout.dataset, binary)
-    names_file = 'batches.meta.txt' if layout.dataset == 'cifar10' else 'fine_label_names.txt'
-    with open(os.path.join(binary, names_file)) as f:
-      classes = [l.strip() for l in f if l.strip()]
-    staging = os.path.join(tmp, name)  # Moved into place once complete.
-    for split in image_folder.SPLITS:
-      records = np.concatenate([np.fromfile(os.path.join(binary, n), np.uint8)
-                                .reshape(-1, spec['label_bytes'] + _RECORD_PIXELS)
-                                for n in spec[split]])
-      labels = records[:, spec['label_bytes'] - 1]  # CIFAR-100: the fine label.
-      images = records[:, spec['label_bytes']:].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
-      for c in classes:
-        os.makedirs(os.path.join(staging, split, c))
-      for i, (image, label) in enumerate(zip(images, labels)):
-        Image.fromarray(image).save(os.path.join(staging, split, classes[label],
-                                                 f'{i:05d}.png'))
-    shutil.move(staging, path)
-  return dict(name=name, path=path, classes=len(classes),
-              official=_md5(archive) == layout.md5, **sizes)
+  if archive and imagenet:
+    raise errors.UserError('pass --archive or --imagenet, not both (one would be ignored): '
+                           '--imagenet arranges ILSVRC-2012, --archive builds CIFAR or an '
+                           'image-folder dataset; run prepare_data once for each')
+  if not (archive or imagenet) or not data_dir:
+    raise errors.UserError('--data_dir and one of --archive or --imagenet are required')
+  name = None
+  if archive:
+    hint = _ilsvrc_hint(archive, data_dir)
+    if hint:
+      raise errors.UserError(hint)
+    if not os.path.exists(archive):
+      raise errors.UserError(f'archive {archive} does not exist; {_ACCEPTED}')
+    name = _image_folder_name(archive)
+  if as_image_folder and (imagenet or name):
+    what = '--imagenet always builds one' if imagenet else f'{archive} is one already'
+    raise errors.UserError('--as_image_folder writes an official CIFAR archive as an image '
+                           f'folder; {what}: drop --as_image_folder')
+  return name
 
 
 def main(argv):
   del argv
   logs.setup()
-  if _IMAGENET.value and _DATA_DIR.value:
-    from resnet_jax.data import ilsvrc
-    info = ilsvrc.arrange(_IMAGENET.value, _DATA_DIR.value)
-    print(f"Arranged ILSVRC-2012 in {info['path']}: {info['train']} train and {info['val']}"
-          f" val images of {info['classes']} classes.\nTrain with --config.dataset="
-          f"imagenet2012 --config.data_dir={_DATA_DIR.value} --config.image_size=224")
+  archive, imagenet, data_dir = _ARCHIVE.value, _IMAGENET.value, _DATA_DIR.value
+  name = _check_flags(archive, imagenet, data_dir, _AS_IMAGE_FOLDER.value)
+  if imagenet:
+    arrange = ilsvrc_kaggle.arrange if ilsvrc_kaggle.find(imagenet) else ilsvrc.arrange
+    print(ilsvrc.summary(arrange(imagenet, data_dir), data_dir))
     return
-  if not (_ARCHIVE.value or _IMAGENET.value) or not _DATA_DIR.value:
-    raise errors.UserError('--data_dir and one of --archive or --imagenet are required')
-  name = _image_folder_name(_ARCHIVE.value)
   if name:
-    info = prepare_image_folder(_ARCHIVE.value, name, _DATA_DIR.value)
+    info = prepare_image_folder(archive, name, data_dir)
     sizes = '' if info['small'] else ' ({}x{} to {}x{} pixels)'.format(
         *info['smallest'], *info['largest'])
+    named = ", named by ImageNet's class list (classes.txt)" if info['imagenet_names'] else ''
     print(f"Built image-folder dataset {name} in {info['path']}: {info['train']} train "
-          f"and {info['test']} test images of {info['classes']} classes{sizes}.\n"
-          f"Train with --config.dataset={name} --config.data_dir={_DATA_DIR.value}"
-          + ('' if info['small'] else ' --config.image_size=224 (or another size)'))
+          f"and {info['test']} test images of {info['classes']} classes{sizes}{named}.\n"
+          f"Train with {'' if info['small'] else _IMAGENET_CONFIG + ' '}--config.dataset={name} "
+          f"--config.data_dir={data_dir}" + ('' if info['small'] else _IMAGENET_SIZE))
     return
   if _AS_IMAGE_FOLDER.value:
-    info = prepare_png_folder(_ARCHIVE.value, _DATA_DIR.value)
+    info = cifar_official.prepare_png_folder(archive, data_dir)
     print(f"Built image-folder dataset {info['name']} in {info['path']}: {info['train']} "
           f"train and {info['test']} test images of {info['classes']} classes, the exact "
           f"pixels{'' if info['official'] else ' (from an unofficial archive)'}.\n"
-          f"Train with --config.dataset={info['name']} --config.data_dir={_DATA_DIR.value}")
+          f"Train with --config.dataset={info['name']} --config.data_dir={data_dir}")
     return
-  info = prepare(_ARCHIVE.value, _DATA_DIR.value)
-  print(f"Built {info['dataset']} in {info['path']}: {info['train']} train and "
-        f"{info['test']} test images"
-        f"{'' if info['official'] else ' (from an unofficial archive)'}.\n"
-        f"Train with --config.dataset={info['dataset']} "
-        f"--config.data_dir={_DATA_DIR.value}")
+  info = cifar_official.prepare(archive, data_dir)
+  print(f"Built {info['dataset']} in {info['path']}: {info['train']} train and {info['test']} "
+        f"test images{'' if info['official'] else ' (from an unofficial archive)'}.\n"
+        f"Train with --config.dataset={info['dataset']} --config.data_dir={data_dir}")
 
 
 if __name__ == '__main__':

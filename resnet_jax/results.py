@@ -48,6 +48,7 @@ from resnet_jax.experiments import groups as groups_lib
 from resnet_jax.experiments import plan as plan_lib
 from resnet_jax.experiments import run_status
 from resnet_jax.experiments import statistics as group_stats
+from resnet_jax import paths
 from resnet_jax.reporting import metrics_io
 from resnet_jax.workdir import run_record
 
@@ -64,7 +65,7 @@ _COMPARE = flags.DEFINE_string('compare', None, 'I,J: compare group J with group
                                '(the # column of the groups table).')
 _BEST = flags.DEFINE_bool('best', False, "Groups: each run's best evaluation instead "
                           'of its final one.')
-_PLOT = flags.DEFINE_string('plot', None, 'Groups: where the accuracy bands PNG goes.')
+_PLOT = paths.define_flag('plot', None, 'Groups: where the accuracy bands PNG goes.')
 
 COLUMNS = ('model', 'framework', 'recipe', 'steps', 'test accuracy (final / best)',
            'wall time', 'train img/s', 'device', 'data', 'date')
@@ -183,12 +184,12 @@ def markdown_row(s: dict) -> str:
   return '| ' + ' | '.join(cells) + ' |'
 
 
-def expand(paths: list) -> list:
+def expand(folders: list) -> list:
   """Workdirs: each path that holds a run, and for a folder of runs (`runs/`,
   an experiment) the runs directly inside it, sorted; an experiment's runs
   not started yet are included (`summarize` of them is `planned`)."""
   out = []
-  for path in paths:
+  for path in folders:
     if os.path.isfile(os.path.join(path, run_record.FILE)) or not os.path.isdir(path):
       out.append(path)  # A run, or a path `summarize` reports on.
       continue
@@ -336,13 +337,13 @@ def comparison_lines(groups: list, which: str, best: bool) -> list:
 
 
 def main(argv):
-  paths = argv[1:]
-  if not paths:
+  folders = [paths.expand(p) for p in argv[1:]]
+  if not folders:
     raise errors.UserError('no workdirs given; usage: python -m resnet_jax.results '
                            'WORKDIR...')
-  rows = _summaries(expand(paths), _METRIC.value)
+  rows = _summaries(expand(folders), _METRIC.value)
   _check_metric(rows, _METRIC.value)
-  experiments = [p for p in paths if plan_lib.read(p)]
+  experiments = [p for p in folders if plan_lib.read(p)]
   grouped = _TABLE.value == 'groups' or (_TABLE.value == 'auto' and (
       experiments or _COMPARE.value))
   if _FORMAT.value == 'json':
@@ -372,7 +373,7 @@ def main(argv):
     for line in comparison_lines(groups, _COMPARE.value, _BEST.value):
       print(line)
   plot = _PLOT.value or (os.path.join(experiments[0], 'accuracy_bands.png')
-                         if len(experiments) == 1 and len(paths) == 1 else None)
+                         if len(experiments) == 1 and len(folders) == 1 else None)
   if plot:
     from resnet_jax.reporting import plots
     plots.draw_bands([(f'{i}: {g.name}', [r['curve'] for r in g.runs if r['curve']])

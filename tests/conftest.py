@@ -43,8 +43,8 @@ def tiny_data(tmp_path_factory):
   root = tmp_path_factory.mktemp('tiny')
   arrays = cifar_archives.random_cifar10(num_train=64, num_test=20, seed=0)
   archive = cifar_archives.write_binary(root / 'cifar-10-binary.tar.gz', arrays)
-  from resnet_jax import prepare_data
-  prepare_data.prepare(str(archive), str(root / 'tfds'))
+  from resnet_jax.data import cifar_official
+  cifar_official.prepare(str(archive), str(root / 'tfds'))
   return {'data_dir': str(root / 'tfds'), 'arrays': arrays, 'archive': archive}
 
 

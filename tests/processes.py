@@ -2,6 +2,7 @@
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -41,21 +42,83 @@ def main(args, env=None, new_session=False) -> Background:
   return Background([sys.executable, '-m', 'resnet_jax.main', *args], env, new_session)
 
 
-def wait_for_step(workdir, step, proc, timeout=300):
-  """Blocks until metrics.jsonl reaches `step`; fails (never returns
-  silently) if the run ends first or the time runs out, so a test never
-  acts at another step than it says."""
-  path = os.path.join(workdir, 'metrics.jsonl')
+def _wait_until(done, proc, who: str, goal: str, timeout: float) -> None:
+  """Polls `done()` until it is true; fails (never returns silently) if
+  `proc` ends first or the time runs out."""
   deadline = time.time() + timeout
-  while True:
-    if os.path.exists(path):
-      with open(path) as f:
-        steps = [json.loads(l)['step'] for l in f if l.endswith('\n')]
-      if steps and max(steps) >= step:
-        return
+  while not done():
     if proc.poll() is not None:
-      pytest.fail(f'the run ended (exit {proc.returncode}) before step {step}:\n'
+      pytest.fail(f'{who} ended (exit {proc.returncode}) and did not {goal}:\n'
                   f'{proc.output()[1][-3000:]}')
     if time.time() > deadline:
-      pytest.fail(f'the run did not reach step {step} in {timeout} s')
+      pytest.fail(f'{who} did not {goal} in {timeout} s')
     time.sleep(0.02)
+
+
+def wait_for_step(workdir, step, proc, timeout=300):
+  """Blocks until metrics.jsonl reaches `step`; fails if the run ends first
+  or the time runs out, so a test never acts at another step than it says."""
+  path = os.path.join(workdir, 'metrics.jsonl')
+
+  def reached():
+    if not os.path.exists(path):
+      return False
+    with open(path) as f:
+      steps = [json.loads(l)['step'] for l in f if l.endswith('\n')]
+    return bool(steps) and max(steps) >= step
+  _wait_until(reached, proc, 'the run', f'reach step {step}', timeout)
+
+
+# prepare_data with a test's patch run first: the patch calls `pause(path)`
+# where the test is to act, which writes `path` to the file READY (argv[1])
+# and waits there for the test's signal.
+_PAUSED_BEFORE = '''
+import os, sys, time
+from resnet_jax import errors, prepare_data
+ready = sys.argv[1]
+
+def pause(path):
+  with open(ready + '.new', 'w') as f:
+    f.write(path)
+  os.rename(ready + '.new', ready)
+  # Short sleeps: a signal the kernel hands to another thread (one is
+  # idle in a pool) runs its handler only when the main thread wakes.
+  for _ in range(1200):
+    time.sleep(0.1)
+'''
+_PAUSED_AFTER = '''
+sys.argv = ['prepare_data'] + sys.argv[2:]
+errors.run_cli(prepare_data.main)
+'''
+
+
+def start_paused(patch: str, ready: str, args, timeout=120) -> tuple:
+  """(the process, the path it paused at) of `python -m resnet_jax.prepare_data
+  ARGS` with `patch` applied, once it pauses; fails (never returns silently)
+  if it ends first or the time runs out, and never leaves it paused behind."""
+  proc = Background([sys.executable, '-c', _PAUSED_BEFORE + patch + _PAUSED_AFTER, ready,
+                     *args])
+  try:
+    _wait_until(lambda: os.path.exists(ready), proc, 'prepare_data', 'pause', timeout)
+    with open(ready) as f:
+      return proc, f.read()
+  except BaseException:
+    proc.kill()
+    raise
+
+
+def stop_paused(proc, signum, staging) -> None:
+  """Sends `signum` to a paused prepare_data and asserts that it stops as it
+  should: exit 128 + signum, its partial copy `staging` removed, and one
+  last `stopped:` line saying so, with no traceback."""
+  try:
+    proc.send_signal(signum)
+    _, stderr = proc.communicate(timeout=60)
+  finally:
+    proc.kill()
+  assert proc.returncode == 128 + signum, stderr
+  assert 'Traceback' not in stderr and 'KeyboardInterrupt' not in stderr, stderr
+  assert stderr.strip().splitlines()[-1] == (
+      f'stopped: {signal.Signals(signum).name}: removed the partial copy in {staging}; '
+      'the same command starts over')
+  assert not os.path.exists(staging)

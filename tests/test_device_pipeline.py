@@ -251,3 +251,118 @@ def test_a_split_too_large_for_the_device_is_refused_or_falls_back(tiny_data, tm
                         need_train=True)
   assert run.pipeline == 'host'
   assert 'Input pipeline: host (too large here)' in caplog.text
+
+
+def _windows(image):
+  """The 81 crops of `image` zero-padded by 4 pixels, and their mirrors."""
+  padded = np.pad(image, ((4, 4), (4, 4), (0, 0)))
+  crops = [padded[y:y + 32, x:x + 32] for y in range(9) for x in range(9)]
+  return crops, [c[:, ::-1] for c in crops]
+
+
+def test_an_augmented_batch_is_a_padded_crop_and_flip_of_its_examples_drawn_per_augmentation():
+  # docs/data.md, "How data reaches the device": the batch's rows are the
+  # epoch's examples with the 4-pixel zero pad + random crop + flip, each
+  # augmentation keyed by (seed, step, augmentation): turning Cutout on
+  # leaves the crops and flips alone.
+  data = _data()
+
+  def batches(config, steps=4):  # Op by op: quicker here than compiling.
+    spec = device_pipeline.Spec.of(config, N)
+    order = device_pipeline.orders(spec, 0, spec.epochs_per_chunk(steps))['order']
+    out = [device_pipeline.make_batch(spec, data['image'], data['label'], s, order, 0,
+                                      jnp.arange(B)) for s in range(steps)]
+    return {k: np.stack([np.asarray(o[k]) for o in out]) for k in out[0]}
+  config = ml_collections.ConfigDict(dict(batch_size=B, seed=0, augment=True))
+  b = batches(config)  # 64 images.
+  offsets, mirrored = set(), 0
+  for image, label in zip(b['image'].reshape(-1, 32, 32, 3), b['label'].reshape(-1)):
+    crops, mirrors = _windows(data['image'][label])
+    same = [i for i, c in enumerate(crops) if np.array_equal(image, c)]
+    flipped = [i for i, c in enumerate(mirrors) if np.array_equal(image, c)]
+    assert same or flipped, label
+    offsets.update(same or flipped)
+    mirrored += bool(flipped) and not same
+  assert len(offsets) > 20 and 16 < mirrored < 48, (len(offsets), mirrored)
+  config.cutout_size = 8
+  with_cutout = batches(config)
+  assert with_cutout['erase'].any()
+  for key in ('image', 'label'):
+    np.testing.assert_array_equal(with_cutout[key], b[key])
+
+
+def test_the_example_order_is_drawn_once_an_epoch(monkeypatch):
+  # docs/data.md: "a fresh permutation per epoch, drawn once an epoch".
+  drawn = []
+  real = device_pipeline.orders
+
+  def orders(spec, first_epoch, count):
+    drawn.append(first_epoch)
+    return real(spec, first_epoch, count)
+  monkeypatch.setattr(device_pipeline, 'orders', orders)
+  split = input_pipeline.Split(_data()['image'], _data()['label'], ())
+  config = tiny_config(None, batch_size=B, seed=0)
+  dp = data_parallel.DataParallel('jit', 8)
+  plan = [(s, 1) for s in range(13)]  # 208 positions: epochs 0..5.
+  fed = list(loop.feed('device', dp, split, config, plan, 1))
+  assert drawn == sorted({s * B // N for s, _ in plan})
+  spec = device_pipeline.Spec.of(config, N)
+  for (first, _), data in zip(plan, fed):  # Each call holds its own epoch's order.
+    assert int(np.asarray(data['first_epoch'])) == first * B // N
+    np.testing.assert_array_equal(
+        np.asarray(data['order'])[0],
+        np.asarray(device_pipeline.epoch_permutations(spec, first * B // N, 1))[0])
+
+
+class _Device:
+  def __init__(self, limit):
+    self.limit = limit
+
+  def memory_stats(self):
+    return {'bytes_limit': self.limit} if self.limit else None
+
+
+def test_a_split_may_take_a_quarter_of_the_smallest_devices_memory(monkeypatch):
+  # docs/data.md: "a split larger than a quarter of device memory falls back".
+  devices = [_Device(8000), _Device(4000)]
+  assert device_pipeline.too_large(1000, devices) is None
+  assert device_pipeline.too_large(1001, devices).startswith(
+      'the training split (0.00 GiB) exceeds a quarter of device memory')
+  # The CPU reports no limit: host memory is the device's.
+  monkeypatch.setattr(device_pipeline, 'host_memory_bytes', lambda: 4 << 30)
+  assert device_pipeline.too_large(1 << 30, [_Device(0)]) is None
+  assert device_pipeline.too_large((1 << 30) + 1, [_Device(0)]) is not None
+
+
+def test_the_test_split_is_placed_once_over_the_devices_and_its_sums_fetched_once(
+    monkeypatch):
+  # docs/data.md: "The test split is placed once too (split over the
+  # devices) and evaluated in one call, its sums fetched once" (one call on
+  # an accelerator; XLA:CPU takes a batch per call, as steps_per_call).
+  from resnet_jax.training import evaluation
+  dp = data_parallel.DataParallel('jit', 8)
+  split = input_pipeline.Split(_data(37)['image'], _data(37)['label'], ())
+  placed = chunks.EvalSplit(dp, split, 16)
+  first, again = next(placed.groups()), next(placed.groups())
+  assert first is again and placed.num_groups == 1 and placed.group_size == 3
+  assert len(first['image'].sharding.device_set) == 8
+  assert {s.data.shape for s in first['image'].addressable_shards} == {(3, 2, 32, 32, 3)}
+  assert chunks.eval_batches_per_call(3, 'gpu') == 3
+  assert chunks.eval_batches_per_call(3, 'cpu') == 1
+  fetches, calls = [], []
+  real_fetch = dp.fetch
+
+  def fetch(tree):
+    fetches.append(1)
+    return real_fetch(tree)
+  monkeypatch.setattr(dp, 'fetch', fetch)
+
+  def p_evaluate(state, group, first_batch, per_call):
+    calls.append((first_batch, per_call))
+    mask = group['mask'][first_batch:first_batch + per_call]
+    count = jnp.sum(mask).astype(jnp.float32)
+    return {'': {'count': count, 'loss': count, 'correct': count, 'top5': count,
+                 'confusion': jnp.zeros((2, 2))}}
+  result = evaluation.evaluate(dp, p_evaluate, object(), placed)
+  assert result['eval_examples'] == 37 and len(fetches) == 1
+  assert calls == [(0, 1), (1, 1), (2, 1)]  # The CPU: one batch per call.

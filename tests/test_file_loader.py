@@ -286,6 +286,313 @@ def test_file_names_in_any_language_are_read(tmp_path):
   assert sorted(int(b['label']) for b in batch) == [0, 0, 0, 1, 1, 1]
 
 
+def _good_files(folder):
+  """The module folder's training files without the bad one, each its own
+  label (so a batch says which files it read)."""
+  split = _split(folder, unique_labels=True)
+  return split.take(np.array([p.decode() != BAD[len('train/'):] for p in split.paths]))
+
+
+def test_each_epoch_is_a_fresh_permutation_and_a_batch_a_pure_function_of_seed_and_step(
+    folder):
+  # docs/data.md, "The loader is google/grain": a fresh permutation of the
+  # files per epoch; the batch of step s is a pure function of (seed, s).
+  split = _good_files(folder)
+  n = len(split)  # 35 files; batch 8: steps straddle the epochs.
+  examples = file_loader.TrainExamples(split, 8, 7, 16)
+  got = [examples(k) for k in range(3 * n)]
+  labels = [int(e['label']) for e in got]
+  epochs = [labels[e * n:(e + 1) * n] for e in range(3)]
+  for epoch in epochs:  # Every file once an epoch ...
+    assert sorted(epoch) == sorted(split.labels.tolist())
+  # ... in a new order each epoch.
+  assert epochs[0] != epochs[1] and epochs[1] != epochs[2] and epochs[0] != epochs[2]
+  # Another instance, asked in another order, gives the same examples bitwise.
+  again = file_loader.TrainExamples(split, 8, 7, 16)
+  for k in reversed(range(40, 60)):
+    e = again(k)
+    assert int(e['label']) == labels[k]
+    np.testing.assert_array_equal(e['image'], got[k]['image'])
+  # Another seed, another order.
+  other = file_loader.TrainExamples(split, 8, 8, 16)
+  assert [int(other(k)['label']) for k in range(n)] != epochs[0]
+
+
+def _counting_open(denied=()):
+  """An `open` for file_loader counting the opens of each path; the paths in
+  `denied` raise EACCES (the tests run as root, which chmod cannot stop)."""
+  opens = {}
+
+  def fake_open(name, *args, **kwargs):
+    opens[name] = opens.get(name, 0) + 1
+    if name in denied:
+      raise PermissionError(errno.EACCES, 'Permission denied', name)
+    return open(name, *args, **kwargs)
+  return fake_open, opens
+
+
+def test_gone_folder_and_permission_denied_files_are_skipped_at_once_not_retried(
+    tmp_path, monkeypatch):
+  # docs/data.md, "Bad files": a file that cannot be opened for good (gone,
+  # a folder, permission denied) is skipped, named with the reason; in
+  # training the next file of the epoch's permutation takes its place, in
+  # evaluation its row is masked. Never retried as a filesystem error is.
+  root = jpeg_files.write_folder(tmp_path, per_class=(4, 3), names=False)
+  train = image_folder.file_split(root, 'train')
+  train = file_loader.FileSplit(train.root, train.paths,
+                                np.arange(len(train), dtype=np.int32), train.class_names)
+  val = image_folder.file_split(root, 'test')
+  reasons = {}
+  for split, (gone, as_dir, denied) in ((train, (1, 6, 10)), (val, (2, 4, 7))):
+    os.remove(split.path(gone))
+    os.remove(split.path(as_dir))
+    os.mkdir(split.path(as_dir))
+    reasons.update({split.path(gone): 'No such file', split.path(as_dir): 'Is a directory',
+                    split.path(denied): 'Permission denied'})
+  denied = {train.path(10), val.path(7)}
+  fake_open, opens = _counting_open(denied)
+  monkeypatch.setattr(file_loader, 'open', fake_open, raising=False)
+  monkeypatch.setattr(file_loader, 'RETRY_DELAYS', (0.0,) * 3)
+  n = len(train)
+  examples = file_loader.TrainExamples(train, n, 4, 16)  # One step: one epoch.
+  order = examples._permutation(0)  # pylint: disable=protected-access
+  bad = {1, 6, 10}
+  skipped = []
+  for k in range(n):
+    got = examples(k)
+    skipped += got['skipped']
+    passed, t = [], 0
+    while int(order[(k + t) % n]) in bad:
+      passed.append(train.name(int(order[(k + t) % n])))
+      t += 1
+    # The next good file of the permutation takes the bad ones' place.
+    assert int(got['label']) == int(order[(k + t) % n]), k
+    assert [name for name, _ in got['skipped']] == passed, k
+  batches = list(iter(file_loader.eval_dataset(val, 4, 16).to_iter_dataset()))
+  mask = np.concatenate([b['mask'] for b in batches])
+  assert mask.tolist() == [i < len(val) and i not in (2, 4, 7) for i in range(12)]
+  skipped = ([(os.path.join(train.root, name), why) for name, why in skipped]
+             + [(os.path.join(val.root, name), why) for b in batches
+                for name, why in b['skipped']])
+  assert {path for path, _ in skipped} == set(reasons)
+  for path, reason in skipped:
+    assert reasons[path] in reason, (path, reason)
+  # Each bad file was opened once each time it was met: never retried.
+  for path in reasons:
+    assert opens[path] == sum(p == path for p, _ in skipped), path
+
+
+def test_a_skipped_file_is_logged_once_by_name_with_the_reason(caplog):
+  seen = {}
+  with caplog.at_level('WARNING', logger='resnet_jax'):
+    file_loader.report_skipped(seen, [('n02/a.JPEG', 'empty file')])
+    file_loader.report_skipped(seen, [('n02/a.JPEG', 'empty file'),
+                                      ('n03/b.JPEG', 'does not decode (OSError: x)')])
+  lines = [r.getMessage() for r in caplog.records]
+  assert len(lines) == 2, lines
+  assert lines[0].startswith('Skipped n02/a.JPEG: empty file')
+  assert lines[1].startswith('Skipped n03/b.JPEG: does not decode (OSError: x)')
+  assert seen == {'n02/a.JPEG': 'empty file', 'n03/b.JPEG': 'does not decode (OSError: x)'}
+
+
+def test_a_failing_filesystem_is_retried_for_62_s_with_a_line_per_try(tmp_path, monkeypatch,
+                                                                      caplog):
+  # docs/data.md, "A filesystem's errors are not bad files": a log line per
+  # try, `retry 1 of 6 in 0.5 s`, 62 s in all, then `failed 7 times over 62 s`.
+  path = str(tmp_path / 'x.JPEG')
+  fake_open, calls = _eio_for(path, times=100)
+  monkeypatch.setattr(file_loader, 'open', fake_open, raising=False)
+  sleeps = []
+  monkeypatch.setattr(file_loader, 'time', type('Clock', (), {'sleep': sleeps.append}))
+  with caplog.at_level('WARNING', logger='resnet_jax'):
+    with pytest.raises(file_loader.ReadFailed) as e:
+      file_loader.read_file(path)
+  assert len(calls) == 7 and sum(sleeps) == 62.0 and sleeps == sorted(sleeps)
+  assert str(e.value).startswith(f'reading {path} failed 7 times over 62 s ([Errno 5] ')
+  assert str(e.value).endswith('): the filesystem is failing, not the file')
+  lines = [r.getMessage() for r in caplog.records]
+  assert len(lines) == 6
+  assert lines[0] == (f"Reading {path} failed ([Errno 5] Input/output error: '{path}'); "
+                      'retry 1 of 6 in 0.5 s')
+
+
+def test_without_augment_training_reads_the_evaluation_crop_as_uint8(folder):
+  # docs/data.md, "Training crops": augment=False trains on the evaluation
+  # crop; images go to the device as uint8, normalised there with
+  # ImageNet's mean/std.
+  from resnet_jax.data import datasets
+  from resnet_jax.data import image_decoding
+  split = _good_files(folder)
+  examples = file_loader.TrainExamples(split, 4, 0, 24, augment=False)
+  for k in range(8):
+    got = examples(k)
+    index = int(np.flatnonzero(split.labels == got['label'])[0])
+    assert got['image'].dtype == np.uint8
+    np.testing.assert_array_equal(
+        got['image'], image_decoding.eval_image(split.read(index), 24))
+  source = datasets.resolve('jpegs', folder)
+  assert datasets.normalization(source, None, 24) == ((0.485, 0.456, 0.406),
+                                                      (0.229, 0.224, 0.225))
+
+
+def test_the_run_gives_the_loader_its_crop_area_augment_and_seed(folder, monkeypatch):
+  # docs/data.md, "Training crops": windows of crop_min_area-100% of the
+  # area, default 8%; augment=False takes the evaluation crop.
+  import types
+  from configs import cifar
+  from resnet_jax.training import loop
+  assert cifar.get_config().crop_min_area == 0.08
+  made = []
+  real = file_loader.TrainExamples
+
+  def spy(*args, **kwargs):
+    made.append(real(*args, **kwargs))
+    return made[-1]
+  monkeypatch.setattr(file_loader, 'TrainExamples', spy)
+  config = tiny_config(folder, dataset='jpegs', image_size=16, batch_size=4,
+                       crop_min_area=0.35, augment=False, seed=9)
+  run = types.SimpleNamespace(config=config, train=_split(folder), sizes=file_loader.Sizes(16),
+                              num_steps=3, ckpt=None)
+  loader = loop._file_batches(run, 0)  # pylint: disable=protected-access
+  loader.close()
+  (examples,) = made
+  assert (examples.area, examples.augment, examples.seed, examples.global_batch) == (
+      (0.35, 1.0), False, 9, 4)
+
+
+def test_decoding_is_shared_as_threads_up_to_8_cores_then_one_process_per_4(monkeypatch):
+  # docs/data.md, "The loader is google/grain": input_workers sets grain's
+  # worker processes, the cores shared among them as decoding threads;
+  # default threads in the training process up to 8 cores, beyond 8 one
+  # process per 4.
+  def workers(cores, input_workers=-1):
+    monkeypatch.setattr(run_setup, '_cores', lambda: cores)
+    return run_setup.file_workers(tiny_config(None, input_workers=input_workers))
+  assert [workers(c) for c in (1, 2, 8)] == [(0, 1), (0, 2), (0, 8)]
+  assert [workers(c) for c in (9, 16, 64)] == [(2, 4), (4, 4), (16, 4)]
+  assert workers(16, 2) == (2, 8) and workers(2, 4) == (4, 1)
+
+
+def test_memory_is_bounded_to_two_batches_per_worker_and_two_calls_ahead(monkeypatch):
+  # docs/data.md, "The loader is google/grain": two batches ahead per worker
+  # plus the loop's two calls ahead.
+  from resnet_jax.data import input_pipeline
+  built = []
+
+  def make(steps):
+    built.append(list(steps))
+    return [{'s': np.array(s)} for s in steps]
+  calls = input_pipeline.prefetch_chunks(make, lambda b: b, [(s, 1) for s in range(10)], 1)
+  next(calls)
+  deadline = time.time() + 10
+  while len(built) < 3 and time.time() < deadline:
+    time.sleep(0.01)
+  time.sleep(0.2)  # Time for an unbounded feeder to build more.
+  assert len(built) == 3  # The call handed out and two ahead.
+  calls.close()
+  import grain
+  options = {}
+
+  class Stop(Exception):
+    pass
+
+  def spy(name, real):
+    def make_options(*args, **kwargs):
+      options[name] = kwargs
+      if name == 'mp':
+        raise Stop
+      return real(*args, **kwargs)
+    return make_options
+  monkeypatch.setattr(grain, 'ReadOptions', spy('read', grain.ReadOptions))
+  monkeypatch.setattr(grain, 'MultiprocessingOptions',
+                      spy('mp', grain.MultiprocessingOptions))
+  with pytest.raises(Stop):
+    file_loader.iterate(grain.MapDataset.range(4), workers=2, threads=3)
+  assert options['read']['prefetch_buffer_size'] == 2
+  assert options['mp'] == {'num_workers': 2, 'per_worker_buffer_size': 2}
+
+
+def test_image_size_refuses_every_augmentation_of_the_in_memory_pipelines(folder):
+  # docs/data.md: "Not with image_size yet (refused by name): TrivialAugment,
+  # Cutout, mixup and CutMix".
+  for field, value in (('augment_policy', 'trivialaugment'), ('cutout_size', 8),
+                       ('mixup_alpha', 0.2), ('cutmix_alpha', 1.0)):
+    config = tiny_config(folder, dataset='jpegs', image_size=24, **{field: value})
+    with pytest.raises(Exception) as e:
+      run_setup.preflight(config)
+    assert f'{field} {value!r} is drawn by the in-memory pipelines' in str(e.value), field
+
+
+def test_a_file_name_that_is_not_utf8_is_read(tmp_path):
+  # docs/data.md, "Bad files": file names in any language or encoding are
+  # not bad (here Latin-1 bytes, which are not UTF-8).
+  top = os.fsencode(str(tmp_path / 'd'))
+  names = [b'caf\xe9.jpg', b'plain.jpg']
+  for cls in (b'a', b'b'):
+    for split in (b'train', b'test'):
+      os.makedirs(os.path.join(top, split, cls))
+      for i, name in enumerate(names):
+        with open(os.path.join(top, split, cls, name), 'wb') as f:
+          f.write(jpeg_files.jpeg_bytes(jpeg_files.pattern(30 + i, 40, seed=i)))
+  split = image_folder.file_split(str(tmp_path / 'd'), 'train')
+  assert sorted(os.fsencode(split.name(i)) for i in range(len(split))) == sorted(
+      c + b'/' + n for c in (b'a', b'b') for n in names)
+  examples = file_loader.TrainExamples(split, 4, 0, 16)
+  batch = [examples(k) for k in range(4)]
+  assert all(b['skipped'] == () for b in batch)
+  assert sorted(int(b['label']) for b in batch) == [0, 0, 1, 1]
+  val = list(iter(file_loader.eval_dataset(
+      image_folder.file_split(str(tmp_path / 'd'), 'test'), 4, 16).to_iter_dataset()))
+  assert val[0]['mask'].all() and val[0]['skipped'] == ()
+
+
+# A grain worker as `init_worker` sets it up: stop signals to it are ignored.
+WORKER = r'''
+import os, signal, sys, time
+from resnet_jax.data import grain_workers
+grain_workers.init_worker(0, 1)
+for sig in (signal.SIGTERM, signal.SIGINT):
+  os.kill(os.getpid(), sig)
+time.sleep(0.1)
+print('survived', flush=True)
+time.sleep(float(sys.argv[1]))
+'''
+
+# Starts a worker and exits without waiting for it, as a run killed with -9.
+PARENT = r'''
+import subprocess, sys
+child = subprocess.Popen([sys.executable, '-c', sys.argv[1], '60'], stdout=subprocess.PIPE,
+                         stderr=subprocess.DEVNULL, text=True)
+print(child.pid, child.stdout.readline().strip(), flush=True)
+'''
+
+
+def _running(pid):
+  try:
+    with open(f'/proc/{pid}/stat') as f:
+      return f.read().rsplit(')', 1)[1].split()[0] != 'Z'
+  except OSError:
+    return False
+
+
+def test_a_worker_ignores_stop_signals_and_exits_when_the_training_process_is_gone():
+  # docs/data.md: worker processes ignore SIGTERM and SIGINT, and exit by
+  # themselves within a second or two when the training process is gone.
+  proc = subprocess.run([sys.executable, '-c', WORKER, '0'], capture_output=True,
+                        text=True, cwd=REPO, timeout=60)
+  assert (proc.returncode, proc.stdout) == (0, 'survived\n'), proc.stderr[-2000:]
+  proc = subprocess.run([sys.executable, '-c', PARENT, WORKER], capture_output=True,
+                        text=True, cwd=REPO, timeout=60)
+  pid, said = proc.stdout.split()
+  assert said == 'survived', proc.stderr[-2000:]
+  deadline = time.time() + 5
+  while _running(int(pid)) and time.time() < deadline:
+    time.sleep(0.1)
+  if _running(int(pid)):
+    os.kill(int(pid), signal.SIGKILL)
+    pytest.fail('the worker outlived the training process by 5 s')
+
+
 def test_a_failing_input_ends_in_a_checkpoint_and_a_clean_stop(folder, tmp_path,
                                                                 monkeypatch):
   from resnet_jax import errors

@@ -3,6 +3,7 @@ class folders, and image-folder archives of any size (Imagenette's layout)."""
 
 import io
 import os
+import re
 import subprocess
 import sys
 import tarfile
@@ -13,6 +14,7 @@ from scipy import io as scipy_io
 
 from resnet_jax import errors
 from resnet_jax import prepare_data
+from resnet_jax.data import copy_progress
 from resnet_jax.data import ilsvrc
 from resnet_jax.data import image_folder
 from tests import jpeg_files
@@ -60,11 +62,22 @@ def _official_files(folder, val_ids=VAL_IDS):
 def test_the_official_files_become_class_folders_with_readable_names(tmp_path):
   source = _official_files(tmp_path / 'downloads')
   out = tmp_path / 'data'
-  result = subprocess.run([sys.executable, '-m', 'resnet_jax.prepare_data', '--imagenet',
-                           source, '--data_dir', str(out)],
-                          capture_output=True, text=True, cwd=REPO, timeout=300)
+  # `~` after `=` reaches the program unexpanded (the shell expands it only at
+  # a word's start): it means HOME, never a folder named `~`.
+  cwd = tmp_path / 'cwd'
+  cwd.mkdir()
+  result = subprocess.run([sys.executable, '-m', 'resnet_jax.prepare_data',
+                           '--imagenet=~/downloads', '--data_dir=~/data'],
+                          capture_output=True, text=True, cwd=cwd, timeout=300,
+                          env={**os.environ, 'HOME': str(tmp_path), 'PYTHONPATH': REPO})
   assert result.returncode == 0, result.stderr[-2000:]
-  assert 'Arranged ILSVRC-2012 in' in result.stdout and '6 train and 7 val' in result.stdout
+  assert os.listdir(cwd) == []
+  # The hint trains the ImageNet recipe (without --config: CIFAR's ResNet-20).
+  assert result.stdout.splitlines() == [
+      f'Arranged ILSVRC-2012 in {out / "imagenet2012"}: 6 train and 7 val images of 3 '
+      'classes.',
+      'Train with python -m resnet_jax.main --config configs/imagenet.py --workdir runs/r50 '
+      f'--config.data_dir={out}']
   root = out / 'imagenet2012'
   # Validation images sit in the class their ground-truth id names.
   wnid_of = {s[0]: s[1] for s in SYNSETS}
@@ -75,8 +88,9 @@ def test_the_official_files_become_class_folders_with_readable_names(tmp_path):
   val = image_folder.file_split(str(root), 'test')
   assert len(val) == 7 and sorted(np.bincount(val.labels)) == [2, 2, 3]
   assert sorted(os.listdir(out)) == ['imagenet2012']  # No staging left.
-  # Run again: refused, the first copy left alone.
-  with pytest.raises(errors.UserError, match='already exists; it was left as it is'):
+  # Run again: refused, the first copy left alone, the same command said again.
+  with pytest.raises(errors.UserError, match='already exists; it was left as it is. Train '
+                     'with python -m resnet_jax.main --config configs/imagenet.py '):
     ilsvrc.arrange(source, str(out))
 
 
@@ -86,9 +100,22 @@ def test_missing_or_mismatched_official_files_are_refused_leaving_nothing(tmp_pa
   with pytest.raises(errors.UserError, match='beyond the 6 labels of the devkit'):
     ilsvrc.arrange(source, str(out))
   assert os.listdir(out) == []
-  os.remove(os.path.join(source, ilsvrc.TRAIN_TAR))
-  with pytest.raises(errors.UserError, match=f'lacks {ilsvrc.TRAIN_TAR}'):
+  # A truncated tar is named, and nothing is left of the partial copy.
+  source = _official_files(tmp_path / 'truncated')
+  train = os.path.join(source, ilsvrc.TRAIN_TAR)
+  with open(train, 'r+b') as f:
+    f.truncate(os.path.getsize(train) // 2)
+  with pytest.raises(errors.UserError, match=f'{train} is damaged .*download it again'):
     ilsvrc.arrange(source, str(out))
+  assert os.listdir(out) == []
+  os.remove(train)
+  with pytest.raises(errors.UserError, match=f'lacks {ilsvrc.TRAIN_TAR}: put the three'):
+    ilsvrc.arrange(source, str(out))
+  # A mistyped --imagenet: said so, not taken for a folder lacking the files.
+  typo = str(tmp_path / 'downlaods')
+  with pytest.raises(errors.UserError, match=re.escape(
+      f'{typo} does not exist; pass the folder holding {ilsvrc.TRAIN_TAR}, ')):
+    ilsvrc.arrange(typo, str(out))
 
 
 def test_an_image_folder_archive_of_any_size_is_checked_and_placed(tmp_path):
@@ -103,11 +130,66 @@ def test_an_image_folder_archive_of_any_size_is_checked_and_placed(tmp_path):
                           capture_output=True, text=True, cwd=REPO, timeout=300)
   assert result.returncode == 0, result.stderr[-2000:]
   assert '36 train and 12 test images of 3 classes (' in result.stdout
-  assert result.stdout.strip().endswith('--config.image_size=224 (or another size)')
+  # Images larger than 32x32 train with the ImageNet recipes, not the default CIFAR one.
+  assert result.stdout.splitlines()[-1].startswith(
+      f'Train with --config configs/imagenet.py --config.dataset=imagenette2-320 '
+      f'--config.data_dir={out} (the ImageNet recipes at 224 px')
   assert (out / 'imagenette2-320' / 'val' / 'n01').is_dir()
+  with pytest.raises(errors.UserError, match='already exists.*configs/imagenet.py'):
+    prepare_data.prepare_image_folder(str(archive), 'imagenette2-320', str(out))
   # A file that is not an image is refused by name, nothing placed.
   (tmp_path / 'src' / 'imagenette2-320' / 'val' / 'n02' / 'bad.JPEG').write_bytes(b'')
   with pytest.raises(errors.UserError, match='val/n02/bad.JPEG is not a readable image'):
     prepare_data.prepare_image_folder(str(tmp_path / 'src' / 'imagenette2-320'),
                                       'other', str(out))
   assert sorted(os.listdir(out)) == ['imagenette2-320']
+
+
+def test_arranging_the_tars_reports_bytes_read_of_their_total(tmp_path, monkeypatch):
+  source = _official_files(tmp_path / 'downloads')
+  meters = []
+
+  class Recording(copy_progress.Meter):
+    def __init__(self, *args, **kwargs):
+      super().__init__(*args, **kwargs)
+      self.seen = []
+      meters.append(self)
+
+    def update(self, files, size):
+      super().update(files, size)
+      self.seen.append((files, size))
+  monkeypatch.setattr(copy_progress, 'Meter', Recording)
+  ilsvrc.arrange(source, str(tmp_path / 'data'))
+  (meter,) = meters
+  tars = sum(os.path.getsize(os.path.join(source, f)) for f in (ilsvrc.VAL_TAR, ilsvrc.TRAIN_TAR))
+  assert meter.by_bytes and meter.total == tars
+  # Every file advances it, the bytes never go back, and it ends at the total.
+  files, sizes = zip(*meter.seen)
+  assert list(files[:13]) == list(range(1, 14)) and list(sizes) == sorted(sizes)
+  assert 0 < sizes[0] < tars and meter.seen[-1] == (13, tars)
+
+
+def test_the_progress_line_says_files_bytes_rate_and_time_left(monkeypatch):
+  gib = 1024 ** 3
+  # On a terminal: a bar of bytes with the files beside it.
+  stream = io.StringIO()
+  with copy_progress.Meter('Arranging ILSVRC-2012', 4 * gib, by_bytes=True, stream=stream,
+                           enabled=True) as meter:
+    meter.update(1200, gib)
+  assert '1.00G/4.00G' in stream.getvalue() and '1,200 files' in stream.getvalue()
+  # In a log: a line a minute.
+  lines = []
+  monkeypatch.setattr(copy_progress.log, 'info', lambda fmt, *a: lines.append(fmt % a))
+  meter = copy_progress.Meter('Arranging ILSVRC-2012', 4 * gib, by_bytes=True,
+                              enabled=False, every_s=0)
+  meter.update(1200, gib)
+  assert len(lines) == 1 and lines[0].startswith('Arranging ILSVRC-2012: 1,200 files, 1.00GB '
+                                                 'of 4.00GB read (25%), ')
+  assert meter.line(8.0) == ('Arranging ILSVRC-2012: 1,200 files, 1.00GB of 4.00GB read '
+                             '(25%), 128MB/s, ~24s left')
+  files = copy_progress.Meter('Arranging', 1000, by_bytes=False, enabled=False)
+  files.update(250, 0)
+  assert files.line(5.0) == 'Arranging: 250 of 1,000 files (25%), 50 files/s, ~15s left'
+  unknown = copy_progress.Meter('Arranging', None, by_bytes=False, enabled=False)
+  unknown.update(250, 3 * 1024 ** 2)
+  assert unknown.line(5.0) == 'Arranging: 250 files, 50 files/s, 3.00MB copied'

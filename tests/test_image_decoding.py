@@ -212,3 +212,60 @@ def test_a_bad_file_raises_bad_image_naming_why(kind, reason):
     with pytest.raises(image_decoding.BadImage) as e:
       decode()
     assert reason in str(e.value)
+
+
+def _claiming(width, height):
+  """A small valid JPEG whose header claims `width` x `height` pixels."""
+  data = bytearray(jpeg_files.jpeg_bytes(jpeg_files.pattern(16, 16)))
+  sof = data.index(b'\xff\xc0')
+  data[sof + 5:sof + 9] = height.to_bytes(2, 'big') + width.to_bytes(2, 'big')
+  return bytes(data)
+
+
+def test_the_pixel_limit_is_pillows_89_5_megapixels():
+  # docs/data.md, "Bad files": "a header over 89.5 megapixels, Pillow's
+  # decompression-bomb limit" is bad; one under it is not.
+  assert image_decoding.MAX_PIXELS == Image.MAX_IMAGE_PIXELS == 89_478_485
+  assert image_decoding.image_size(_claiming(9000, 9000)) == (9000, 9000)
+  over = _claiming(9460, 9459)  # 89,482,140 pixels.
+  for decode in (lambda: image_decoding.image_size(over),
+                 lambda: image_decoding.eval_image(over, 32),
+                 lambda: image_decoding.train_image(over, 32, np.random.default_rng(0))):
+    with pytest.raises(image_decoding.BadImage, match='9460x9459 pixels, over the '
+                                                     '89,478,485-pixel limit'):
+      decode()
+
+
+def test_predict_sees_a_file_as_evaluation_does(tmp_path):
+  # docs/data.md, "Evaluation": "`predict` sees files the same way", at the
+  # size evaluation uses (eval_image_size, else the last training size).
+  from resnet_jax import predict
+  from resnet_jax.training import run_setup
+  from tests.conftest import tiny_config
+  for name, data in (('a.JPEG', jpeg_files.jpeg_bytes(jpeg_files.pattern(70, 90, seed=1))),
+                     ('b.png', jpeg_files.png_bytes(jpeg_files.pattern(90, 50, seed=2)))):
+    (tmp_path / name).write_bytes(data)
+    for size in (24, 48):
+      np.testing.assert_array_equal(predict.load_image(str(tmp_path / name), size),
+                                    image_decoding.eval_image(data, size))
+  size = lambda **c: run_setup.eval_size(tiny_config(None, image_size=32, **c))
+  assert (size(), size(final_image_size=64), size(final_image_size=64, eval_image_size=48)
+          ) == (32, 64, 48)
+
+
+def test_a_jpeg_is_decoded_at_the_smallest_scale_that_keeps_the_window_n_pixels():
+  # docs/data.md, "Decoding": 1/2, 1/4 or 1/8 of its size when the window
+  # stays at least N pixels there, so the window still shrinks by less than
+  # 2 on its shorter side (unless 1/8 is reached).
+  rng = np.random.default_rng(0)
+  for _ in range(2000):
+    size = int(rng.integers(8, 300))
+    h, w = (int(v) for v in rng.integers(1, 40 * size, 2))
+    f = image_decoding._reduction(h, w, size)  # pylint: disable=protected-access
+    assert f in (1, 2, 4, 8)
+    if f > 1:
+      assert min(h, w) / f >= size, (h, w, size, f)
+    if f < 8:
+      assert min(h, w) / f < 2 * size, (h, w, size, f)
+  assert image_decoding._reduction(448, 600, 224) == 2  # pylint: disable=protected-access
+  assert image_decoding._reduction(447, 600, 224) == 1  # pylint: disable=protected-access

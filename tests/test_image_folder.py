@@ -107,6 +107,23 @@ def _tar(folder, path):
   return path
 
 
+def test_kaggles_folder_given_to_training_points_to_prepare_data(tmp_path):
+  # Kaggle's ILSVRC/Data/CLS-LOC: train/<wnid>/, but val/ flat (labels in a
+  # CSV) and test/ flat and unlabelled; the plain "no class folders" line
+  # would ask the user to sort test/ by hand.
+  cls_loc = tmp_path / 'kaggle' / 'ILSVRC' / 'Data' / 'CLS-LOC'
+  for folder in ('train/n01440764', 'val', 'test'):
+    (cls_loc / folder).mkdir(parents=True)
+  (cls_loc / 'val' / 'ILSVRC2012_val_00000001.JPEG').write_bytes(b'')
+  with pytest.raises(errors.UserError) as e:
+    datasets.resolve('CLS-LOC', str(cls_loc.parent))
+  assert str(e.value) == (
+      f"{cls_loc} is Kaggle's copy of ImageNet, whose val/ is not sorted by class and "
+      'whose test/ has no labels; arrange it once with python -m resnet_jax.prepare_data '
+      f'--imagenet {tmp_path / "kaggle"} --data_dir DIR, then train with --config '
+      'configs/imagenet.py --config.data_dir=DIR')
+
+
 def test_prepare_data_places_a_checked_archive_and_says_how_to_train(tiny_folder,
                                                                       tmp_path):
   archive = _tar(os.path.join(tiny_folder['data_dir'], tiny_folder['name']),
@@ -128,8 +145,8 @@ def test_prepare_data_places_a_checked_archive_and_says_how_to_train(tiny_folder
                          capture_output=True, text=True, cwd=REPO, timeout=300)
   assert again.returncode == 2 and again.stderr.strip() == (
       f'error: {out / "tinyfolder"} already exists; it was left as it is. Train with '
-      f'--config.dataset=tinyfolder --config.data_dir={out}, or delete that folder (or '
-      'use another --data_dir) to rebuild')
+      f'--config.dataset=tinyfolder --config.data_dir={out} (images over 32x32: --config '
+      'configs/imagenet.py), or delete it (or use another --data_dir) to rebuild')
 
 
 def test_prepare_data_refuses_a_bad_image_naming_it_in_the_archive(tiny_folder,
@@ -191,3 +208,49 @@ def test_train_eval_predict_without_tensorflow(tiny_folder, tmp_path):
   ckpt.close()
   measured = image_folder.mean_std(tiny_folder['arrays']['train'][0])
   assert (tuple(meta['mean']), tuple(meta['std'])) == measured
+
+
+def test_labels_follow_the_sorted_class_folders_not_their_creation_order(tmp_path):
+  # docs/data.md: "Class names are the folder names in sorted order".
+  from PIL import Image
+  root = tmp_path / 'ds'
+  names = ('zebra', 'yak', 'mango', 'kiwi', 'fig', 'apple')  # Made in this order.
+  for split in ('train', 'test'):
+    for value, name in enumerate(names):
+      (root / split / name).mkdir(parents=True)
+      Image.new('RGB', (32, 32), (value * 40,) * 3).save(root / split / name / 'a.png')
+  ordered = tuple(sorted(names))
+  assert image_folder.class_folders(str(root)) == ordered
+  got = datasets.load_split(datasets.resolve('ds', str(tmp_path)), 'train')
+  assert got.class_names == ordered and got.labels.tolist() == list(range(6))
+  # Label i holds the image of the i-th folder in sorted order.
+  assert got.images[:, 0, 0, 0].tolist() == [names.index(n) * 40 for n in ordered]
+  files = image_folder.file_split(str(root), 'test')
+  assert [files.name(i) for i in range(6)] == [f'{n}/a.png' for n in ordered]
+  assert files.labels.tolist() == list(range(6))
+
+
+def test_a_loc_synset_mapping_file_beside_the_splits_names_the_classes(tmp_path):
+  # docs/data.md, "Layouts": "A classes.txt beside the splits (or a
+  # LOC_synset_mapping.txt), lines `<folder> <name>, <more names>`".
+  from tests import jpeg_files
+  root = jpeg_files.write_folder(tmp_path, per_class=(1, 1), names=False)
+  with open(os.path.join(root, 'LOC_synset_mapping.txt'), 'w') as f:
+    f.write('n01 tench, Tinca tinca\nn02 goldfish, Carassius auratus\nn03 shark\n')
+  assert image_folder.class_names(root) == ('tench', 'goldfish', 'shark')
+  assert image_folder.file_split(root, 'train').class_ids == ('n01', 'n02', 'n03')
+
+
+def test_eval_and_predict_normalise_with_the_mean_std_stored_with_the_checkpoints(
+    tiny_folder):
+  # docs/data.md: "the per-channel mean/std is measured on the training
+  # images and stored with the checkpoints, so eval and predict normalise
+  # the same way".
+  from resnet_jax.training import run_setup
+  source = datasets.resolve(tiny_folder['name'], tiny_folder['data_dir'])
+  measured = image_folder.mean_std(tiny_folder['arrays']['train'][0])
+  assert run_setup._mean_std(None, source, None, 0) == measured  # A new run measures.
+  stored = {'mean': [0.1, 0.2, 0.3], 'std': [0.4, 0.5, 0.6]}
+  want = ((0.1, 0.2, 0.3), (0.4, 0.5, 0.6))
+  assert run_setup._mean_std(stored, source, None, 0) == want  # eval, and a resume.
+  assert run_setup.stored_mean_std(stored, tiny_folder['name']) == want  # predict.

@@ -248,6 +248,21 @@ def test_progressive_resizing_sizes_and_call_boundaries():
   assert steady.at(10**6) == 224 and steady.changes(0, 100) == set()
 
 
+def test_progressive_resizing_grows_linearly_in_steps_of_32_pixels_halves_rounded_up():
+  # docs/config.md, final_image_size: "the training size grows linearly from
+  # image_size at resize_start_epoch to this at resize_end_epoch, in steps of
+  # 32 pixels" (file_loader.Sizes: halves rounded up, one compiled shape each).
+  sizes = file_loader.Sizes(128, 256, start_epoch=1.0, end_epoch=5.0, steps_per_epoch=10)
+  # t = (step / 10 - 1) / 4 of the way: 128 + 32 * round(4 t), a half up.
+  assert [sizes.at(s) for s in (0, 10, 14, 15, 24, 25, 34, 35, 44, 45, 49, 50, 99)] == [
+      128, 128, 128, 160, 160, 192, 192, 224, 224, 256, 256, 256, 256]
+  assert sizes.changes(0, 100) == {15, 25, 35, 45}
+  # A span that is not a multiple of 32: steps of 32, then the final size.
+  odd = file_loader.Sizes(160, 208, start_epoch=0.0, end_epoch=2.0, steps_per_epoch=10)
+  assert sorted({odd.at(s) for s in range(30)}) == [160, 192, 208]
+  assert odd.at(19) == 192 and odd.at(20) == 208
+
+
 @pytest.fixture(scope='module')
 def folder(tmp_path_factory):
   root = tmp_path_factory.mktemp('recipes')

@@ -8,7 +8,7 @@ PACKAGE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 # Lower layers never import higher ones; a folder may import itself.
 LAYERS = (
-    {'errors', 'logs', 'config_files'},
+    {'errors', 'logs', 'config_files', 'paths'},
     {'models', 'layers'},
     {'data', 'parallelism', 'reporting'},
     {'workdir'},

@@ -463,9 +463,13 @@ peer = socket.create_connection(('localhost', int(port)))
 peer.sendall(f'{token} 1\\n'.encode())
 while not any(p == 1 for p in list(watch._peers.values())):
   pass
-peer.close()
 distributed._PeerWatch.current = watch
-distributed.leave_alone(own_fault=sys.argv[1] == 'own')
+if sys.argv[1] == 'own':  # Left first: the peer's end that follows is no news.
+  distributed.leave_alone(own_fault=True)
+  peer.close()
+else:
+  peer.close()
+  distributed.leave_alone(own_fault=False)
 print('left alone')
 '''
 

@@ -9,8 +9,8 @@ import sys
 import pytest
 
 from resnet_jax import errors
+from resnet_jax.data import cifar_official
 from resnet_jax.data import datasets
-from resnet_jax import prepare_data
 from tests import cifar_archives
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -45,7 +45,7 @@ def test_both_layouts_build_the_same_examples(tmp_path, layout):
   archive, arrays, dataset, names = _official_archive(
       tmp_path, layout, lambda: cifar_archives.random_cifar10(num_train=23, num_test=7, seed=1),
       seed=1)
-  info = prepare_data.prepare(str(archive), str(tmp_path / 'tfds'))
+  info = cifar_official.prepare(str(archive), str(tmp_path / 'tfds'))
   assert (info['dataset'], info['train'], info['test']) == (
       dataset, len(arrays['train'][1]), len(arrays['test'][1]))
   assert not info['official']
@@ -57,15 +57,15 @@ def test_both_layouts_build_the_same_examples(tmp_path, layout):
     key = lambda ims, lbs: sorted(zip(lbs.tolist(), [im.tobytes() for im in ims]))
     assert key(got.images, got.labels) == key(images, labels)
   assert got.class_names == tuple(names)  # CIFAR-100: the 100 fine labels.
-  # Nothing left behind but the dataset itself.
-  assert not [p for p in os.listdir(tmp_path / 'tfds') if p.startswith('.extract')]
+  # Nothing left behind but the dataset itself (no staging folder, `.arrange-*`).
+  assert not [p for p in os.listdir(tmp_path / 'tfds') if p.startswith('.')]
 
 
 def test_unofficial_archive_warns(tmp_path, caplog):
   arrays = cifar_archives.random_cifar10(num_train=5, num_test=5)
   archive = cifar_archives.write_binary(tmp_path / 'a.tar.gz', arrays)
   with caplog.at_level(logging.WARNING, logger='resnet_jax'):
-    prepare_data.prepare(str(archive), str(tmp_path / 'tfds'))
+    cifar_official.prepare(str(archive), str(tmp_path / 'tfds'))
   assert 'not the official cifar10 archive' in caplog.text
 
 
@@ -87,7 +87,7 @@ def test_missing_truncated_and_wrong_archives(tmp_path):
            other: 'neither a CIFAR archive'}
   for archive, message in cases.items():
     with pytest.raises(errors.UserError, match=message):
-      prepare_data.prepare(str(archive), str(tmp_path / 'tfds'))
+      cifar_official.prepare(str(archive), str(tmp_path / 'tfds'))
   assert not (tmp_path / 'tfds' / 'cifar10').exists()
 
 
@@ -111,9 +111,9 @@ def test_cli_on_a_prepared_folder_repeats_how_to_train(tiny_data):
       capture_output=True, text=True, timeout=300)
   assert result.returncode == 2 and 'Traceback' not in result.stderr, result.stderr
   assert result.stderr.strip().splitlines()[-1] == (
-      f'error: {os.path.join(data_dir, "cifar10", "3.0.2")} already holds cifar10; it '
-      f'was left as it is. Train with --config.dataset=cifar10 --config.data_dir='
-      f'{data_dir}, or delete that folder (or use another --data_dir) to rebuild')
+      f'error: {os.path.join(data_dir, "cifar10", "3.0.2")} already exists; it was left '
+      f'as it is. Train with --config.dataset=cifar10 --config.data_dir={data_dir}, or '
+      'delete it (or use another --data_dir) to rebuild')
 
 
 def test_crafted_pickle_is_refused_and_runs_nothing(tmp_path):
@@ -136,10 +136,10 @@ def test_crafted_pickle_is_refused_and_runs_nothing(tmp_path):
         member.size = len(data)
       dst.addfile(member, io.BytesIO(data))
   with pytest.raises(errors.UserError, match='CIFAR pickles never hold'):
-    prepare_data.prepare(str(crafted), str(tmp_path / 'tfds'))
+    cifar_official.prepare(str(crafted), str(tmp_path / 'tfds'))
   assert not marker.exists()
   # The official pickles (numpy arrays, Python 2 strings) still load.
-  prepare_data.prepare(str(good), str(tmp_path / 'tfds2'))
+  cifar_official.prepare(str(good), str(tmp_path / 'tfds2'))
 
 
 @pytest.mark.parametrize('layout', LAYOUTS)
@@ -152,7 +152,7 @@ def test_an_official_archive_becomes_an_exact_png_folder(tmp_path, layout):
       tmp_path, layout, lambda: cifar_archives.random_cifar10(num_train=20, num_test=10,
                                                                seed=4, balanced=True),
       seed=4)
-  info = prepare_data.prepare_png_folder(str(archive), str(tmp_path / 'data'))
+  info = cifar_official.prepare_png_folder(str(archive), str(tmp_path / 'data'))
   assert (info['name'], info['train'], info['test'], info['classes']) == (
       f'{dataset}-png', len(arrays['train'][1]), len(arrays['test'][1]), len(names))
   for split in ('train', 'test'):
@@ -163,7 +163,7 @@ def test_an_official_archive_becomes_an_exact_png_folder(tmp_path, layout):
     assert key(got.images, got.labels, got.class_names) == key(images, labels, names)
   assert os.listdir(tmp_path / 'data') == [f'{dataset}-png']  # No leftovers.
   with pytest.raises(errors.UserError, match='already exists; it was left as it is'):
-    prepare_data.prepare_png_folder(str(archive), str(tmp_path / 'data'))
+    cifar_official.prepare_png_folder(str(archive), str(tmp_path / 'data'))
 
 
 def test_png_folder_command_says_how_to_train(tmp_path):

@@ -48,7 +48,7 @@ distributed.initialize(sys.argv[1], 2, int(sys.argv[2]))
 import jax
 time.sleep(2)  # Both watches connected.
 if jax.process_index() == 1:
-  distributed.leave_alone()
+  distributed.leave_alone(own_fault=True)
 time.sleep(60)
 print('not stopped')
 '''
@@ -71,3 +71,63 @@ def test_every_process_gets_every_process_value():
              for out, _ in outputs]
   want = [{}, {f'n02/café_{i}.JPEG': 'empty file' for i in range(40)}]
   assert results == [want, want]
+
+
+class _TwoProcesses:
+  """`jax` as the training loop of process 0 of 2 sees it."""
+
+  def __getattr__(self, name):
+    import jax
+    return getattr(jax, name)
+
+  @staticmethod
+  def process_count():
+    return 2
+
+  @staticmethod
+  def process_index():
+    return 0
+
+
+def test_run_json_gathers_every_processs_skipped_files_unless_one_failed_alone(
+    tiny_folder, tmp_path, monkeypatch):
+  # docs/data.md, "Multi-host": at the end of a session that every process
+  # reaches together (complete, a stop signal, a diverged loss) process 0
+  # gathers all the skipped files into run.json; a session that ends
+  # because one process failed lists that process 0's own only. (The
+  # gathering itself, over two real processes: the test above.)
+  from resnet_jax import errors
+  from resnet_jax.training import loop
+  from resnet_jax.workdir import run_record
+  from tests.conftest import tiny_config
+  mine, theirs = {'n01/a.png': 'empty file'}, {'n02/b.png': 'does not decode (x)'}
+  left = []
+  monkeypatch.setattr(loop, 'jax', _TwoProcesses())
+  monkeypatch.setattr(loop.process_gather, 'allgather_json', lambda value: [value, theirs])
+  monkeypatch.setattr(loop.distributed, 'leave_alone', left.append)
+  config = tiny_config(tiny_folder['data_dir'], dataset=tiny_folder['name'])
+  outcomes = {
+      'complete': None,
+      'signal': errors.Stopped('SIGTERM at step 3', 143, every_process=True),
+      'diverged': errors.Stopped('training loss is nan at step 3', 3, every_process=True),
+      'read_failed': errors.Stopped('reading x failed 7 times over 62 s', 74),
+      'refused': errors.UserError('refused'),
+  }
+  for name, outcome in outcomes.items():
+    def train(run, initial, outcome=outcome):
+      del initial
+      run_record.start_session(run.workdir, {}, 'jax', {})
+      run.skipped.update(mine)  # This process's own, as the loop collects them.
+      if outcome is not None:
+        raise outcome
+      return {'eval_accuracy': 0.5}
+    monkeypatch.setattr(loop, '_train', train)
+    workdir = str(tmp_path / name)
+    try:
+      loop.train_and_evaluate(config, workdir)
+    except (errors.Stopped, errors.UserError):
+      pass
+    together = outcome is None or getattr(outcome, 'every_process', False)
+    want = {**mine, **theirs} if together else mine
+    assert run_record.read(workdir)['sessions'][-1]['skipped_files'] == want, name
+  assert left == [True, True]  # Those that failed alone told the others.

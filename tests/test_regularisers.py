@@ -438,9 +438,10 @@ def test_eval_reports_raw_ema_and_flip_views_of_the_test_split(modern_run, tiny_
   assert saved['flip_tta'] and saved['eval_examples'] == 20
   assert saved['ema_flip_eval_accuracy'] == result['ema_flip_eval_accuracy']
   # The flip view by hand: the mean of the two softmaxes of the raw weights.
-  _, model, variables, _, _, mean_std, weights = inference.load_for_inference(workdir)
-  assert weights == 'raw'
-  images = device_pipeline.normalize(tiny_data['arrays']['test'][0], mean_std)
+  raw = inference.load_for_inference(workdir)
+  assert raw.weights == 'raw'
+  model, variables = raw.model, raw.variables
+  images = device_pipeline.normalize(tiny_data['arrays']['test'][0], raw.mean_std)
   probs = (jax.nn.softmax(model.apply(variables, images, train=False))
            + jax.nn.softmax(model.apply(variables, images[:, :, ::-1], train=False))) / 2
   labels = tiny_data['arrays']['test'][1]
@@ -448,9 +449,9 @@ def test_eval_reports_raw_ema_and_flip_views_of_the_test_split(modern_run, tiny_
   np.testing.assert_allclose(saved['flip_eval_loss'],
                              -np.mean(np.log(probs[np.arange(20), labels])), rtol=1e-5)
   # The EMA view evaluates the averaged weights.
-  _, _, ema_vars, _, _, _, weights = inference.load_for_inference(workdir, prefer_ema=True)
-  assert weights == 'ema'
-  logits = model.apply(ema_vars, images, train=False)
+  ema = inference.load_for_inference(workdir, prefer_ema=True)
+  assert ema.weights == 'ema'
+  logits = model.apply(ema.variables, images, train=False)
   assert saved['ema_eval_accuracy'] == np.mean(np.argmax(logits, -1) == labels)
   # The results table takes the one test look from eval.json.
   row = results.summarize(workdir, 'ema_flip_eval_accuracy')
@@ -467,14 +468,14 @@ def test_predict_uses_the_average_and_flip_when_asked(modern_run, tiny_data, tmp
   path = str(tmp_path / 'a.png')
   image = tiny_data['arrays']['test'][0][0]
   Image.fromarray(image).save(path)
-  _, model, ema_vars, names, _, mean_std, _ = inference.load_for_inference(
-      workdir, prefer_ema=True)
-  x = device_pipeline.normalize(image[None], mean_std)
+  ema = inference.load_for_inference(workdir, prefer_ema=True)
+  model, ema_vars = ema.model, ema.variables
+  x = device_pipeline.normalize(image[None], ema.mean_std)
   expected = (jax.nn.softmax(model.apply(ema_vars, x, train=False))
               + jax.nn.softmax(model.apply(ema_vars, x[:, :, ::-1], train=False)))[0] / 2
   (result,) = predict.predict(workdir, [path], top_k=10, flip_tta=True)
   assert result['weights'] == 'ema' and result['flip_tta']
   got = {p['class']: p['probability'] for p in result['predictions']}
-  np.testing.assert_allclose([got[n] for n in names], expected, rtol=1e-5)
+  np.testing.assert_allclose([got[n] for n in ema.names], expected, rtol=1e-5)
   (raw,) = predict.predict(workdir, [path], top_k=10, ema=False)
   assert raw['weights'] == 'raw' and raw['predictions'] != result['predictions']

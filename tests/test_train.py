@@ -308,3 +308,46 @@ def test_predict_usage_errors_are_one_line(trained, args, line):
                            workdir, *args], capture_output=True, text=True, cwd=REPO,
                           timeout=120)
   assert result.returncode == 2 and result.stderr.strip() == line
+
+
+# ImageNet names two classes "crane" (n02012849 the bird, n03126707 the
+# machine): its classes.txt as the devkit's words give it, `<wnid> <names>`.
+CRANES = {'n01440764': 'tench, Tinca tinca', 'n02012849': 'crane',
+          'n03126707': 'crane'}
+
+
+def test_two_classes_with_one_name_keep_their_results_apart(tmp_path):
+  from PIL import Image
+  from resnet_jax import predict
+  rng = np.random.default_rng(0)
+  root = tmp_path / 'data' / 'cranes'
+  for split, n in (('train', 8), ('test', 2)):
+    for wnid in CRANES:
+      (root / split / wnid).mkdir(parents=True)
+      for i in range(n):
+        Image.fromarray(rng.integers(0, 256, (32, 32, 3), np.uint8)).save(
+            root / split / wnid / f'{i}.png')
+  (root / 'classes.txt').write_text(''.join(f'{k} {v}\n' for k, v in CRANES.items()))
+  config = tiny_config(str(tmp_path / 'data'), dataset='cranes', num_train_steps=2,
+                       checkpoint_every_steps=2)
+  workdir = str(tmp_path / 'w')
+  loop.train_and_evaluate(config, workdir)
+  evaluation.evaluate_checkpoint(config, workdir)
+  with open(os.path.join(workdir, 'eval.json')) as f:
+    saved = json.load(f)
+  # Keyed by wnid: three entries for three classes, none merged.
+  assert list(saved['per_class_accuracy']) == saved['class_ids'] == list(CRANES)
+  assert saved['class_names'] == ['tench', 'crane (n02012849)', 'crane (n03126707)']
+  confusion = np.array(saved['confusion_matrix'])
+  np.testing.assert_allclose(np.array(list(saved['per_class_accuracy'].values())) * 2,
+                             np.diag(confusion))
+  (result,) = predict.predict(workdir, [str(root / 'test' / 'n02012849' / '0.png')],
+                              top_k=3)
+  got = {p['class_id']: p['class'] for p in result['predictions']}
+  assert got == dict(zip(CRANES, saved['class_names']))
+  lines = predict.text_lines([result])
+  assert len(set(lines[1:])) == 3  # Three lines a reader tells apart ...
+  assert {l.split()[0] for l in lines[1:]} == {'tench', 'crane'}
+  assert sum('(n02012849)' in l for l in lines) == sum('(n03126707)' in l for l in lines) == 1
+  # ... in one column, however long the names.
+  assert len({l.rindex(' ') for l in lines[1:]}) == 1

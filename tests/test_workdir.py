@@ -18,7 +18,7 @@ from configs import cifar
 from resnet_jax.workdir import config_fields
 from resnet_jax.workdir import config_validation
 from resnet_jax import errors
-from resnet_jax import prepare_data
+from resnet_jax.data import cifar_official
 from resnet_jax.data import datasets
 from resnet_jax.workdir import run_record
 from resnet_jax.training import inference
@@ -106,6 +106,35 @@ def test_run_record_says_what_produced_the_workdir(finished):
   if os.path.exists('/proc/cpuinfo') and numerics['machine'] == 'x86_64':
     assert numerics['cpu_family'] and numerics['cpu_model'].isdigit()
     assert 'sse2' in numerics['cpu_flags'].split()
+
+
+def test_a_path_with_tilde_is_the_same_run_as_its_expansion(tmp_path, monkeypatch):
+  # `~/data` and HOME/data are one run, whichever a run recorded (one started
+  # before `~` was expanded recorded it as typed) and whichever a resume gives.
+  from resnet_jax.workdir import run_config
+  home = tmp_path / 'home'
+  monkeypatch.setenv('HOME', str(home))
+  defaults = cifar.get_config()
+  typed = {**json.loads(defaults.to_json()), 'data_dir': '~/data', 'init_from': '~/runs/a'}
+  expanded = {**typed, 'data_dir': f'{home}/data', 'init_from': f'{home}/runs/a'}
+  for stored, given in ((typed, expanded), (expanded, typed)):
+    config = cifar.get_config()
+    config.update(given)
+    assert config_validation.check_resume(stored, config, 'w') == {}
+    workdir = tmp_path / 'w'
+    workdir.mkdir(exist_ok=True)
+    (workdir / run_record.FILE).write_text(json.dumps({'config': stored}))
+    remembered = run_config.remembered(
+        str(workdir), defaults, {'init_from': given['init_from'], 'data_dir': '~/data'})
+    assert (remembered.data_dir, remembered.init_from) == (f'{home}/data',
+                                                           f'{home}/runs/a')
+  # Another path is still another recipe.
+  config.init_from = '~/runs/b'
+  with pytest.raises(errors.UserError, match=f"init_from '{home}/runs/a' -> "
+                                             f"'{home}/runs/b'"):
+    config_validation.check_resume(expanded, config, 'w')
+  with pytest.raises(errors.UserError, match='different recipe'):
+    run_config.remembered(str(workdir), defaults, {'init_from': '~/runs/b'})
 
 
 def test_a_changed_recipe_is_refused_leaving_the_workdir_as_it_was(tiny_data, finished,
@@ -286,8 +315,9 @@ def test_init_from_a_run_gives_its_logits_and_a_new_head_for_new_classes(
     tiny_data, finished, tmp_path):
   config, source = finished
   images = np.random.default_rng(0).normal(size=(4, 32, 32, 3))
-  _, model, variables, *_ = inference.load_for_inference(source)
-  want = _logits(model, variables, images)
+  loaded = inference.load_for_inference(source)
+  variables = loaded.variables
+  want = _logits(loaded.model, variables, images)
   for path in (source, os.path.join(source, 'checkpoints', '8')):
     new = tiny_config(tiny_data['data_dir'], init_from=path)
     run = run_setup.Run(new, str(tmp_path / 'new'), need_train=True)
@@ -301,7 +331,7 @@ def test_init_from_a_run_gives_its_logits_and_a_new_head_for_new_classes(
   # everything but the classifier carries over.
   archive = cifar_archives.write_python100(tmp_path / 'cifar-100-python.tar.gz',
                                            cifar_archives.random_cifar100(100, 100, seed=3))
-  prepare_data.prepare(str(archive), str(tmp_path / 'data'))
+  cifar_official.prepare(str(archive), str(tmp_path / 'data'))
   new = tiny_config(str(tmp_path / 'data'), dataset='cifar100', init_from=source)
   run = run_setup.Run(new, str(tmp_path / 'c100'), need_train=True)
   state = init_from.init_from_run(run.init_state(), new, run.num_classes)
@@ -326,9 +356,9 @@ def test_init_from_a_run_gives_its_logits_and_a_new_head_for_new_classes(
       jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-9),
                    after.params[name], variables['params'][name])
   assert not np.allclose(fresh.params['conv1']['kernel'], after.params['conv1']['kernel'])
-  _, _, _, names, _, mean_std, _ = inference.load_for_inference(str(tmp_path / 'c100'))
-  assert list(names) == cifar_archives.FINE100
-  assert mean_std == datasets.MEAN_STD['cifar100']
+  c100 = inference.load_for_inference(str(tmp_path / 'c100'))
+  assert list(c100.names) == cifar_archives.FINE100
+  assert c100.mean_std == datasets.MEAN_STD['cifar100']
   with pytest.raises(errors.UserError, match='is a resnet8 run but the config asks for '
                                              'resnet20'):
     bad = tiny_config(tiny_data['data_dir'], init_from=source, model='resnet20')

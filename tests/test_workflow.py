@@ -11,6 +11,7 @@ from ml_collections import config_flags
 import pytest
 
 from configs import cifar
+from resnet_jax import config_files
 from resnet_jax.workdir import config_fields
 from resnet_jax.workdir import config_validation
 from resnet_jax.reporting import progress
@@ -113,6 +114,56 @@ def test_a_mistyped_command_gets_one_error_line_and_writes_nothing(tmp_path, fla
   assert not (tmp_path / 'w').exists()
 
 
+@pytest.mark.parametrize('given', ['configs/imagenet.py', 'configs/cifar.py'])
+def test_a_preset_typo_points_at_the_presets_of_the_file_given(given, tmp_path):
+  result = subprocess.run([sys.executable, '-m', 'resnet_jax.main', '--config',
+                           f'{given}:resnet5O', '--workdir', str(tmp_path / 'w')],
+                          capture_output=True, text=True, cwd=REPO, timeout=120)
+  assert result.returncode == 2 and 'Traceback' not in result.stderr, result.stderr
+  last = result.stderr.strip().splitlines()[-1]
+  presets = ', '.join(config_files.load_module(os.path.join(REPO, given)).PRESETS)
+  assert last == (f"error: unknown preset 'resnet5O'; choose one of: {presets}; pass "
+                  f'--config {given}:NAME')
+
+
+def test_tilde_in_a_path_flag_is_the_home_folder(tmp_path):
+  # The shell leaves `~` after `=` as typed: the commands expand it, and make
+  # no folder named `~` where they run.
+  home = tmp_path / 'home'
+  home.mkdir()
+  env = dict(os.environ, HOME=str(home), PYTHONPATH=REPO)
+
+  def last_line(module, *args):
+    result = subprocess.run([sys.executable, '-m', module, *args], capture_output=True,
+                            text=True, cwd=tmp_path, env=env, timeout=120)
+    assert 'Traceback' not in result.stderr, result.stderr
+    return result.stderr.strip().splitlines()[-1]
+
+  main = ('resnet_jax.main', '--config', 'configs/cifar.py')
+  assert last_line(*main, '--workdir=~/w', '--config.data_dir=~/data',
+                   '--config.dataset=nothere').startswith(
+      f"error: unknown dataset 'nothere': not cifar10 or cifar100, and {home}/data/"
+      'nothere has no train/ folder')
+  assert last_line(*main, '--workdir=~/w', '--config.init_from=~/runs/a').startswith(
+      f'error: init_from {home}/runs/a does not exist')
+  assert last_line(*main, '--workdir=~/w', '--mode=eval').startswith(
+      f'error: workdir {home}/w does not exist')
+  assert last_line('resnet_jax.benchmark', '--config', 'configs/cifar.py',
+                   '--config.data_dir=~/data', '--config.dataset=nothere').startswith(
+      f"error: unknown dataset 'nothere': not cifar10 or cifar100, and {home}/data/")
+  assert last_line('resnet_jax.predict', '--workdir=~/w', 'a.png') == (
+      f'error: no checkpoint in {home}/w/checkpoints; pass the --workdir of a trained run')
+  result = subprocess.run(
+      [sys.executable, '-m', 'resnet_jax.experiment', '--config', 'configs/cifar.py',
+       '--workdir=~/exp', '--config.data_dir=~/data', '--config.model=resnet8',
+       '--dry_run'], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=120)
+  assert result.returncode == 0, result.stderr
+  assert (f'Experiment {home}/exp: 1 run(s)' in result.stdout
+          and f'--config.data_dir={home}/data' in result.stdout), result.stdout
+  assert os.listdir(tmp_path) == ['home']  # Nothing written: all were refusals.
+  assert not {'w', 'exp', 'runs', 'data'} & set(os.listdir(home))
+
+
 def test_the_readme_config_path_works_from_any_folder(tmp_path):
   # Outside the checkout, configs/cifar.py means the copy shipped with the
   # package; a bad batch size then shows the preset was loaded and checked.
@@ -202,3 +253,15 @@ def test_a_session_starts_when_its_process_did(tmp_path):
   started, now = (datetime.datetime.fromisoformat(l) for l in result.stdout.split())
   assert (now - started).total_seconds() >= 2
 
+
+
+def test_ctrl_c_in_a_command_is_one_line_and_exit_130():
+  # Where no handler of the command's own is installed (prepare_data's
+  # listing, a devkit read): no KeyboardInterrupt traceback.
+  script = ('from resnet_jax import errors\n'
+            'def main(argv):\n'
+            '  raise KeyboardInterrupt\n'
+            'errors.run_cli(main)\n')
+  result = subprocess.run([sys.executable, '-c', script], capture_output=True, text=True,
+                          cwd=REPO, timeout=60)
+  assert (result.returncode, result.stderr) == (130, 'stopped: interrupted (SIGINT)\n')

@@ -9,6 +9,7 @@ TensorFlow and tfds are imported only on the tfds path.
 """
 
 import dataclasses
+import difflib
 import os
 import socket
 from typing import Optional
@@ -52,10 +53,32 @@ def resolve(dataset: str, data_dir: Optional[str]) -> Source:
     return Source(dataset, 'tfds', TFDS_CLASSES[dataset], data_dir)
   where = (f'{os.path.join(data_dir, dataset)} has no train/ folder' if data_dir
            else 'no --config.data_dir is set')
+  close = _closest(dataset, data_dir)
+  hint = f'did you mean --config.dataset={close}? Otherwise set' if close else 'set'
   raise errors.UserError(
-      f'unknown dataset {dataset!r}: not cifar10 or cifar100, and {where}; set '
+      f'unknown dataset {dataset!r}: not cifar10 or cifar100, and {where}; {hint} '
       '--config.dataset to cifar10, cifar100 or the name of an image-folder '
       'dataset in --config.data_dir (python -m resnet_jax.prepare_data makes one)')
+
+
+def _closest(dataset: str, data_dir: Optional[str]) -> Optional[str]:
+  """The known dataset nearest to a mistyped name ('imagenet2O12'), as
+  --config.FIELD typos get one: the tfds names and `data_dir`'s image
+  folders."""
+  names = list(TFDS_CLASSES)
+  try:
+    names += [n for n in os.listdir(data_dir or '') if image_folder.find(data_dir, n)]
+  except OSError:  # No data_dir, or not a folder: the tfds names alone.
+    pass
+  by_case = {n.lower(): n for n in names}
+  close = difflib.get_close_matches(str(dataset).lower(), list(by_case), n=1, cutoff=0.6)
+  return by_case[close[0]] if close else None
+
+
+def split_name(source: Source, split: str) -> str:
+  """`split` as the data names it: an image folder's evaluation split may be
+  ImageNet's 'val'."""
+  return image_folder.split_name(source.root, split) if source.root else split
 
 
 def load_split(source: Source, split: str, image_size: int = 0):
@@ -164,10 +187,10 @@ def _load_tfds(dataset: str, split: str, data_dir: Optional[str]):
     except Exception as e:  # tfds raises many kinds on a failed download.
       raise errors.UserError(advice.format(type(e).__name__)) from e
   data = tfds.as_numpy(builder.as_dataset(split=split, batch_size=-1))
-  names = tuple(builder.info.features['label'].names)
+  names = tuple(builder.info.features['label'].names)  # Unique: also the ids.
   return input_pipeline.Split(images=np.asarray(data['image'], np.uint8),
                               labels=np.asarray(data['label'], np.int32),
-                              class_names=names)
+                              class_names=names, class_ids=names)
 
 
 _DOWNLOAD_HOST = 'www.cs.toronto.edu'

@@ -55,7 +55,8 @@ class FileSplit:
   root: str
   paths: np.ndarray   # bytes ('S'), relative to root: compact for 1M+ files.
   labels: np.ndarray  # int32 [N]
-  class_names: tuple
+  class_names: tuple  # Readable, one per label, unique.
+  class_ids: tuple = ()  # The class folders (wnids); () = `class_names`.
 
   def __len__(self) -> int:
     return len(self.labels)
@@ -74,7 +75,7 @@ class FileSplit:
   def take(self, selection) -> 'FileSplit':
     """The files at `selection` (a mask or indices), in that order."""
     return FileSplit(self.root, self.paths[selection], self.labels[selection],
-                     self.class_names)
+                     self.class_names, self.class_ids)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -87,6 +87,11 @@ def _open_pil(data: bytes):
     im = Image.open(io.BytesIO(data))
   except Image.DecompressionBombError as e:
     raise BadImage(f'over Pillow\'s pixel limit ({e})') from e
+  except Image.UnidentifiedImageError as e:
+    # Its message names the buffer (`<_io.BytesIO object at 0x...>`), not the
+    # file: the caller names the file.
+    raise BadImage('not an image Pillow can read (no format it knows starts this '
+                   'way)') from e
   except Exception as e:  # Pillow raises many kinds on foreign bytes.
     raise BadImage(f'not an image Pillow can read ({type(e).__name__}: {e})') from e
   _check_pixels(*im.size)

@@ -6,13 +6,17 @@ ImageNet's layout (`val/` instead of `test/`: ILSVRC-2012 once arranged by
 JPEG files. Labels follow the sorted folder names (for CIFAR-10 and ImageNet
 that is the official label order); a `classes.txt` (or Kaggle's
 `LOC_synset_mapping.txt`) beside the splits, lines `<folder> <name>[, more
-names]`, gives each class its readable name ("tench", not "n01440764").
+names]`, gives each class its readable name ("tench", not "n01440764");
+without one, folders that are all ImageNet wnids (Imagenette, Imagewoof) get
+ImageNet's names (`imagenet_classes`). The folder stays the class's id, which
+results are keyed by (ImageNet names two classes "crane").
 
 32x32 datasets are decoded with Pillow into the same in-memory `Split` the
 tfds source gives; other sizes are read from the files during training
 (`file_loader`, `--config.image_size`). Nothing here imports TensorFlow.
 """
 
+import collections
 import concurrent.futures
 import os
 from typing import Optional
@@ -20,6 +24,7 @@ from typing import Optional
 import numpy as np
 
 from resnet_jax import errors
+from resnet_jax.data import imagenet_classes
 
 SPLITS = ('train', 'test')
 # The evaluation split's folder: 'test', or ImageNet's 'val'.
@@ -33,7 +38,7 @@ def find(data_dir: Optional[str], name: str) -> Optional[str]:
   """`data_dir/name` if it is an image-folder dataset (has train/), else None."""
   if not data_dir or not name or os.sep in name:
     return None
-  root = os.path.join(os.path.expanduser(data_dir), name)
+  root = os.path.join(data_dir, name)
   return root if os.path.isdir(os.path.join(root, 'train')) else None
 
 
@@ -45,6 +50,12 @@ def folder(root: str, split: str) -> str:
       if os.path.isdir(os.path.join(root, name)):
         return os.path.join(root, name)
   return os.path.join(root, split)
+
+
+def split_name(root: str, split: str) -> str:
+  """The name of `split`'s folder, which logs and eval.json report: 'val'
+  where the evaluation split is ImageNet's `val/`."""
+  return os.path.basename(folder(root, split))
 
 
 def class_folders(root: str) -> tuple:
@@ -64,8 +75,7 @@ def class_folders(root: str) -> tuple:
     found[split] = sorted(d for d in os.listdir(where)
                           if os.path.isdir(os.path.join(where, d)))
     if not found[split]:
-      raise errors.UserError(f'{where} has no class folders; put each class\'s '
-                             f'images in {where}/<class>/')
+      raise errors.UserError(_no_class_folders(root, where))
   only = sorted(set(found['train']) ^ set(found['test']))
   if only:
     name = only[0]
@@ -76,12 +86,45 @@ def class_folders(root: str) -> tuple:
   return tuple(found['train'])
 
 
+def _no_class_folders(root: str, where: str) -> str:
+  if os.path.basename(os.path.normpath(root)) == 'CLS-LOC':
+    # Kaggle's ImageNet: val/ is flat (its labels are in a CSV), test/ unlabelled.
+    download = os.path.normpath(os.path.join(root, os.pardir, os.pardir, os.pardir))
+    return (f'{root} is Kaggle\'s copy of ImageNet, whose val/ is not sorted by class '
+            'and whose test/ has no labels; arrange it once with python -m '
+            f'resnet_jax.prepare_data --imagenet {download} --data_dir DIR, then train '
+            'with --config configs/imagenet.py --config.data_dir=DIR')
+  return f'{where} has no class folders; put each class\'s images in {where}/<class>/'
+
+
 def class_names(root: str) -> tuple:
   """The classes in label order: their readable names where `classes.txt`
-  (or `LOC_synset_mapping.txt`) gives them, else the folder names."""
+  (or `LOC_synset_mapping.txt`) gives them, ImageNet's where there is no
+  such file and every folder is a wnid, else the folder names; made unique
+  by `unique_names` (`names_for`). The ids are `class_folders(root)`."""
   folders = class_folders(root)
-  readable = readable_names(root)
-  return tuple(readable.get(f, f) for f in folders)
+  return names_for(folders, readable_names(root))
+
+
+def names_for(ids, readable: dict) -> tuple:
+  """Readable, unique names of the classes `ids`: from `readable` ({id:
+  name}, a names file's), else ImageNet's own where every id is one of its
+  wnids (Imagenette, Imagewoof and other subsets come with no names file),
+  else the ids themselves."""
+  if not readable:
+    readable = imagenet_classes.names_of(ids) or {}
+  return unique_names([readable.get(i, i) for i in ids], ids)
+
+
+def unique_names(names, ids) -> tuple:
+  """`names`, each one that several classes share followed by the class's
+  id: ImageNet's two "crane"s (the bird and the machine) become `crane
+  (n02012849)` and `crane (n03126707)`. Where the ids do not tell them apart
+  either (a checkpoint written before ids were kept), the label does."""
+  counts = collections.Counter(names)
+  return tuple(
+      f'{name} ({key if key != name else f"class {label}"})' if counts[name] > 1
+      else name for label, (name, key) in enumerate(zip(names, ids)))
 
 
 def readable_names(root: str) -> dict:
@@ -124,12 +167,13 @@ def file_split(root: str, split: str):
   """`split` as a `file_loader.FileSplit`, reading no image (ImageNet's
   1.28M training files: one directory listing per class)."""
   from resnet_jax.data import file_loader
-  paths, labels = _files(root, split, class_folders(root))
+  folders = class_folders(root)
+  paths, labels = _files(root, split, folders)
   # The file system's own bytes (os.fsencode): any name it holds, 'café_1.jpg'
   # or bytes that are not UTF-8, round-trips through os.fsdecode.
   return file_loader.FileSplit(folder(root, split),
                                np.asarray([os.fsencode(p) for p in paths], dtype=bytes),
-                               labels, class_names(root))
+                               labels, class_names(root), folders)
 
 
 def image_sizes(root: str, split: str) -> list:
@@ -180,13 +224,14 @@ def load_split(root: str, split: str):
     An `input_pipeline.Split`: images in class order, files sorted by name.
   """
   from resnet_jax.data import input_pipeline
-  paths, labels = _files(root, split, class_folders(root))
+  folders = class_folders(root)
+  paths, labels = _files(root, split, folders)
   top = folder(root, split)
   # Pillow releases the GIL while decoding: threads use every core.
   with concurrent.futures.ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:
     images = np.stack(list(pool.map(decode, [os.path.join(top, p) for p in paths])))
   return input_pipeline.Split(images=images, labels=labels,
-                              class_names=class_names(root))
+                              class_names=class_names(root), class_ids=folders)
 
 
 def mean_std(images: np.ndarray) -> tuple:

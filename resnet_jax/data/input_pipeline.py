@@ -36,14 +36,18 @@ class Split:
   """A dataset split held in host memory."""
   images: np.ndarray  # uint8 [N, 32, 32, 3]
   labels: np.ndarray  # int32 [N]
-  class_names: tuple
+  class_names: tuple  # Readable, one per label, unique.
+  # What results are keyed by: the class folders (wnids), tfds's label names;
+  # () = `class_names`.
+  class_ids: tuple = ()
 
   def __len__(self) -> int:
     return len(self.labels)
 
   def take(self, selection) -> 'Split':
     """The examples at `selection` (a mask or indices), in that order."""
-    return Split(self.images[selection], self.labels[selection], self.class_names)
+    return Split(self.images[selection], self.labels[selection], self.class_names,
+                 self.class_ids)
 
 
 def augment(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:

@@ -22,6 +22,7 @@ import ml_collections
 
 from resnet_jax import config_files
 from resnet_jax import errors
+from resnet_jax import paths
 from resnet_jax.reporting import metrics_io
 from resnet_jax.workdir import config_fields
 from resnet_jax.workdir import config_validation
@@ -112,7 +113,7 @@ def parse_value(field: str, text: str, default):
     raise errors.UserError(f'--sweep value {text!r} of {field} is not a '
                            f'{type(default).__name__} like its default {default!r}; '
                            'fix the value') from None
-  return text
+  return paths.expand(text) if field in paths.CONFIG_FIELDS else text
 
 
 def parse_sweeps(items: list, defaults: ml_collections.ConfigDict) -> dict:
@@ -196,7 +197,7 @@ class Plan:
     config = ml_collections.ConfigDict(self._loaded.to_dict())
     for field, value in self.overrides.items():
       config_validation.assign(config, field, value)
-    return config
+    return paths.expand_config(config)  # A config file's own `~/data` too.
 
   def run_config(self, run_point: dict, seed: int) -> ml_collections.ConfigDict:
     config = self.base_config()
@@ -281,7 +282,8 @@ def write(folder: str, plan: Plan, launches: Optional[list] = None,
 def differences(stored: dict, plan: Plan) -> list:
   """What differs between a stored plan and `plan`: runs only in one of
   them, and recipe fields that differ in runs both have."""
-  old = {r['name']: r['recipe'] for r in stored['runs']}
+  # A plan stored before `~` was expanded names the same paths.
+  old = {r['name']: paths.expand_config(dict(r['recipe'])) for r in stored['runs']}
   new = {r.name: _json(r.recipe) for r in plan.runs()}
   out = []
   gone = [n for n in old if n not in new]

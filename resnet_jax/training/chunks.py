@@ -155,10 +155,12 @@ class EvalSplit:
   else placed `HOST_GROUP` batches at a time."""
 
   HOST_GROUP = 16
+  label = ''  # The split's name in progress lines ('val'); '' = the caller's.
 
   def __init__(self, dp: data_parallel.DataParallel, split: input_pipeline.Split,
                global_batch: int):
     self._dp = dp
+    self.num_examples = len(split)
     batches = list(input_pipeline.eval_batches(split, global_batch, jax.process_index(),
                                                jax.process_count()))
     self._host = {k: np.stack([b[k] for b in batches]) for k in batches[0]}
@@ -172,6 +174,11 @@ class EvalSplit:
   def group_size(self) -> int:
     """Batches per placed group."""
     return len(self._placed['mask']) if self._placed is not None else self.HOST_GROUP
+
+  @property
+  def num_groups(self) -> int:
+    """How many groups `groups` yields."""
+    return 1 if self._placed is not None else -(-len(self._host['mask']) // self.HOST_GROUP)
 
   def groups(self):
     """The placed groups of batches, in order."""
@@ -195,16 +202,22 @@ class FileEvalSplit:
   px. Files that do not decode are masked out and named in `skipped`."""
 
   HOST_GROUP = EvalSplit.HOST_GROUP
+  label = ''
 
   def __init__(self, dp: data_parallel.DataParallel, split: file_loader.FileSplit,
                global_batch: int, size: int, workers: tuple, skipped: dict):
     self._dp, self._split, self._batch, self._size = dp, split, global_batch, size
     self._workers, self._skipped = workers, skipped
     self._num_batches = -(-len(split) // global_batch)
+    self.num_examples = len(split)
 
   @property
   def group_size(self) -> int:
     return min(self.HOST_GROUP, self._num_batches)
+
+  @property
+  def num_groups(self) -> int:
+    return -(-self._num_batches // self.group_size)
 
   def groups(self):
     """The placed groups of batches, in order; the last padded with masked

@@ -8,9 +8,11 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from resnet_jax.logs import log
 from resnet_jax.parallelism import data_parallel
 from resnet_jax.reporting import metrics_io
 from resnet_jax.reporting import plots
+from resnet_jax.reporting import progress
 from resnet_jax.training import chunks
 from resnet_jax.training import run_setup
 from resnet_jax.training import train_state
@@ -28,7 +30,9 @@ def evaluate(dp: data_parallel.DataParallel, p_evaluate: Callable,
     or 'flip_' (flip test-time augmentation), split 'eval' (test) or 'val'
     (validation), metric loss, accuracy, top5_accuracy (fractions); also
     `{split}_examples` and the raw plain confusion matrix (rows: true class,
-    columns: predicted).
+    columns: predicted). A long evaluation logs its progress
+    (`progress.EvalProgress`), naming the split by its `label` (e.g. 'val',
+    the folder's name) or `split_name`.
   """
   prefix = SPLIT_PREFIX[split_name]
   variants = {'': state}
@@ -36,12 +40,18 @@ def evaluate(dp: data_parallel.DataParallel, p_evaluate: Callable,
     variants['ema_'] = train_state.ema_variables(state)
   sums = {}
   per_call = chunks.eval_batches_per_call(split.group_size)
+  calls = len(variants) * split.num_groups * -(-split.group_size // per_call)
+  bar = progress.EvalProgress(
+      f'Evaluating {split.num_examples:,} {split.label or split_name} images'
+      + (' with raw and EMA weights' if len(variants) > 1 else ''),
+      split.num_examples * len(variants), calls)
   for weights, s in variants.items():
     for group in split.groups():
       for first in range(0, split.group_size, per_call):
         out = p_evaluate(s, group, first, per_call)
         sums[weights] = out if weights not in sums else jax.tree.map(
             jnp.add, sums[weights], out)
+        bar.call_done(lambda: jax.block_until_ready(sums))
   result = {}
   for weights, totals in dp.fetch(sums).items():
     for view, t in totals.items():
@@ -82,15 +92,21 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
 def _evaluate_checkpoint(run: run_setup.Run, step: Optional[int]) -> dict:
   config, workdir = run.config, run.workdir
   state = run.restore(step)
+  # Compiling the evaluation takes a while: say what the quiet is.
+  log.info('Evaluating step %d on %s %s images%s ...', run.ckpt.restored_step,
+           f'{len(run.test):,}', run.test_name,
+           ', with flip test-time augmentation' if config.flip_tta else '')
   result = evaluate(run.dp, run.p_evaluate, state, run.eval_data('test'))
   confusion = result['confusion']
   per_class = np.diag(confusion) / np.maximum(confusion.sum(1), 1)
   names = list(run.test.class_names)
-  result = {'step': run.ckpt.restored_step, 'split': 'test',
+  # Keyed by id: two classes may share a readable name (ImageNet's "crane").
+  ids = list(run.test.class_ids or names)
+  result = {'step': run.ckpt.restored_step, 'split': run.test_name,
             'weights': ['raw', 'ema'] if train_state.ema_of(state) is not None else ['raw'],
             'flip_tta': bool(config.flip_tta), **metrics_io.scalars(result),
-            'per_class_accuracy': dict(zip(names, per_class.tolist())),
-            'class_names': names,
+            'per_class_accuracy': dict(zip(ids, per_class.tolist())),
+            'class_ids': ids, 'class_names': names,
             'confusion_matrix': confusion.tolist()}
   if jax.process_index() == 0:
     metrics_io.write_json(os.path.join(workdir, 'eval.json'), result)

@@ -26,15 +26,15 @@ def init_from_run(state: train_state.TrainState, config: ml_collections.ConfigDi
       os.path.dirname(path)) == 'checkpoints':
     step, path = int(os.path.basename(path)), os.path.dirname(os.path.dirname(path))
   try:
-    source, _, variables, _, restored, _, _ = inference.load_for_inference(path, step)
+    source = inference.load_for_inference(path, step)
   except errors.UserError as e:
     raise errors.UserError(f'init_from {config.init_from}: {e}') from e
-  if source.model != config.model:
-    raise errors.UserError(f'init_from {config.init_from} is a {source.model} run but '
-                           f'the config asks for {config.model}; set '
-                           f'--config.model={source.model}')
-  log.info('Initialised %s from step %d of %s', config.model, restored, path)
-  return _start_from(state, variables, config, num_classes)
+  model = source.config.model
+  if model != config.model:
+    raise errors.UserError(f'init_from {config.init_from} is a {model} run but the config '
+                           f'asks for {config.model}; set --config.model={model}')
+  log.info('Initialised %s from step %d of %s', config.model, source.step, path)
+  return _start_from(state, source.variables, config, num_classes)
 
 
 def init_from_torch(state: train_state.TrainState, config: ml_collections.ConfigDict,

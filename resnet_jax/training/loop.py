@@ -13,6 +13,7 @@ import ml_collections
 from resnet_jax import errors
 from resnet_jax.data import augmentations
 from resnet_jax.data import batch_workers
+from resnet_jax.data import datasets
 from resnet_jax.data import device_pipeline
 from resnet_jax.data import file_loader
 from resnet_jax.data import input_pipeline
@@ -71,12 +72,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """
   finished = finished_step(config, workdir)
   if finished is not None:  # Known from its files: no data read, nothing written.
-    run_setup.preflight(config)
-    return _finished(workdir, finished)
+    _, source = run_setup.preflight(config)
+    return _finished(workdir, finished, datasets.split_name(source, 'test'))
   run = run_setup.Run(config, workdir, need_train=True)
   if run.ckpt.latest_step() == run.num_steps:
     run.release()
-    return _finished(workdir, run.num_steps)  # Nothing to do, nothing written.
+    # Nothing to do, nothing written.
+    return _finished(workdir, run.num_steps, run.test_name)
   initial = None
   if config.init_from and run.ckpt.latest_step() is None:
     # Read (and maybe refused) before the workdir is touched.
@@ -129,14 +131,15 @@ def finished_step(config: ml_collections.ConfigDict, workdir: str) -> Optional[i
   return last
 
 
-def _finished(workdir: str, num_steps: int) -> dict:
-  """A complete run started again: says so and returns its last evaluation."""
+def _finished(workdir: str, num_steps: int, test_name: str = 'test') -> dict:
+  """A complete run started again: says so and returns its last evaluation
+  (`test_name`: the evaluation split as the data names it, e.g. 'val')."""
   evals = [l for l in metrics_io.read_lines(workdir) if evaluation.headline(l)]
   last = evals[-1] if evals else {}
   accuracy = 'no evaluation recorded'
   if last:
     key, value = evaluation.headline(last)
-    split = 'validation' if key.startswith('val') else 'test'
+    split = 'validation' if key.startswith('val') else test_name
     accuracy = f"{split} accuracy {100 * value:.2f}% at step {last['step']}"
   log.info('%s holds a complete run (step %d of %d, %s); nothing to do. '
            '--mode=eval evaluates it; a new --workdir starts a new run.',
@@ -163,6 +166,8 @@ def _train(run: run_setup.Run, initial: Optional[train_state.TrainState]) -> dic
     log.info('Resuming from the checkpoint at step %d in %s', start, ckpt.directory)
   else:
     start = 0
+    if initial is None:  # Eager, each op compiled on first use: 10-15 s for a ResNet-50.
+      log.info('Initialising the parameters of %s ...', config.model)
     state = dp.place_state(initial if initial is not None else run.init_state())
   devices = _devices(dp, config)
   if start:

@@ -62,11 +62,16 @@ class Run:
     # The checkpoints' layout follows the run that wrote them.
     self.has_ema = (stored_config or config).get('ema_decay', 0.0) > 0
     if need_train:  # Before any image is decoded, when the sizes are known.
-      check_warmup(config, *_known_length(config, self.source))
+      known = _known_length(config, self.source)
+      check_warmup(config, *known)
+      check_resize(config, *known)
     # image_size > 0: splits are files, decoded while training (file_loader).
     self.image_size = config.get('image_size', 0)
     self.input_size = self.image_size or 32
-    self.test, self.train = _read_splits(self.source, need_train, self.image_size)
+    # The evaluation split as the data names it ('test', or ImageNet's 'val').
+    self.test_name = datasets.split_name(self.source, 'test')
+    decoded = self.image_size if need_train else eval_size(config)
+    self.test, self.train = _read_splits(self.source, need_train, decoded, self.test_name)
     self.skipped = {}  # Files that did not decode: {path: reason}.
     self.validation = None
     if need_train and config.validation_size:
@@ -79,6 +84,7 @@ class Run:
     self.steps_per_epoch = (len(self.train) if need_train else 1) / config.batch_size
     if need_train:
       check_warmup(config, self.num_steps, self.steps_per_epoch)
+      check_resize(config, self.num_steps, self.steps_per_epoch)
     self.lr_fn = train_state.create_learning_rate_fn(config, self.num_steps,
                                                      self.steps_per_epoch)
     self.sizes = (file_loader.Sizes(self.image_size, config.final_image_size,
@@ -145,6 +151,8 @@ class Run:
       else:
         self._placed[split_name] = chunks.EvalSplit(self.dp, split,
                                                     self.config.eval_batch_size)
+      self._placed[split_name].label = (self.test_name if split_name == 'test'
+                                        else split_name)
     return self._placed[split_name]
 
   def p_evaluate(self, state, group, first: int, per_call: int):
@@ -159,6 +167,7 @@ class Run:
             'dataset': self.config.dataset, 'num_classes': self.num_classes,
             'config': self.config.to_json(),
             'class_names': list(self.test.class_names),
+            'class_ids': list(self.test.class_ids or self.test.class_names),
             'mean': list(self.mean_std[0]), 'std': list(self.mean_std[1])}
 
 
@@ -188,6 +197,33 @@ def check_warmup(config: ml_collections.ConfigDict, num_steps: Optional[int],
     steps = f' ({warmup} steps)' if field == 'warmup_epochs' else ''
     raise errors.UserError(f'{field} {config[field]}{steps} is not shorter than the '
                            f'run ({num_steps} steps); set --config.{field} lower')
+
+
+def check_resize(config: ml_collections.ConfigDict, num_steps: Optional[int],
+                 steps_per_epoch: Optional[float]) -> None:
+  """Refuses progressive resizing that does not reach `final_image_size`
+  within the run, as `check_warmup` refuses a warm-up that does not end: the
+  log would promise a growth the run never makes. Nothing is checked while
+  the run's length is not known (None)."""
+  final, size = config.get('final_image_size', 0), config.get('image_size', 0)
+  if not final or not size or final == size or None in (num_steps, steps_per_epoch):
+    return
+  sizes = file_loader.Sizes(size, final, config.resize_start_epoch,
+                            config.resize_end_epoch, steps_per_epoch)
+  last = sizes.at(num_steps - 1)  # Of the run's last (0-based) step.
+  if last == final:
+    return
+  run = f'the end of the run ({num_steps} steps, epoch {num_steps / steps_per_epoch:.2f})'
+  fix = 'lower, or --config.final_image_size=0 for no resizing'
+  if (num_steps - 1) / steps_per_epoch < config.resize_start_epoch:
+    raise errors.UserError(
+        f'resize_start_epoch {config.resize_start_epoch:g} is not before {run}: the '
+        f'images would stay {size}x{size}, never growing to final_image_size {final}; '
+        f'set --config.resize_start_epoch {fix}')
+  raise errors.UserError(
+      f'resize_end_epoch {config.resize_end_epoch:g} is past {run}: the images would '
+      f'reach {last}x{last}, not final_image_size {final}; set '
+      f'--config.resize_end_epoch {fix}')
 
 
 def _known_length(config: ml_collections.ConfigDict, source: datasets.Source):
@@ -252,19 +288,22 @@ def resolve_pipeline(config: ml_collections.ConfigDict, stored: Optional[dict],
   return kind
 
 
-def _read_splits(source: datasets.Source, need_train: bool, image_size: int) -> tuple:
-  """(test, train or None): in host memory, or with `image_size` their file
-  lists; with a line before and after: a JPEG folder takes a while, and the
-  console should say why it is quiet."""
+def _read_splits(source: datasets.Source, need_train: bool, image_size: int,
+                 test_name: str = 'test') -> tuple:
+  """(test, train or None): in host memory, or with `image_size` (the size
+  training, or without it evaluation, decodes at) their file lists; with a
+  line before and after: a JPEG folder takes a while, and the console should
+  say why it is quiet."""
   where = source.root or source.data_dir or 'the tfds default data_dir'
   log.info('%s %s from %s ...', 'Listing' if image_size else 'Reading', source.name, where)
   started = time.perf_counter()
   test = datasets.load_split(source, 'test', image_size)
   train = datasets.load_split(source, 'train', image_size) if need_train else None
-  log.info('%s %s%s test images in %.1f s%s', 'Listed' if image_size else 'Read',
+  log.info('%s %s%s %s images in %.1f s%s', 'Listed' if image_size else 'Read',
            f'{len(train):,} training and ' if train is not None else '', f'{len(test):,}',
-           time.perf_counter() - started,
-           f' (decoded at {image_size}x{image_size} while training)' if image_size else '')
+           test_name, time.perf_counter() - started,
+           f' (decoded at {image_size}x{image_size} while '
+           f'{"training" if need_train else "evaluating"})' if image_size else '')
   return test, train
 
 

@@ -9,6 +9,7 @@ from resnet_jax.data import augmentations
 from resnet_jax.data import datasets
 from resnet_jax import errors
 from resnet_jax import models
+from resnet_jax import paths
 from resnet_jax.workdir import config_fields
 
 
@@ -22,9 +23,10 @@ def config_changes(stored: dict, config: ml_collections.ConfigDict) -> tuple:
   """(recipe changes, runtime changes): {field: (stored, requested)} of the
   fields whose value differs from the stored run's config (a JSON dict).
   A field the stored config lacks (written by an older version) counts with
-  its `ADDED_LATER` value, or is skipped."""
-  requested = json.loads(config.to_json())
-  stored = {**config_fields.ADDED_LATER, **stored}
+  its `ADDED_LATER` value, or is skipped. Paths compare with `~` expanded
+  (a run recorded before that was done)."""
+  requested = paths.expand_config(json.loads(config.to_json()))
+  stored = paths.expand_config({**config_fields.ADDED_LATER, **stored})
   recipe, runtime = {}, {}
   for field, value in requested.items():
     if field in stored and stored[field] != value:
@@ -277,4 +279,19 @@ def validate(config: ml_collections.ConfigDict) -> datasets.Source:
   except ValueError as e:
     raise errors.UserError(f'{e} (check --config.stem, shortcut, dropout_rate, '
                            'zero_init_residual)') from e
+  _check_size_for_model(config)
   return source
+
+
+def _check_size_for_model(config: ml_collections.ConfigDict) -> None:
+  """Refuses images smaller than the model's downsampling: its last stages
+  would see maps under a pixel (all padding), and it would still train."""
+  least = models.downsampling(config.model, config.stem)
+  for field in ('image_size', 'final_image_size', 'eval_image_size'):
+    size = config.get(field, 0)
+    if size and size < least:
+      stem = f' with the {config.stem} stem' if config.model in models.IMAGENET_FAMILY else ''
+      raise errors.UserError(
+          f'{field} {size} is too small for {config.model}{stem}, which downsamples by '
+          f'{least} (its last stage would see maps under 1 pixel); set '
+          f'--config.{field} to at least {least}')

@@ -11,6 +11,7 @@ from typing import Optional
 import ml_collections
 
 from resnet_jax import errors
+from resnet_jax import paths
 from resnet_jax.workdir import config_fields
 from resnet_jax.workdir import config_validation
 from resnet_jax.workdir import run_record
@@ -37,6 +38,10 @@ def remembered(workdir: str, defaults: ml_collections.ConfigDict,
   for field, value in record['config'].items():
     if field in config:  # A field this version dropped: ignored.
       config_validation.assign(config, field, value)
+  # A run recorded before `~` was expanded: `~/data` and /home/me/data are
+  # one path.
+  paths.expand_config(config)
+  overrides = paths.expand_config(dict(overrides))
   refused = {f: (config[f], v) for f, v in sorted(overrides.items())
              if f in config_fields.RECIPE_FIELDS and config[f] != v}
   if refused:
