@@ -254,3 +254,15 @@ def test_eval_and_predict_normalise_with_the_mean_std_stored_with_the_checkpoint
   want = ((0.1, 0.2, 0.3), (0.4, 0.5, 0.6))
   assert run_setup._mean_std(stored, source, None, 0) == want  # eval, and a resume.
   assert run_setup.stored_mean_std(stored, tiny_folder['name']) == want  # predict.
+
+
+def test_a_file_split_lists_each_folder_once(tiny_folder, monkeypatch):
+  # At ImageNet's scale a listing is seconds on a network filesystem: the
+  # class folders were listed twice (for the ids, then again for the names).
+  listed = []
+  real = os.listdir
+  monkeypatch.setattr(image_folder.os, 'listdir', lambda p: listed.append(p) or real(p))
+  root = os.path.join(tiny_folder['data_dir'], tiny_folder['name'])
+  split = image_folder.file_split(root, 'train')
+  assert len(split) == 64 and len(split.class_names) == 10
+  assert sorted(listed) == sorted(set(listed)), listed

@@ -165,7 +165,8 @@ def _files(root: str, split: str, folders: tuple) -> tuple:
 
 def file_split(root: str, split: str):
   """`split` as a `file_loader.FileSplit`, reading no image (ImageNet's
-  1.28M training files: one directory listing per class)."""
+  1.28M training files: one directory listing per class, the class folders
+  listed once)."""
   from resnet_jax.data import file_loader
   folders = class_folders(root)
   paths, labels = _files(root, split, folders)
@@ -173,7 +174,7 @@ def file_split(root: str, split: str):
   # or bytes that are not UTF-8, round-trips through os.fsdecode.
   return file_loader.FileSplit(folder(root, split),
                                np.asarray([os.fsencode(p) for p in paths], dtype=bytes),
-                               labels, class_names(root), folders)
+                               labels, names_for(folders, readable_names(root)), folders)
 
 
 def image_sizes(root: str, split: str) -> list:
