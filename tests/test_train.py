@@ -351,3 +351,20 @@ def test_two_classes_with_one_name_keep_their_results_apart(tmp_path):
   assert sum('(n02012849)' in l for l in lines) == sum('(n03126707)' in l for l in lines) == 1
   # ... in one column, however long the names.
   assert len({l.rindex(' ') for l in lines[1:]}) == 1
+
+
+def test_imagenets_confusion_matrix_is_a_figure_of_bounded_size(tmp_path):
+  # 1,000 classes at half an inch each were a 55,000-pixel square: 24 GB,
+  # and the OOM killer ended `--mode=eval` on ImageNet as it finished.
+  from resnet_jax.reporting import plots
+  n = 1000
+  matrix = np.eye(n, dtype=np.int64) * 50
+  matrix[:, 0] += 10  # Every class also taken for class 0 at times.
+  path = str(tmp_path / 'confusion.png')
+  plots.draw_confusion(matrix, [f'n{i:08d}' for i in range(n)], path)
+  pixels = _pixels(path)
+  inches = plots.MAX_CONFUSION_INCHES + 1
+  assert 1000 < pixels.shape[0] <= 110 * inches and 1000 < pixels.shape[1] <= 110 * inches
+  # The matrix is drawn: its diagonal dark, a cell off it light.
+  dark = pixels.sum(-1) < 300
+  assert dark.mean() > 0.001 and not dark.all()

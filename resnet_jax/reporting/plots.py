@@ -52,20 +52,32 @@ def draw_curves(metrics_path: str, out_path: str) -> None:
   _save(fig, out_path)
 
 
+MAX_CONFUSION_INCHES = 24
+LABELLED_CLASSES = 100
+
+
 def draw_confusion(matrix: np.ndarray, class_names: Sequence[str], out_path: str,
                    title: str = '') -> None:
   """Row-normalised confusion matrix (rows: true class) with counts."""
   matrix = np.asarray(matrix)
   n = len(matrix)
   rates = matrix / np.maximum(matrix.sum(1, keepdims=True), 1)
-  size = max(5, 0.5 * n)
+  # Half an inch a class, up to MAX_CONFUSION_INCHES: ImageNet's 1,000
+  # classes made a 55,000-pixel square, 24 GB, and the OOM killer ended the
+  # evaluation as it finished. Past LABELLED_CLASSES names are unreadable:
+  # the axes are class indices, the names in eval.json.
+  size = min(max(5, 0.5 * n), MAX_CONFUSION_INCHES)
   fig, ax = plt.subplots(figsize=(size + 1, size))
-  im = ax.imshow(rates, cmap='Blues', vmin=0, vmax=1)
-  ax.set_xticks(range(n), class_names, rotation=60, ha='right',
-                fontsize=8 if n <= 20 else 4)
-  ax.set_yticks(range(n), class_names, fontsize=8 if n <= 20 else 4)
-  ax.set_xlabel('predicted')
-  ax.set_ylabel('true')
+  im = ax.imshow(rates, cmap='Blues', vmin=0, vmax=1, interpolation='nearest')
+  if n <= LABELLED_CLASSES:
+    ax.set_xticks(range(n), class_names, rotation=60, ha='right',
+                  fontsize=8 if n <= 20 else 4)
+    ax.set_yticks(range(n), class_names, fontsize=8 if n <= 20 else 4)
+    ax.set_xlabel('predicted')
+    ax.set_ylabel('true')
+  else:
+    ax.set_xlabel('predicted (class index; names in eval.json)')
+    ax.set_ylabel('true (class index)')
   if n <= 20:
     for i in range(n):
       for j in range(n):
