@@ -496,3 +496,30 @@ def test_the_pytorch_twin_is_refused_on_the_launchers_that_requeue(tmp_path):
       2, message('submitit_local'), '')
   assert os.listdir(old) == ['experiment.json']
   assert open(os.path.join(old, 'experiment.json')).read() == before
+
+
+def test_a_run_writes_how_it_ended_before_it_frees_its_lock(tiny_data, tmp_path, monkeypatch):
+  # An experiment's status reads a free lock as "not running" and then
+  # run.json: a stopped run released its lock first, and a status read in
+  # between called it crashed (seen in CI after a killed launcher).
+  from resnet_jax.training import loop
+  from resnet_jax.workdir import run_lock
+  from resnet_jax.workdir import run_record
+  from tests.conftest import tiny_config
+  workdir = str(tmp_path / 'w')
+  seen = []
+  real = run_record.end_session
+
+  def end_session(folder, outcome):
+    seen.append((run_lock.is_held(folder), run_status.of(folder).kind))
+    real(folder, outcome)
+
+  def stopped(run, initial):
+    raise errors.Stopped('SIGTERM at step 0; resume with the same command', 143)
+
+  monkeypatch.setattr(run_record, 'end_session', end_session)
+  monkeypatch.setattr(loop, '_train', stopped)
+  with pytest.raises(errors.Stopped):
+    loop.train_and_evaluate(tiny_config(tiny_data['data_dir']), workdir)
+  assert seen == [(True, run_status.RUNNING)]
+  assert not run_lock.is_held(workdir)  # And freed after.

@@ -103,15 +103,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     if not together and jax.process_count() > 1:
       # The others would wait for it in a collective.
       distributed.leave_alone(own_fault)
-    run.release()
-    skipped = dict(run.skipped)
-    if together:  # Each process read its own files: run.json lists them all.
-      for other in process_gather.allgather_json(run.skipped):
-        skipped.update(other)
-    if skipped:
-      outcome['skipped_files'] = dict(sorted(skipped.items()))
-    if jax.process_index() == 0:
-      run_record.end_session(workdir, outcome)
+    try:
+      run.ckpt.close()  # Every save done before run.json says how the run ended.
+      skipped = dict(run.skipped)
+      if together:  # Each process read its own files: run.json lists them all.
+        for other in process_gather.allgather_json(run.skipped):
+          skipped.update(other)
+      if skipped:
+        outcome['skipped_files'] = dict(sorted(skipped.items()))
+      if jax.process_index() == 0:
+        run_record.end_session(workdir, outcome)
+    finally:
+      # The lock last: whoever finds it free (an experiment's status, the
+      # next run) finds run.json telling how this run ended, not a crash.
+      run.release()
 
 
 def finished_step(config: ml_collections.ConfigDict, workdir: str) -> Optional[int]:
