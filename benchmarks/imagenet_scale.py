@@ -22,10 +22,11 @@ its VmHWM):
 - resume: checkpoints every 6 steps, kill -9 once step 10 is logged, the
   same command again: time to its first step, the loader state's bytes in
   the checkpoint, the losses of the steps run twice (equal: same batches);
-- epoch: the epoch boundary's permutation (numpy's, and the loader's own
-  `_permutation` with its cache missed) at the stand-in's N and at
-  --epoch_files (ImageNet's 1,281,167), and what each grain worker is sent
-  (the pickled example source, which holds the whole file list);
+- epoch: the epoch boundary (numpy's permutation of N files, against the
+  loader's first file of a new epoch: grain's index_shuffle) at the
+  stand-in's N and at --epoch_files (ImageNet's 1,281,167), and what each
+  grain worker is sent (the pickled example source; the file list in shared
+  memory) and caches;
 - eval: `--mode=eval` of the resume run's checkpoint over the val split:
   time, and the progress lines it logs (one per 20 s);
 - two: `./launch.sh --nproc 2` on CPU (one device each), killed after the
@@ -167,10 +168,12 @@ def measure_start(ctx) -> list:
   main = w2.procs.get(w2.proc.pid, {})
   workers = [p for pid, p in w2.procs.items()
              if pid != w2.proc.pid and 'resource_tracker' not in p['cmd']]
-  ctx.record['start']['workers'] = [dict(rss=p['rss'], pss=p['pss']) for p in workers]
+  ctx.record['start']['workers'] = [dict(rss=p['rss'], pss=p['pss'], uss=p['uss'])
+                                    for p in workers]
   ctx.record['start']['workers_main_rss'] = main.get('hwm', 0)
   rows.append(('start: 2 workers', ', '.join(
-      f'RSS {_mb(p["rss"])} PSS {_mb(p["pss"])}' for p in workers) + f' per process; '
+      f'RSS {_mb(p["rss"])} PSS {_mb(p["pss"])} USS {_mb(p["uss"])}' for p in workers)
+      + f' per process; '
       f'training process {_mb(main.get("hwm", 0))}', 'independent of the file count',
       'see the epoch rows'))
   return rows
@@ -247,19 +250,22 @@ def probe_epoch(root: str, sizes: list) -> dict:
                                     np.arange(n, dtype=np.int32) % 1000, ('c',) * 1000)
       listing = None
     examples = file_loader.TrainExamples(split, 64, 0, 32)
-    sent = len(pickle.dumps(examples))  # As grain sends it: no order cached yet.
+    # As grain sends it to a worker process (`TrainBatches`): the file list
+    # in shared memory, no order cached.
+    sent = len(pickle.dumps(examples.sharing()))
     numpy_s, ours_s = [], []
     for epoch in range(3):
       started = time.perf_counter()
       np.random.default_rng([0, 0, epoch]).permutation(len(split))
       numpy_s.append(time.perf_counter() - started)
-      started = time.perf_counter()
-      examples._permutation(epoch + 10)  # pylint: disable=protected-access
+      started = time.perf_counter()  # The first file of a new epoch.
+      examples.file_at(epoch + 10, 0)
       ours_s.append(time.perf_counter() - started)
+    examples.file_at(9, 0)
     out[str(n)] = dict(files=len(split), listing_s=listing, numpy_s=min(numpy_s),
                        permutation_s=min(ours_s), sent_to_worker=sent,
                        file_list_bytes=split.paths.nbytes + split.labels.nbytes,
-                       cached_orders_bytes=2 * 8 * len(split))
+                       cached_orders_bytes=sum(p.nbytes for p in examples._perms.values()))  # pylint: disable=protected-access
   return out
 
 
@@ -280,13 +286,14 @@ def measure_epoch(ctx) -> list:
   for key, p in probe.items():
     where = f'{p["files"]:,} files' + (' (the stand-in)' if key == 'standin' else '')
     slowest = max(p['numpy_s'], p['permutation_s'])
-    rows.append((f'epoch: boundary, {where}', f'permutation {p["permutation_s"]:.3f} s '
-                 f'(numpy alone {p["numpy_s"]:.3f} s)' + (
+    rows.append((f'epoch: boundary, {where}', f'the first file {p["permutation_s"]:.6f} s '
+                 f'(numpy\'s permutation {p["numpy_s"]:.3f} s)' + (
                      f'; listing {p["listing_s"]:.2f} s' if p['listing_s'] else ''),
                  '<= 1 s', 'yes' if slowest <= 1 else 'no'))
-    rows.append((f'epoch: each worker holds, {where}', f'{_mb(p["sent_to_worker"])} sent '
-                 f'(file list {_mb(p["file_list_bytes"])}) + {_mb(p["cached_orders_bytes"])} '
-                 'of cached orders', 'independent of the file count', grows))
+    rows.append((f'epoch: each worker holds, {where}', f'{p["sent_to_worker"]:,} bytes sent '
+                 f'(the file list, {_mb(p["file_list_bytes"])}, in shared memory once per '
+                 f'host) + {_mb(p["cached_orders_bytes"])} of cached orders',
+                 'independent of the file count', grows))
   return rows
 
 
@@ -352,6 +359,9 @@ def main():
   parser.add_argument('--per_class', type=int, default=1281)
   parser.add_argument('--val', type=int, default=50000)
   parser.add_argument('--sizes', default='16,64', help='smallest,largest side in px')
+  parser.add_argument('--noise', type=float, default=6.0,
+                      help="the images' noise: larger files (48 at --sizes 350,500: "
+                      "ImageNet's ~110 KB a file)")
   parser.add_argument('--seed', type=int, default=0)
   parser.add_argument('--official', action='store_true',
                       help='write the official files even if prepare is not measured')
@@ -386,6 +396,8 @@ def main():
   os.makedirs(root, exist_ok=True)
   shape = dict(classes=args.classes, per_class=args.per_class, val=args.val,
                sizes=list(sizes), seed=args.seed)
+  if args.noise != 6.0:  # Stand-ins written before the flag have 6.
+    shape['noise'] = args.noise
   standin = imagenet_standin.write_standin(root, shape, args.official or 'prepare' in only)
   work = os.path.join(root, 'runs', time.strftime('%Y%m%d-%H%M%S'))
   os.makedirs(work)

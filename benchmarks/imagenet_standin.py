@@ -22,7 +22,6 @@ import io
 import json
 import os
 import shutil
-import tarfile
 import time
 
 import numpy as np
@@ -30,9 +29,10 @@ import numpy as np
 POOL = 256
 
 
-def _pool(sizes: tuple, seed: int) -> list:
+def _pool(sizes: tuple, seed: int, noise: float = 6.0) -> list:
   """POOL distinct JPEGs of `sizes[0]`..`sizes[1]` px a side: smooth colour
-  ramps with a little noise (photo-like sizes for their pixel count); one in
+  ramps with a little noise (photo-like sizes for their pixel count; more
+  `noise`, larger files: 48 at 350-500 px gives ImageNet's ~110 KB); one in
   32 grayscale, one in 64 CMYK (ImageNet has both)."""
   from PIL import Image
   rng = np.random.default_rng(seed)
@@ -41,7 +41,7 @@ def _pool(sizes: tuple, seed: int) -> list:
     h, w = (int(v) for v in rng.integers(sizes[0], sizes[1] + 1, 2))
     y, x = np.mgrid[0:h, 0:w] / max(h, w)
     ramp = np.einsum('cd,dhw->hwc', rng.uniform(-120, 120, (3, 2)), np.stack([y, x]))
-    pixels = rng.uniform(0, 255, 3) + ramp + rng.normal(0, 6, (h, w, 3))
+    pixels = rng.uniform(0, 255, 3) + ramp + rng.normal(0, noise, (h, w, 3))
     image = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
     image = image.convert('CMYK' if i % 64 == 7 else 'L' if i % 32 == 3 else 'RGB')
     out = io.BytesIO()
@@ -65,12 +65,6 @@ def _put(path: str, data: bytes) -> None:
     os.write(fd, data)
   finally:
     os.close(fd)
-
-
-def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
-  info = tarfile.TarInfo(name)
-  info.size, info.mtime, info.mode = len(data), 1336000000, 0o644
-  tar.addfile(info, io.BytesIO(data))
 
 
 def remove(root: str) -> None:
@@ -97,7 +91,7 @@ def write_standin(root: str, shape: dict, official: bool) -> dict:
   if not record and os.path.exists(arranged):
     raise SystemExit(f'error: {arranged} exists without {marker} (a write cut short?); '
                      'pass --rewrite or another folder')
-  pool = _pool(tuple(shape['sizes']), shape['seed'])
+  pool = _pool(tuple(shape['sizes']), shape['seed'], shape.get('noise', 6.0))
   words = _classes(shape['classes'])
   wnids, n, per = list(words), shape['classes'], shape['per_class']
   rng = np.random.default_rng(shape['seed'])
@@ -135,29 +129,18 @@ def write_standin(root: str, shape: dict, official: bool) -> dict:
 def _write_official(folder, words, ids, val_label, pool, per) -> None:
   """ILSVRC2012_img_train.tar (a tar per class), _img_val.tar (flat), the
   devkit; `words` {wnid: name} in label order, `ids` their devkit ids."""
-  from scipy import io as scipy_io
   from resnet_jax.data import ilsvrc
+  from tests import ilsvrc_files
   shutil.rmtree(folder, ignore_errors=True)
   os.makedirs(folder)
   wnids, n = list(words), len(words)
-  with tarfile.open(os.path.join(folder, ilsvrc.TRAIN_TAR), 'w') as tar:
-    for c, wnid in enumerate(wnids):
-      inner = io.BytesIO()
-      with tarfile.open(fileobj=inner, mode='w') as t:
-        for j in range(per):
-          _add(t, f'{wnid}_{j}.JPEG', pool[(c * per + j) % POOL])
-      _add(tar, f'{wnid}.tar', inner.getvalue())
-  with tarfile.open(os.path.join(folder, ilsvrc.VAL_TAR), 'w') as tar:
-    for i in range(len(val_label)):
-      _add(tar, f'ILSVRC2012_val_{i + 1:08d}.JPEG', pool[(n * per + i) % POOL])
+  ilsvrc_files.write_train_tar(os.path.join(folder, ilsvrc.TRAIN_TAR), {
+      wnid: [(f'{wnid}_{j}.JPEG', pool[(c * per + j) % POOL]) for j in range(per)]
+      for c, wnid in enumerate(wnids)})
+  ilsvrc_files.write_val_tar(os.path.join(folder, ilsvrc.VAL_TAR),
+                             (pool[(n * per + i) % POOL] for i in range(len(val_label))))
   # meta.mat: the leaves (classes) by id, and one inner node, as the devkit has.
   rows = [(int(ids[c]), w, words[w], 0) for c, w in enumerate(wnids)] + [
       (n + 1, 'n00001740', 'entity', n)]
-  synsets = np.array(rows, dtype=[('ILSVRC2012_ID', 'O'), ('WNID', 'O'), ('words', 'O'),
-                                  ('num_children', 'O')])
-  mat = io.BytesIO()
-  scipy_io.savemat(mat, {'synsets': synsets.reshape(-1, 1)})
-  with tarfile.open(os.path.join(folder, ilsvrc.DEVKIT), 'w:gz') as tar:
-    _add(tar, 'ILSVRC2012_devkit_t12/data/meta.mat', mat.getvalue())
-    _add(tar, 'ILSVRC2012_devkit_t12/data/ILSVRC2012_validation_ground_truth.txt',
-         ''.join(f'{ids[c]}\n' for c in val_label).encode())
+  ilsvrc_files.write_devkit(os.path.join(folder, ilsvrc.DEVKIT), rows,
+                            [ids[c] for c in val_label])

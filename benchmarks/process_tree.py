@@ -17,9 +17,11 @@ from typing import Optional
 
 
 def _memory(pid: int) -> tuple:
-  """(RSS, peak RSS, PSS) of `pid` in bytes; zeros once it is gone."""
+  """(RSS, peak RSS, PSS, USS) of `pid` in bytes; zeros once it is gone. USS:
+  the pages no other process maps (what the process alone costs)."""
   values = {}
-  for name, keys in (('status', ('VmRSS:', 'VmHWM:')), ('smaps_rollup', ('Pss:',))):
+  for name, keys in (('status', ('VmRSS:', 'VmHWM:')),
+                     ('smaps_rollup', ('Pss:', 'Private_Clean:', 'Private_Dirty:'))):
     try:
       with open(f'/proc/{pid}/{name}') as f:
         for line in f:
@@ -27,7 +29,8 @@ def _memory(pid: int) -> tuple:
             values[line.split(':')[0]] = int(line.split()[1]) * 1024
     except OSError:
       pass
-  return values.get('VmRSS', 0), values.get('VmHWM', 0), values.get('Pss', 0)
+  return (values.get('VmRSS', 0), values.get('VmHWM', 0), values.get('Pss', 0),
+          values.get('Private_Clean', 0) + values.get('Private_Dirty', 0))
 
 
 def _tree(root: int) -> dict:
@@ -57,7 +60,7 @@ class Watched:
   def __init__(self, cmd: list, env: dict, cwd: str, log: Optional[str] = None):
     """Starts `cmd`; `log`: a file that gets its output too, line by line."""
     self.cmd, self.lines, self.code, self.usage, self.log = cmd, [], None, None, log
-    self.procs, self.series = {}, []  # {pid: {cmd, rss, hwm, pss}}; (s, root's RSS)
+    self.procs, self.series = {}, []  # {pid: {cmd, rss, hwm, pss, uss}}; (s, root's RSS)
     self._cv = threading.Condition()
     self.started = time.perf_counter()
     self.proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE,
@@ -95,18 +98,19 @@ class Watched:
   def _sample(self):
     while self.code is None:
       for pid, parent in _tree(self.proc.pid).items():
-        rss, hwm, pss = _memory(pid)
+        rss, hwm, pss, uss = _memory(pid)
         if not rss:
           continue
-        seen = self.procs.setdefault(pid, {'rss': 0, 'pss': 0, 'hwm': 0, 'cmd': '',
-                                           'parent': parent})
+        seen = self.procs.setdefault(pid, {'rss': 0, 'pss': 0, 'uss': 0, 'hwm': 0,
+                                           'cmd': '', 'parent': parent})
         if not seen['cmd']:
           try:
             with open(f'/proc/{pid}/cmdline', 'rb') as f:
               seen['cmd'] = f.read().replace(b'\0', b' ').decode(errors='replace')
           except OSError:
             pass
-        seen.update(rss=max(seen['rss'], rss), pss=max(seen['pss'], pss), hwm=hwm)
+        seen.update(rss=max(seen['rss'], rss), pss=max(seen['pss'], pss),
+                    uss=max(seen['uss'], uss), hwm=hwm)
         if pid == self.proc.pid:
           self.series.append((self.seconds(), rss))
       time.sleep(0.25)

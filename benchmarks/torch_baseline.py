@@ -312,7 +312,8 @@ def train_config(config, workdir: str) -> dict:
                             steps_per_epoch)
   workers = run_setup.file_workers(config)
   examples = file_loader.TrainExamples(train, config.batch_size, config.seed, sizes,
-                                       (config.crop_min_area, 1.0), config.augment)
+                                       (config.crop_min_area, 1.0), config.augment,
+                                       order=config.get('file_order', 'permutation'))
   torch.manual_seed(config.seed)
   net = torch_resnet.build(config.model, source.num_classes, stem=config.stem,
                            zero_init_residual=config.zero_init_residual,

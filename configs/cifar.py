@@ -41,6 +41,7 @@ def get_config(preset: str = '') -> ml_collections.ConfigDict:
   c.augment = True
   c.image_size = 0
   c.crop_min_area = 0.08
+  c.file_order = 'index_shuffle'
   c.final_image_size = 0
   c.resize_start_epoch = 0.0
   c.resize_end_epoch = 0.0

@@ -249,7 +249,7 @@ def test_decoding_threads_crossing_an_epoch_boundary_share_the_permutations(fold
   sys.setswitchinterval(1e-6)
   try:
     for trial in range(100):
-      examples = file_loader.TrainExamples(split, 4, trial, 8)
+      examples = file_loader.TrainExamples(split, 4, trial, 8, order='permutation')
       failures = []
 
       def take(epoch):
@@ -293,13 +293,14 @@ def _good_files(folder):
   return split.take(np.array([p.decode() != BAD[len('train/'):] for p in split.paths]))
 
 
+@pytest.mark.parametrize('order', file_loader.FILE_ORDERS)
 def test_each_epoch_is_a_fresh_permutation_and_a_batch_a_pure_function_of_seed_and_step(
-    folder):
+    folder, order):
   # docs/data.md, "The loader is google/grain": a fresh permutation of the
   # files per epoch; the batch of step s is a pure function of (seed, s).
   split = _good_files(folder)
   n = len(split)  # 35 files; batch 8: steps straddle the epochs.
-  examples = file_loader.TrainExamples(split, 8, 7, 16)
+  examples = file_loader.TrainExamples(split, 8, 7, 16, order=order)
   got = [examples(k) for k in range(3 * n)]
   labels = [int(e['label']) for e in got]
   epochs = [labels[e * n:(e + 1) * n] for e in range(3)]
@@ -308,14 +309,62 @@ def test_each_epoch_is_a_fresh_permutation_and_a_batch_a_pure_function_of_seed_a
   # ... in a new order each epoch.
   assert epochs[0] != epochs[1] and epochs[1] != epochs[2] and epochs[0] != epochs[2]
   # Another instance, asked in another order, gives the same examples bitwise.
-  again = file_loader.TrainExamples(split, 8, 7, 16)
+  again = file_loader.TrainExamples(split, 8, 7, 16, order=order)
   for k in reversed(range(40, 60)):
     e = again(k)
     assert int(e['label']) == labels[k]
     np.testing.assert_array_equal(e['image'], got[k]['image'])
   # Another seed, another order.
-  other = file_loader.TrainExamples(split, 8, 8, 16)
+  other = file_loader.TrainExamples(split, 8, 8, 16, order=order)
   assert [int(other(k)['label']) for k in range(n)] != epochs[0]
+
+
+def _numbered_split(n: int) -> file_loader.FileSplit:
+  names = np.asarray([b'c%d/file_%07d.JPEG' % (i % 7, i) for i in range(n)], dtype=bytes)
+  return file_loader.FileSplit('/nowhere', names, np.arange(n, dtype=np.int32) % 7,
+                               tuple('abcdefg'))
+
+
+def test_each_epochs_order_is_pinned_and_held_by_no_process():
+  # The order of a run's files must not move under it: a grain release
+  # changing index_shuffle would change every run's batches (and a resume's).
+  examples = file_loader.TrainExamples(_numbered_split(10), 2, 0, 8)
+  assert examples.epoch_order(0).tolist() == PINNED_ORDER_SEED0_EPOCH0
+  assert examples.epoch_order(1).tolist() != PINNED_ORDER_SEED0_EPOCH0
+  # Runs recorded before the field keep numpy's permutation.
+  old = file_loader.TrainExamples(_numbered_split(10), 2, 0, 8, order='permutation')
+  assert old.epoch_order(0).tolist() == np.random.default_rng([0, 0, 0]).permutation(
+      10).tolist()
+  # index_shuffle caches no order: what grain sends a worker is the same at
+  # any file count, once the file list is in shared memory.
+  import pickle
+  sent = [len(pickle.dumps(file_loader.TrainExamples(_numbered_split(n), 2, 0, 8).sharing()))
+          for n in (1_000, 100_000)]
+  assert abs(sent[0] - sent[1]) < 16 and max(sent) < 4_000, sent  # Names and ints vary.
+  big = file_loader.TrainExamples(_numbered_split(100_000), 2, 0, 8)
+  assert {big.file_at(3, i) for i in range(0, 100_000, 1)} == set(range(100_000))
+  assert not big._perms  # pylint: disable=protected-access
+
+
+PINNED_ORDER_SEED0_EPOCH0 = [5, 8, 9, 7, 4, 2, 1, 0, 3, 6]
+
+
+def test_a_shared_split_is_one_copy_mapped_by_the_workers_and_freed_with_the_split():
+  import gc
+  import pickle
+  split = _numbered_split(5_000).shared()
+  segment = split._shared[0]._segment.name  # pylint: disable=protected-access
+  assert os.path.exists(f'/dev/shm/{segment}')
+  assert len(pickle.dumps(split)) < 1_000  # The segment's name, not 5,000 paths.
+  # A process spawned as grain spawns its workers maps it: the same files.
+  import multiprocessing
+  with multiprocessing.get_context('spawn').Pool(1) as pool:
+    assert pool.apply(file_loader.FileSplit.name, (split, 4321)) == 'c2/file_0004321.JPEG'
+    np.testing.assert_array_equal(pool.apply(getattr, (split, 'labels')), split.labels)
+  assert os.path.exists(f'/dev/shm/{segment}')  # A worker's exit leaves it.
+  del split
+  gc.collect()
+  assert not os.path.exists(f'/dev/shm/{segment}')
 
 
 def _counting_open(denied=()):
@@ -355,7 +404,7 @@ def test_gone_folder_and_permission_denied_files_are_skipped_at_once_not_retried
   monkeypatch.setattr(file_loader, 'RETRY_DELAYS', (0.0,) * 3)
   n = len(train)
   examples = file_loader.TrainExamples(train, n, 4, 16)  # One step: one epoch.
-  order = examples._permutation(0)  # pylint: disable=protected-access
+  order = examples.epoch_order(0)
   bad = {1, 6, 10}
   skipped = []
   for k in range(n):
@@ -798,3 +847,17 @@ def test_group_sigterm_then_kill_9_with_workers_resumes_bitwise(folder, tmp_path
   assert result.returncode == 0, result.stderr[-2000:]
   names = [p['class'] for p in json.loads(result.stdout)[0]['predictions']]
   assert sorted(names) == ['name of n01', 'name of n02', 'name of n03']
+
+
+def test_without_room_in_shared_memory_each_worker_gets_a_copy(monkeypatch, caplog):
+  # Writing past /dev/shm's room (64 MB in a default Docker container)
+  # would kill the run with SIGBUS; the file list is then sent as before.
+  from resnet_jax.data import shared_arrays
+  real = os.statvfs
+  monkeypatch.setattr(shared_arrays.os, 'statvfs', lambda p: os.statvfs_result(
+      (4096, 4096, 10, 1, 1, 10, 1, 1, 0, 255)) if p == shared_arrays.SHM_FOLDER else real(p))
+  split = _numbered_split(5_000)
+  with caplog.at_level('WARNING'):
+    same = split.shared()
+  assert same is split and not same._shared  # pylint: disable=protected-access
+  assert 'no shared memory for it' in caplog.text and 'has 4,096 bytes free' in caplog.text

@@ -10,13 +10,13 @@ import tarfile
 
 import numpy as np
 import pytest
-from scipy import io as scipy_io
 
 from resnet_jax import errors
 from resnet_jax import prepare_data
 from resnet_jax.data import copy_progress
 from resnet_jax.data import ilsvrc
 from resnet_jax.data import image_folder
+from tests import ilsvrc_files
 from tests import jpeg_files
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -27,35 +27,16 @@ SYNSETS = [(1, 'n02', 'goldfish, Carassius auratus', 0), (2, 'n01', 'tench, Tinc
 VAL_IDS = [2, 1, 3, 3, 1, 2, 2]
 
 
-def _add(tar, name, data):
-  info = tarfile.TarInfo(name)
-  info.size = len(data)
-  tar.addfile(info, io.BytesIO(data))
-
-
 def _official_files(folder, val_ids=VAL_IDS):
   """Tiny stand-ins for the three official files, in their layouts."""
   os.makedirs(folder, exist_ok=True)
-  synsets = np.array([s for s in SYNSETS],
-                     dtype=[('ILSVRC2012_ID', 'O'), ('WNID', 'O'), ('words', 'O'),
-                            ('num_children', 'O')])
-  mat = io.BytesIO()
-  scipy_io.savemat(mat, {'synsets': synsets.reshape(-1, 1)})
-  with tarfile.open(os.path.join(folder, ilsvrc.DEVKIT), 'w:gz') as tar:
-    _add(tar, 'ILSVRC2012_devkit_t12/data/meta.mat', mat.getvalue())
-    _add(tar, 'ILSVRC2012_devkit_t12/data/ILSVRC2012_validation_ground_truth.txt',
-         ''.join(f'{i}\n' for i in val_ids).encode())
-  with tarfile.open(os.path.join(folder, ilsvrc.VAL_TAR), 'w') as tar:
-    for i in range(len(VAL_IDS)):  # The images; the devkit may label fewer.
-      _add(tar, f'ILSVRC2012_val_{i + 1:08d}.JPEG',
-           jpeg_files.jpeg_bytes(jpeg_files.pattern(30 + i, 40, seed=i)))
-  with tarfile.open(os.path.join(folder, ilsvrc.TRAIN_TAR), 'w') as tar:
-    for wnid in ('n01', 'n02', 'n03'):
-      inner = io.BytesIO()
-      with tarfile.open(fileobj=inner, mode='w') as t:
-        for j in range(2):
-          _add(t, f'{wnid}_{j}.JPEG', jpeg_files.jpeg_bytes(jpeg_files.pattern(50, 60 + j)))
-      _add(tar, f'{wnid}.tar', inner.getvalue())
+  ilsvrc_files.write_devkit(os.path.join(folder, ilsvrc.DEVKIT), SYNSETS, val_ids)
+  # The images; the devkit may label fewer.
+  ilsvrc_files.write_val_tar(os.path.join(folder, ilsvrc.VAL_TAR), [
+      jpeg_files.jpeg_bytes(jpeg_files.pattern(30 + i, 40, seed=i)) for i in range(len(VAL_IDS))])
+  ilsvrc_files.write_train_tar(os.path.join(folder, ilsvrc.TRAIN_TAR), {
+      wnid: [(f'{wnid}_{j}.JPEG', jpeg_files.jpeg_bytes(jpeg_files.pattern(50, 60 + j)))
+             for j in range(2)] for wnid in ('n01', 'n02', 'n03')})
   return str(folder)
 
 

@@ -266,3 +266,49 @@ def test_a_file_split_lists_each_folder_once(tiny_folder, monkeypatch):
   split = image_folder.file_split(root, 'train')
   assert len(split) == 64 and len(split.class_names) == 10
   assert sorted(listed) == sorted(set(listed)), listed
+
+
+def test_image_sizes_reads_headers_not_whole_files(tmp_path, monkeypatch):
+  # prepare_data checks every image's size: on ImageNet, reading each file
+  # whole was a second 150 GB pass where its first KBs hold the header.
+  from tests import jpeg_files
+  big = jpeg_files.jpeg_bytes(jpeg_files.pattern(600, 800, noise=60.0), quality=98)
+  # A header behind 120 KB of comments (EXIF and ICC blocks can be that
+  # large) is still found, from the whole file.
+  comment = b'\xff\xfe' + (60_002).to_bytes(2, 'big') + b'x' * 60_000
+  late = big[:2] + comment * 2 + big[2:]
+  for split in ('train', 'test'):
+    for name, data in (('big.jpg', big), ('late.jpg', late),
+                       ('small.png', jpeg_files.png_bytes(jpeg_files.pattern(20, 30)))):
+      (tmp_path / 'd' / split / 'c').mkdir(parents=True, exist_ok=True)
+      (tmp_path / 'd' / split / 'c' / name).write_bytes(data)
+  assert len(big) > 4 * image_folder.HEADER_BYTES
+  read = {}
+  real_open = open
+
+  class Counting:
+    def __init__(self, f, name):
+      self._f, self._name = f, name
+
+    def read(self, n=-1):
+      data = self._f.read(n)
+      read[self._name] = read.get(self._name, 0) + len(data)
+      return data
+
+    def __enter__(self):
+      return self
+
+    def __exit__(self, *exc):
+      self._f.close()
+
+  monkeypatch.setattr(image_folder, 'open',
+                      lambda p, *a, **k: Counting(real_open(p, *a, **k), os.path.basename(p)),
+                      raising=False)
+  assert image_folder.image_sizes(str(tmp_path / 'd'), 'train') == [(800, 600), (800, 600),
+                                                                    (30, 20)]
+  assert read['big.jpg'] == image_folder.HEADER_BYTES
+  assert read['late.jpg'] == len(late)
+  # A file whose header is cut short is still refused by name.
+  (tmp_path / 'd' / 'train' / 'c' / 'big.jpg').write_bytes(big[:300])
+  with pytest.raises(errors.UserError, match=r'big\.jpg is not a readable image'):
+    image_folder.image_sizes(str(tmp_path / 'd'), 'train')

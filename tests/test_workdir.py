@@ -68,11 +68,17 @@ def test_every_config_field_is_sorted_into_recipe_or_runtime():
 def test_fields_added_later_count_as_their_default_for_older_runs():
   default = cifar.get_config()
   for field, value in config_fields.ADDED_LATER.items():
-    assert default[field] == value, field
+    assert default[field] == config_fields.CHANGED_DEFAULTS.get(field, value), field
   older = {k: v for k, v in json.loads(default.to_json()).items()
            if k not in config_fields.ADDED_LATER}
+  # A changed default is a new recipe for an older run: refused, with its flag.
+  assert config_validation.config_changes(older, default) == (
+      {f: (config_fields.ADDED_LATER[f], v)
+       for f, v in config_fields.CHANGED_DEFAULTS.items()}, {})
+  for field, value in config_fields.CHANGED_DEFAULTS.items():
+    default[field] = config_fields.ADDED_LATER[field]
   assert config_validation.config_changes(older, default) == ({}, {})
-  with_ema = cifar.get_config()
+  with_ema = default.copy_and_resolve_references()
   with_ema.ema_decay = 0.9  # Would change the checkpoint layout: refused.
   assert config_validation.config_changes(older, with_ema)[0] == {'ema_decay': (0.0, 0.9)}
 
@@ -107,6 +113,17 @@ def test_run_record_says_what_produced_the_workdir(finished):
     assert numerics['cpu_family'] and numerics['cpu_model'].isdigit()
     assert 'sse2' in numerics['cpu_flags'].split()
 
+
+def test_a_run_recorded_before_a_changed_default_resumes_with_its_own_value(tmp_path):
+  # file_order's default changed (index_shuffle); a run recorded before the
+  # field existed was ordered by numpy's permutation and must stay so.
+  from resnet_jax.workdir import run_config
+  defaults = cifar.get_config()
+  older = {k: v for k, v in json.loads(defaults.to_json()).items() if k != 'file_order'}
+  (tmp_path / run_record.FILE).write_text(json.dumps({'config': older}))
+  assert run_config.remembered(str(tmp_path), defaults, {}).file_order == 'permutation'
+  with pytest.raises(errors.UserError, match="file_order 'permutation' -> 'index_shuffle'"):
+    run_config.remembered(str(tmp_path), defaults, {'file_order': 'index_shuffle'})
 
 def test_a_path_with_tilde_is_the_same_run_as_its_expansion(tmp_path, monkeypatch):
   # `~/data` and HOME/data are one run, whichever a run recorded (one started

@@ -30,8 +30,10 @@ to the whole process group (`grain_workers`); the training process
 checkpoints and stops them, and they exit by themselves when it is gone.
 """
 
+import copy
 import dataclasses
 import errno
+import functools
 import math
 import os
 import threading
@@ -43,6 +45,7 @@ import numpy as np
 from resnet_jax import errors
 from resnet_jax.data import grain_workers
 from resnet_jax.data import image_decoding
+from resnet_jax.data import shared_arrays
 
 # ImageNet's per-channel statistics (the [0, 1] scale), the convention of
 # every ImageNet codebase; measuring them would read the whole dataset.
@@ -57,9 +60,33 @@ class FileSplit:
   labels: np.ndarray  # int32 [N]
   class_names: tuple  # Readable, one per label, unique.
   class_ids: tuple = ()  # The class folders (wnids); () = `class_names`.
+  # (paths, labels) as `shared_arrays.Shared` when `shared()` made it.
+  _shared: tuple = dataclasses.field(default=(), repr=False, compare=False)
 
   def __len__(self) -> int:
     return len(self.labels)
+
+  def shared(self) -> 'FileSplit':
+    """This split with its paths and labels in shared memory: grain's
+    workers then map one copy instead of each unpickling its own (46 MB at
+    ImageNet's size). The memory is freed with the split returned."""
+    if self._shared:
+      return self
+    try:
+      paths, labels = shared_arrays.Shared(self.paths), shared_arrays.Shared(self.labels)
+    except OSError as e:  # No room (a container's small /dev/shm): a copy each.
+      from resnet_jax.logs import log
+      log.warning('The file list stays in each worker (%d bytes each): no shared '
+                  'memory for it (%s)', self.paths.nbytes + self.labels.nbytes, e)
+      return self
+    return FileSplit(self.root, paths.array, labels.array, self.class_names,
+                     self.class_ids, (paths, labels))
+
+  def __reduce__(self):
+    if not self._shared:
+      return FileSplit, (self.root, self.paths, self.labels, self.class_names,
+                         self.class_ids)
+    return _from_shared, (self.root, *self._shared, self.class_names, self.class_ids)
 
   def name(self, index: int) -> str:
     """The file's path relative to `root`."""
@@ -76,6 +103,10 @@ class FileSplit:
     """The files at `selection` (a mask or indices), in that order."""
     return FileSplit(self.root, self.paths[selection], self.labels[selection],
                      self.class_names, self.class_ids)
+
+
+def _from_shared(root, paths, labels, class_names, class_ids) -> FileSplit:
+  return FileSplit(root, paths.array, labels.array, class_names, class_ids, (paths, labels))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -150,6 +181,26 @@ def _skipped(split: FileSplit, index: int, error: Exception) -> tuple:
   return (split.name(index), str(error))
 
 
+# The file order of each epoch (`config.file_order`). 'index_shuffle':
+# grain's index_shuffle (the permutation behind grain's own global shuffle,
+# a Feistel network) gives each position's file alone, so no process holds
+# an epoch's order: 10 MB a cached epoch at ImageNet's size, in every
+# worker. 'permutation': numpy's permutation of the files, one array per
+# epoch, as runs made before 2026-12-07 were ordered.
+FILE_ORDERS = ('index_shuffle', 'permutation')
+
+
+@functools.lru_cache(maxsize=64)
+def _epoch_seed(seed: int, epoch: int) -> int:
+  """A 32-bit seed per (seed, epoch): index_shuffle's seed for the epoch."""
+  return int(np.random.SeedSequence([seed, 0, epoch]).generate_state(1)[0])
+
+
+def _index_shuffle(position: int, n: int, seed: int, epoch: int) -> int:
+  from grain.experimental import index_shuffle  # pylint: disable=import-outside-toplevel
+  return index_shuffle(position, max_index=n - 1, seed=_epoch_seed(seed, epoch), rounds=4)
+
+
 class TrainExamples:
   """Stream position (of this process's rows) -> one augmented example.
 
@@ -158,15 +209,19 @@ class TrainExamples:
 
   def __init__(self, split: FileSplit, global_batch: int, seed: int, size,
                area: tuple = image_decoding.AREA, augment: bool = True,
-               process_index: int = 0, process_count: int = 1):
-    """`size`: pixels, or a `Sizes` (progressive resizing)."""
+               process_index: int = 0, process_count: int = 1,
+               order: str = 'index_shuffle'):
+    """`size`: pixels, or a `Sizes` (progressive resizing); `order`: one of
+    `FILE_ORDERS`."""
     if global_batch % process_count:
       raise errors.UserError(
           f'batch_size {global_batch} is not divisible by the {process_count} '
           'processes; set --config.batch_size to a multiple of it')
+    if order not in FILE_ORDERS:
+      raise ValueError(f'order {order!r} is not one of {FILE_ORDERS}')
     self.split, self.global_batch, self.seed = split, global_batch, seed
     self.sizes = size if isinstance(size, Sizes) else Sizes(int(size))
-    self.area, self.augment = tuple(area), augment
+    self.area, self.augment, self.order = tuple(area), augment, order
     self.local = global_batch // process_count
     self.offset = process_index * self.local
     self._perms = {}
@@ -181,8 +236,15 @@ class TrainExamples:
     self.__dict__.update(state)
     self._lock = threading.Lock()
 
+  def sharing(self) -> 'TrainExamples':
+    """The same examples, with the file list in shared memory
+    (`FileSplit.shared`) for grain's workers."""
+    twin = copy.copy(self)  # Through __getstate__: a lock of its own.
+    twin.split, twin._perms = self.split.shared(), {}
+    return twin
+
   def _permutation(self, epoch: int) -> np.ndarray:
-    """The file order of `epoch`; the last two epochs' are kept."""
+    """The 'permutation' order of `epoch`; the last two epochs' are kept."""
     with self._lock:
       order = self._perms.get(epoch)
       if order is None:
@@ -191,6 +253,16 @@ class TrainExamples:
         while len(self._perms) > 2:
           self._perms.pop(min(e for e in self._perms if e != epoch))
       return order
+
+  def file_at(self, epoch: int, i: int) -> int:
+    """The index of the file at place `i` of `epoch`'s order."""
+    if self.order == 'permutation':
+      return int(self._permutation(epoch)[i])
+    return _index_shuffle(i, len(self.split), self.seed, epoch)
+
+  def epoch_order(self, epoch: int) -> np.ndarray:
+    """`epoch`'s whole order (for tests and tools; training never builds it)."""
+    return np.array([self.file_at(epoch, i) for i in range(len(self.split))], np.int64)
 
   def position(self, k: int) -> int:
     """The global stream position of this process's k-th example."""
@@ -202,11 +274,10 @@ class TrainExamples:
     size = self.sizes.at(k // self.local)
     n = len(self.split)
     epoch, offset = divmod(position, n)
-    order = self._permutation(epoch)
     rng = np.random.default_rng([self.seed, 1, position])
     skipped = []
-    for t in range(n):  # A bad file yields to the next of the permutation.
-      index = int(order[(offset + t) % n])
+    for t in range(n):  # A bad file yields to the next of the epoch's order.
+      index = self.file_at(epoch, (offset + t) % n)
       try:
         data = self.split.read(index)
         image = (image_decoding.train_image(data, size, rng, self.area)
@@ -297,6 +368,8 @@ class TrainBatches:
   def __init__(self, examples: TrainExamples, num_steps: int, start: int,
                workers: int, threads: int = 1, state: Optional[dict] = None):
     self.resumed_from_state = False
+    if workers > 0:  # One copy of the file list per host, not one per worker.
+      examples = examples.sharing()
     dataset = train_dataset(examples, num_steps)
     with grain_workers.signals_held():
       if state is not None and state.get('workers') == workers:

@@ -32,6 +32,8 @@ EVAL_FOLDERS = ('test', 'val')
 SUFFIXES = ('.png', '.jpg', '.jpeg')
 SIZE = 32  # The in-memory size; others train with --config.image_size.
 NAME_FILES = ('classes.txt', 'LOC_synset_mapping.txt')
+# What `image_sizes` reads of a file to find its size in the header.
+HEADER_BYTES = 64 * 1024
 
 
 def find(data_dir: Optional[str], name: str) -> Optional[str]:
@@ -190,7 +192,17 @@ def image_sizes(root: str, split: str) -> list:
   def size(path):
     try:
       with open(os.path.join(top, path), 'rb') as f:
-        return image_decoding.image_size(f.read())
+        # The header is within the first KBs: reading whole files would be a
+        # second pass over ImageNet's 150 GB. A header past them (a large
+        # EXIF or ICC block) is read from the whole file.
+        head = f.read(HEADER_BYTES)
+        try:
+          return image_decoding.image_size(head)
+        except image_decoding.BadImage:
+          rest = f.read()
+          if not rest:
+            raise
+          return image_decoding.image_size(head + rest)
     except (image_decoding.BadImage, OSError) as e:
       raise errors.UserError(f'{os.path.join(top, path)} is not a readable image ({e}); '
                              'replace or remove it') from e

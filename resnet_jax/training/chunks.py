@@ -206,6 +206,8 @@ class FileEvalSplit:
 
   def __init__(self, dp: data_parallel.DataParallel, split: file_loader.FileSplit,
                global_batch: int, size: int, workers: tuple, skipped: dict):
+    if workers[0] > 0:  # One copy of the file list per host, not one per worker.
+      split = split.shared()
     self._dp, self._split, self._batch, self._size = dp, split, global_batch, size
     self._workers, self._skipped = workers, skipped
     self._num_batches = -(-len(split) // global_batch)

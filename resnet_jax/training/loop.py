@@ -363,7 +363,7 @@ def _file_batches(run: run_setup.Run, start: int) -> file_loader.TrainBatches:
   examples = file_loader.TrainExamples(
       run.train, config.batch_size, config.seed, run.sizes,
       (config.crop_min_area, 1.0), config.augment, jax.process_index(),
-      jax.process_count())
+      jax.process_count(), config.file_order)
   state = run.ckpt.read_data_state(start) if start else None
   workers, threads = run_setup.file_workers(config)
   loader = file_loader.TrainBatches(examples, run.num_steps, start, workers, threads,

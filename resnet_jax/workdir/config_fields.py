@@ -33,6 +33,9 @@ FIELDS = {
                   '(224 for ImageNet)',
     'crop_min_area': 'with image_size: the smallest random-resized crop, as a fraction '
                      'of the image area (0.08: Inception, torchvision)',
+    'file_order': "with image_size: each epoch's file order, 'index_shuffle' (grain's: "
+                  "no process holds it) or 'permutation' (numpy's: runs before "
+                  '2026-12-07)',
     'final_image_size': 'progressive resizing (FFCV): the training size grows linearly '
                         'from image_size at resize_start_epoch to this at '
                         'resize_end_epoch, in steps of 32 pixels; 0 = off',
@@ -118,7 +121,7 @@ FIELDS = {
 RECIPE_FIELDS = (
     'model', 'stem', 'shortcut', 'zero_init_residual', 'dropout_rate', 'bn_momentum',
     'bn_epsilon', 'half_precision', 'init_from', 'dataset', 'augment', 'image_size',
-    'crop_min_area', 'final_image_size', 'resize_start_epoch', 'resize_end_epoch',
+    'crop_min_area', 'file_order', 'final_image_size', 'resize_start_epoch', 'resize_end_epoch',
     'batch_size', 'lr_scale_batch', 'warmup_epochs', 'warmup_shape', 'weight_decay_on',
     'optimizer', 'lars_trust', 'bn_group_size', 'blurpool',
     'validation_size', 'augment_policy', 'cutout_size', 'mixup_alpha', 'cutmix_alpha',
@@ -136,7 +139,8 @@ RUNTIME_FIELDS = (
     'keep_checkpoints', 'eval_step', 'flip_tta', 'eval_image_size')
 
 
-# Fields added after runs existed, with the value those runs had implicitly.
+# Fields added after runs existed, with the value those runs had implicitly
+# (the default, except where `CHANGED_DEFAULTS` says).
 ADDED_LATER = {'validation_size': 0, 'augment_policy': '', 'cutout_size': 0,
                'mixup_alpha': 0.0, 'cutmix_alpha': 0.0, 'label_smoothing': 0.0,
                'ema_decay': 0.0, 'lr_schedule': 'piecewise', 'flip_tta': False,
@@ -144,4 +148,8 @@ ADDED_LATER = {'validation_size': 0, 'augment_policy': '', 'cutout_size': 0,
                'resize_start_epoch': 0.0, 'resize_end_epoch': 0.0, 'eval_image_size': 0,
                'lr_scale_batch': 0, 'warmup_epochs': 0.0, 'warmup_shape': 'constant',
                'weight_decay_on': 'kernels', 'optimizer': 'sgd', 'lars_trust': 0.001,
-               'lr_peak_epoch': 2.0, 'bn_group_size': 0, 'blurpool': False}
+               'lr_peak_epoch': 2.0, 'bn_group_size': 0, 'blurpool': False,
+               'file_order': 'permutation'}
+# Fields whose default for new runs differs from what older runs had: a run
+# resumed from its own record keeps its `ADDED_LATER` value.
+CHANGED_DEFAULTS = {'file_order': 'index_shuffle'}

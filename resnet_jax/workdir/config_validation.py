@@ -108,7 +108,8 @@ def _validate_optimizer(config: ml_collections.ConfigDict, bad) -> None:
   """The ImageNet recipes' fields: scaling, warm-up in epochs, LARS, BN groups."""
   choices = {'warmup_shape': ('constant', 'linear'),
              'weight_decay_on': ('kernels', 'all', 'ffcv'),
-             'optimizer': ('sgd', 'lars')}
+             'optimizer': ('sgd', 'lars'),
+             'file_order': ('index_shuffle', 'permutation')}
   for field, allowed in choices.items():
     if config[field] not in allowed:
       raise bad(field, 'must be ' + ', '.join(repr(a) for a in allowed[:-1])

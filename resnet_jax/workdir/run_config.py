@@ -35,7 +35,9 @@ def remembered(workdir: str, defaults: ml_collections.ConfigDict,
   if not record or not record.get('config'):
     return None
   config = ml_collections.ConfigDict(defaults.to_dict())  # Unlocked copy.
-  for field, value in record['config'].items():
+  # A field the record predates takes the value the run had (`ADDED_LATER`),
+  # which is not always today's default (file_order).
+  for field, value in {**config_fields.ADDED_LATER, **record['config']}.items():
     if field in config:  # A field this version dropped: ignored.
       config_validation.assign(config, field, value)
   # A run recorded before `~` was expanded: `~/data` and /home/me/data are
