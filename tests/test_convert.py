@@ -42,8 +42,10 @@ def _torch_model(name, num_classes, stem, seed=0):
 @pytest.mark.parametrize('name,stem,size', [
     ('resnet18', 'cifar', 32), ('resnet18', 'imagenet', 64),
     ('resnet34', 'imagenet', 64), ('resnet50', 'cifar', 32),
-    ('resnet50', 'imagenet', 64), ('resnet101', 'imagenet', 64),
-    ('resnet152', 'imagenet', 64)])
+    ('resnet50', 'imagenet', 64),
+    # The deepest two in the full suite only: resnet50's blocks, repeated.
+    pytest.param('resnet101', 'imagenet', 64, marks=pytest.mark.slow),
+    pytest.param('resnet152', 'imagenet', 64, marks=pytest.mark.slow)])
 def test_eval_logits_match_pytorch(name, stem, size):
   net = _torch_model(name, 10, stem)
   x = np.random.default_rng(0).normal(size=(2, 3, size, size)).astype(np.float32)

@@ -97,24 +97,82 @@ OPTION_SETS = {
 }
 
 
+@pytest.fixture(scope='module')
+def interrupted(tiny_data, tmp_path_factory):
+  """The paper recipe's run stopped in every way there is, each launch
+  resuming the one before: kill -9 at step 3 (before any checkpoint), SIGTERM
+  at 7, kill -9 at 12, frozen (SIGSTOP) at 14 while two more commands are
+  refused its busy workdir, kill -9 at 21; the last launch runs to the end.
+  One run for what three tests did in six launches (the same kill points, the
+  same signals and refusals); each test asserts its part.
+
+  Returns:
+    (workdir, {'kills': exit codes of the kill -9s, 'sigterm': (exit code,
+    stderr, checkpoint folders then), 'resumed_after_sigterm': that resume's
+    stderr, 'busy': (frozen pid, listing, [(exit code, stderr, listing
+    after)] of the refused commands), 'last': the last launch's stderr}).
+  """
+  workdir = tmp_path_factory.mktemp('interrupted') / 'w'
+  flags = _flags(tiny_data['data_dir'], workdir)
+  seen = {'kills': []}
+
+  def kill_9_at(proc, step):
+    processes.wait_for_step(workdir, step, proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    seen['kills'].append(proc.returncode)
+    return proc.output()[1]
+
+  kill_9_at(processes.main(flags), 3)
+  proc = processes.main(flags)
+  processes.wait_for_step(workdir, 7, proc)
+  proc.send_signal(signal.SIGTERM)
+  _, err = proc.communicate(timeout=300)
+  seen['sigterm'] = (proc.returncode, err, os.listdir(workdir / 'checkpoints'))
+  seen['resumed_after_sigterm'] = kill_9_at(processes.main(flags), 12)
+  proc = processes.main(flags)
+  processes.wait_for_step(workdir, 14, proc)
+  proc.send_signal(signal.SIGSTOP)  # Frozen mid-run, still holding the workdir.
+  try:
+    before, refused = _listing(workdir), []
+    for extra in ([], ['--mode=eval']):
+      second = subprocess.run([sys.executable, '-m', 'resnet_jax.main', *flags, *extra],
+                              capture_output=True, text=True, cwd=REPO, timeout=300)
+      refused.append((second.returncode, second.stderr, _listing(workdir)))
+  finally:
+    proc.send_signal(signal.SIGCONT)
+  seen['busy'] = (proc.pid, before, refused)
+  kill_9_at(proc, 21)
+  proc = processes.main(flags)
+  _, seen['last'] = proc.communicate(timeout=600)
+  assert proc.returncode == 0, seen['last'][-3000:]
+  return workdir, seen
+
+
 @pytest.mark.parametrize('options', OPTION_SETS, ids=str)
 def test_kill_9_at_several_points_then_resume_is_bitwise_identical(
-    tiny_data, reference, tmp_path_factory, tmp_path, options):
+    tiny_data, reference, tmp_path_factory, tmp_path, request, options):
   extra = OPTION_SETS[options]
-  expected = reference if not extra else _reference_run(tiny_data, tmp_path_factory, extra)
-  workdir = tmp_path / 'w'
-  # The paper recipe is killed at three points; the option sets, whose
-  # stream and state code paths are the same, once mid-epoch.
-  for kill_after in ((3, 12, 21) if not extra else (13,)):
+  if not extra:
+    # The paper recipe: killed at steps 3, 12 and 21 of the shared run.
+    workdir, seen = request.getfixturevalue('interrupted')
+    assert seen['kills'] == [-signal.SIGKILL] * 3
+    assert 'Resuming from the checkpoint at step' in seen['last']
+    expected = reference
+  else:
+    # The option sets, whose stream and state code paths are the same, once
+    # mid-epoch.
+    expected = _reference_run(tiny_data, tmp_path_factory, extra)
+    workdir = tmp_path / 'w'
     proc = processes.main(_flags(tiny_data['data_dir'], workdir, *extra))
-    processes.wait_for_step(workdir, kill_after, proc)
+    processes.wait_for_step(workdir, 13, proc)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL
-  proc = processes.main(_flags(tiny_data['data_dir'], workdir, *extra))
-  _, err = proc.communicate(timeout=600)
-  assert proc.returncode == 0, err[-3000:]
-  assert 'Resuming from the checkpoint at step' in err
+    proc = processes.main(_flags(tiny_data['data_dir'], workdir, *extra))
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err[-3000:]
+    assert 'Resuming from the checkpoint at step' in err
   config = tiny_config(tiny_data['data_dir'])
   for flag in extra:
     key, value = flag[len('--config.'):].split('=')
@@ -128,21 +186,17 @@ def test_kill_9_at_several_points_then_resume_is_bitwise_identical(
   assert meta['input_pipeline'] == ('host' if options == 'host_pipeline' else 'device')
 
 
-def test_sigterm_checkpoints_exits_and_resumes(tiny_data, reference, tmp_path):
-  workdir = tmp_path / 'w'
-  proc = processes.main(_flags(tiny_data['data_dir'], workdir))
-  processes.wait_for_step(workdir, 7, proc)
-  proc.send_signal(signal.SIGTERM)
-  _, err = proc.communicate(timeout=300)
-  assert proc.returncode == 128 + signal.SIGTERM, err[-3000:]
+def test_sigterm_checkpoints_exits_and_resumes(tiny_data, reference, interrupted):
+  # At step 7 of the shared run (a launch that started over after the kill
+  # at step 3); the next launch resumes where it stopped.
+  workdir, seen = interrupted
+  code, err, saved = seen['sigterm']
+  assert code == 128 + signal.SIGTERM, err[-3000:]
   last = err.strip().splitlines()[-1]
   assert last.startswith('stopped: SIGTERM at step') and 'Traceback' not in err
   stopped_at = int(last.split('at step ')[1].split(';')[0])
-  assert stopped_at >= 7 and str(stopped_at) in os.listdir(workdir / 'checkpoints')
-  proc = processes.main(_flags(tiny_data['data_dir'], workdir))
-  _, err = proc.communicate(timeout=600)
-  assert proc.returncode == 0, err[-3000:]
-  assert f'Resuming from the checkpoint at step {stopped_at}' in err
+  assert stopped_at >= 7 and str(stopped_at) in saved
+  assert f'Resuming from the checkpoint at step {stopped_at}' in seen['resumed_after_sigterm']
   _assert_bitwise_equal(tiny_config(tiny_data['data_dir']), reference, workdir)
 
 
@@ -334,27 +388,18 @@ def test_bad_input_is_refused_leaving_the_workdir_as_it_was(tiny_data, tiny_fold
     assert _listing(tmp_path) == before, (workdir, extra)
 
 
-def test_a_busy_workdir_refuses_a_second_run(tiny_data, reference, tmp_path):
-  workdir = tmp_path / 'w'
-  first = processes.main(_flags(tiny_data['data_dir'], workdir))
-  processes.wait_for_step(workdir, 3, first)
-  first.send_signal(signal.SIGSTOP)  # Frozen mid-run, still holding the workdir.
-  try:
-    before = _listing(workdir)
-    for extra in ([], ['--mode=eval']):
-      second = subprocess.run([sys.executable, '-m', 'resnet_jax.main',
-                               *_flags(tiny_data['data_dir'], workdir), *extra],
-                              capture_output=True, text=True, cwd=REPO, timeout=300)
-      assert second.returncode == 2, second.stderr[-2000:]
-      last = second.stderr.strip().splitlines()[-1]
-      assert last.startswith(f'error: workdir {workdir} is in use by pid {first.pid} '
-                             'on '), last
-      assert 'running since' in last and 'Traceback' not in second.stderr
-      assert _listing(workdir) == before  # The holder's files untouched.
-  finally:
-    first.send_signal(signal.SIGCONT)
-  _, err = first.communicate(timeout=600)
-  assert first.returncode == 0, err[-3000:]
+def test_a_busy_workdir_refuses_a_second_run(tiny_data, reference, interrupted):
+  # The shared run, frozen (SIGSTOP) at step 14, still holding the workdir:
+  # a second training run and an evaluation were refused.
+  workdir, seen = interrupted
+  pid, before, refused = seen['busy']
+  assert len(refused) == 2
+  for code, stderr, after in refused:
+    assert code == 2, stderr[-2000:]
+    last = stderr.strip().splitlines()[-1]
+    assert last.startswith(f'error: workdir {workdir} is in use by pid {pid} on '), last
+    assert 'running since' in last and 'Traceback' not in stderr
+    assert after == before  # The holder's files untouched.
   # The refused runs changed nothing the first one did.
   _assert_bitwise_equal(tiny_config(tiny_data['data_dir']), reference, workdir)
 

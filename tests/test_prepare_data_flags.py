@@ -58,6 +58,7 @@ def test_archive_and_imagenet_together_are_refused(tmp_path):
   assert not (tmp_path / 'data').exists()
 
 
+@pytest.mark.slow
 def test_ilsvrc_files_given_to_archive_point_to_imagenet(tmp_path):
   official = test_ilsvrc._official_files(tmp_path / 'downloads')
   kaggle = test_ilsvrc_kaggle.kaggle_download(tmp_path / 'kaggle', train_per_class=1, test=1)

@@ -269,6 +269,7 @@ def test_loss_and_accuracy_mix_and_smooth_the_labels():
   np.testing.assert_allclose(steps._accuracy(logits, batch), expected, rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_ema_follows_the_parameters_with_a_warming_decay(tiny_data, tmp_path):
   config = tiny_config(tiny_data['data_dir'], ema_decay=0.9, num_devices=1)
   run = run_setup.Run(config, str(tmp_path / 'w'), need_train=True)
@@ -415,6 +416,7 @@ def _lines(workdir):
     return [json.loads(l) for l in f]
 
 
+@pytest.mark.slow
 def test_training_evaluates_the_validation_split_only(modern_run):
   _, workdir = modern_run
   evals = [l for l in _lines(workdir) if 'val_accuracy' in l]
@@ -429,6 +431,7 @@ def test_training_evaluates_the_validation_split_only(modern_run):
                  for k in l)
 
 
+@pytest.mark.slow
 def test_eval_reports_raw_ema_and_flip_views_of_the_test_split(modern_run, tiny_data):
   config, workdir = modern_run
   result = evaluation.evaluate_checkpoint(config, workdir)
@@ -461,6 +464,7 @@ def test_eval_reports_raw_ema_and_flip_views_of_the_test_split(modern_run, tiny_
     assert part in row['recipe'], part
 
 
+@pytest.mark.slow
 def test_predict_uses_the_average_and_flip_when_asked(modern_run, tiny_data, tmp_path):
   from PIL import Image
   from resnet_jax import predict

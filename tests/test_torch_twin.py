@@ -34,7 +34,8 @@ def _leaves(tree):
           for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
 
 
-@pytest.mark.parametrize('name', ['resnet18', 'resnet50'])
+# ResNet-50 (bottlenecks) in the full suite only: ~20 s to build and draw.
+@pytest.mark.parametrize('name', ['resnet18', pytest.param('resnet50', marks=pytest.mark.slow)])
 def test_the_twin_starts_from_the_jax_models_initial_distributions(name):
   torch.manual_seed(0)
   net = torch_resnet.build(name, 10, stem='imagenet', zero_init_residual=True)
@@ -169,6 +170,7 @@ def _flags(jpegs, *extra):
           '--config.label_smoothing=0.1', '--config.bn_group_size=0', *extra]
 
 
+@pytest.mark.slow
 def test_the_twin_refuses_what_it_does_not_implement(jpegs, tmp_path):
   import torch_baseline
   base = config_files.load('configs/imagenet.py:resnet18')[0]

@@ -316,6 +316,7 @@ CRANES = {'n01440764': 'tench, Tinca tinca', 'n02012849': 'crane',
           'n03126707': 'crane'}
 
 
+@pytest.mark.slow
 def test_two_classes_with_one_name_keep_their_results_apart(tmp_path):
   from PIL import Image
   from resnet_jax import predict

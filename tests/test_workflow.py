@@ -126,6 +126,7 @@ def test_a_preset_typo_points_at_the_presets_of_the_file_given(given, tmp_path):
                   f'--config {given}:NAME')
 
 
+@pytest.mark.slow
 def test_tilde_in_a_path_flag_is_the_home_folder(tmp_path):
   # The shell leaves `~` after `=` as typed: the commands expand it, and make
   # no folder named `~` where they run.
