@@ -34,6 +34,7 @@ def get_config(preset: str = '') -> ml_collections.ConfigDict:
   c.blurpool = False
   c.half_precision = False
   c.store_conv_inputs = 'auto'
+  c.cpu_conv = 'auto'
   c.init_from = ''
   # Data.
   c.dataset = 'cifar10'

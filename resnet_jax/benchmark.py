@@ -210,24 +210,17 @@ def run(config, windows: int = 5, steps: int = 10, warmup: int = 3,
   for _ in range(warmup):
     state, metrics = step_fn(state, batch)
   jax.block_until_ready(metrics)
-  holder = {'state': state}
-
-  def train_steps(n):
-    s = holder['state']
-    for _ in range(n):
-      s, m = step_fn(s, batch)
-    jax.block_until_ready(m)
-    holder['state'] = s
+  train_steps = timing.StepRunner(step_fn, state, batch, jax.block_until_ready)
   n = timing.steps_for(train_steps, steps, min_window_seconds)
   train_rate = timing.median_rate(lambda: train_steps(n), n * b, windows)
 
   eval_batch = dp.put_batch({**stream.batch(1), 'mask': np.ones(
       b // jax.process_count(), bool)})
-  jax.block_until_ready(eval_fn(holder['state'], eval_batch))
+  jax.block_until_ready(eval_fn(train_steps.state, eval_batch))
 
   def eval_steps(n):
     for _ in range(n):
-      out = eval_fn(holder['state'], eval_batch)
+      out = eval_fn(train_steps.state, eval_batch)
     jax.block_until_ready(out)
   n = timing.steps_for(eval_steps, steps, min_window_seconds)
   eval_rate = timing.median_rate(lambda: eval_steps(n), n * b, windows)
@@ -240,7 +233,7 @@ def run(config, windows: int = 5, steps: int = 10, warmup: int = 3,
       stream.batch(next(counter))
   n = timing.steps_for(input_steps, steps, min_window_seconds)
   input_rate = timing.median_rate(lambda: input_steps(n), n * b, windows)
-  holder.clear()  # Frees the step's state before the loop's own.
+  train_steps.state = None  # Frees the step's state before the loop's own.
   del state
 
   device = jax.devices()[0]
@@ -251,6 +244,7 @@ def run(config, windows: int = 5, steps: int = 10, warmup: int = 3,
       'dtype': 'bfloat16' if config.half_precision else 'float32',
       'parallelism': config.parallelism,
       'store_conv_inputs': train_state.store_conv_inputs(config),
+      'cpu_conv': train_state.cpu_conv(config),
       'compile_seconds': round(compile_s, 2),
       'train_images_per_sec': round(train_rate, 1),
       'eval_images_per_sec': round(eval_rate, 1),

@@ -53,6 +53,125 @@ class StoredInputConv(nn.Conv):
     return super().__call__(jax.lax.optimization_barrier(inputs))
 
 
+def im2col_conv(x, kernel, strides, padding, precision=None):
+  """A 2-D convolution as one matrix product: each output position's patch
+  gathered by strided slices ("im2col"), then one dot with the kernel.
+
+  The same sums as `lax.conv_general_dilated(x, kernel, strides, padding,
+  dimension_numbers=('NHWC', 'HWIO', 'NHWC'))`, in another order (so equal to
+  float rounding). Its gradients are matrix products and the slices'
+  transposes (pads and adds), which XLA:CPU runs at matrix speed where its
+  own convolution kernels are slow (tiny maps, 1x1 weight gradients;
+  benchmarks/cpu_conv_shapes.py).
+
+  Args:
+    x: [N, H, W, C] input.
+    kernel: [KH, KW, C, F] (HWIO).
+    strides: (SH, SW).
+    padding: ((top, bottom), (left, right)).
+    precision: as `lax.dot_general`'s.
+
+  Returns:
+    [N, HO, WO, F].
+  """
+  kh, kw, c, f = kernel.shape
+  sh, sw = strides
+  x = jnp.pad(x, ((0, 0), tuple(padding[0]), tuple(padding[1]), (0, 0)))
+  n, h, w, _ = x.shape
+  ho, wo = (h - kh) // sh + 1, (w - kw) // sw + 1
+  # Tap (i, j) of every output position, in the kernel's (row, column,
+  # channel) order, so the HWIO kernel reshapes to the matrix as it is.
+  taps = [lax.slice(x, (0, i, j, 0), (n, i + (ho - 1) * sh + 1, j + (wo - 1) * sw + 1, c),
+                    (1, sh, sw, 1)) for i in range(kh) for j in range(kw)]
+  patches = taps[0] if len(taps) == 1 else jnp.concatenate(taps, axis=-1)
+  y = lax.dot_general(patches.reshape(n * ho * wo, kh * kw * c),
+                      kernel.reshape(kh * kw * c, f), (((1,), (0,)), ((), ())),
+                      precision=precision)
+  return y.reshape(n, ho, wo, f)
+
+
+def cpu_conv_takes_im2col(x_shape, kernel_shape, strides, padding) -> bool:
+  """Whether `CpuConv` computes a convolution as `im2col_conv` (one matrix
+  product) rather than as XLA:CPU's convolution.
+
+  From benchmarks/cpu_conv_shapes.py (JAX 0.10 and 0.12, 2-core AMD EPYC,
+  ResNet-18 at 32-128 px and ResNet-50 at 224 px, batch 16; ResNet-20 and
+  PreAct-ResNet-164 at 128), forward + input gradient + weight gradient:
+  * 1x1 kernels: always. XLA:CPU's weight gradient of a 1x1 convolution is
+    up to 19x slower than the matrix product it is (ResNet-50's 256->128 at
+    56x56: 817 ms against 59); the three passes together were faster as
+    matrix products at every 1x1 shape measured (also PreAct-ResNet-164's).
+  * Larger kernels whose output map is 2x2 or smaller: XLA:CPU's forward pass
+    or input gradient (or both) there take 10-90x the matrix product's time
+    (ResNet-18's 512->512 3x3 at 2x2: 445 + 275 ms against 5 + 8).
+  * Otherwise XLA:CPU's convolution: on larger maps the im2col copies cost
+    more than they save (the 7x7 stem, ResNet-20's 16-channel layers: 2-5x
+    slower as im2col).
+
+  Args:
+    x_shape: the input's [N, H, W, C].
+    kernel_shape: [KH, KW, C, F].
+    strides: (SH, SW).
+    padding: ((top, bottom), (left, right)).
+  """
+  kh, kw = kernel_shape[:2]
+  if kh == kw == 1:
+    return True
+  out = [(size + lo + hi - k) // s + 1 for size, (lo, hi), k, s in
+         zip(x_shape[1:3], padding, (kh, kw), strides)]
+  return out[0] * out[1] <= 4
+
+
+class CpuConv(nn.Conv):
+  """`nn.Conv` that takes `im2col_conv` where XLA:CPU's own convolution is
+  slow (`cpu_conv_takes_im2col`, measured per layer shape), for the CPU
+  backend only (the model uses it where `cpu_conv` resolves on).
+
+  The same parameters as `nn.Conv` (the 'kernel', HWIO, drawn by the same
+  initialiser from the same key), so checkpoints and `init_from` are shared;
+  the outputs equal `nn.Conv`'s to float rounding. Shapes the rule leaves
+  alone, and any options the rule was not measured with (groups, dilation,
+  string padding, a mask, unshared weights), are `nn.Conv`'s own.
+  """
+
+  @nn.compact
+  def __call__(self, inputs):
+    kernel_size = tuple(self.kernel_size)
+    strides = _pair(self.strides)
+    plain = (inputs.ndim != 4 or len(kernel_size) != 2 or isinstance(self.padding, (str, int))
+             or self.feature_group_count != 1 or self.mask is not None
+             or _pair(self.input_dilation) != (1, 1)
+             or _pair(self.kernel_dilation) != (1, 1))
+    kernel_shape = kernel_size + (inputs.shape[-1], self.features)
+    if plain:
+      return super().__call__(inputs)
+    padding = tuple((p, p) if isinstance(p, int) else tuple(p) for p in self.padding)
+    if not cpu_conv_takes_im2col(inputs.shape, kernel_shape, strides, padding):
+      return super().__call__(inputs)
+    kernel = self.param('kernel', self.kernel_init, kernel_shape, self.param_dtype)
+    bias = (self.param('bias', self.bias_init, (self.features,), self.param_dtype)
+            if self.use_bias else None)
+    inputs, kernel, bias = self.promote_dtype(inputs, kernel, bias, dtype=self.dtype)
+    y = im2col_conv(inputs, kernel, strides, padding, self.precision)
+    return y if bias is None else y + bias
+
+
+def _pair(value):
+  return (1, 1) if value is None else (value, value) if isinstance(value, int) else tuple(value)
+
+
+class StoredInputCpuConv(StoredInputConv, CpuConv):
+  """`CpuConv` whose input is stored (`StoredInputConv`), on either path."""
+
+
+def conv_class(store_inputs: bool = False, cpu: bool = False):
+  """The convolution module of a model: `nn.Conv`, or with stored inputs
+  (`StoredInputConv`), the CPU path (`CpuConv`) or both."""
+  return {(False, False): nn.Conv, (True, False): StoredInputConv,
+          (False, True): CpuConv, (True, True): StoredInputCpuConv}[bool(store_inputs),
+                                                                      bool(cpu)]
+
+
 # XLA options under which JAX 0.10's XLA:CPU keeps the barriers above until
 # after fusion (later versions keep them there anyway).
 KEEP_BARRIERS_OPTIONS = {'xla_disable_hlo_passes': 'cse_barrier_expander'}

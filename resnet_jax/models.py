@@ -192,6 +192,8 @@ class ResNet(nn.Module):
       where the sharded global batch already gives global statistics).
     store_conv_inputs: in training, keep every convolution's input for the
       backward pass (`layers.StoredInputConv`); faster on XLA:CPU, same numbers.
+    cpu_conv: the convolutions XLA:CPU is slow at as matrix products
+      (`layers.CpuConv`: CPU backend only; same numbers to float rounding).
     bn_group_size: training BatchNorm statistics over groups of this many
       examples (`layers.GroupBatchNorm`); 0 = the whole global batch.
     blurpool: FFCV's blur before strided convolutions (`layers.with_blurpool`).
@@ -211,6 +213,7 @@ class ResNet(nn.Module):
   dtype: Any = jnp.float32
   axis_name: Optional[str] = None
   store_conv_inputs: bool = False
+  cpu_conv: bool = False
   bn_group_size: int = 0
   blurpool: bool = False
 
@@ -221,7 +224,8 @@ class ResNet(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool = False):
     # Evaluation has no backward pass to store inputs for.
-    conv_cls = layers.StoredInputConv if self.store_conv_inputs and train else nn.Conv
+    conv_cls = layers.conv_class(store_inputs=self.store_conv_inputs and train,
+                                 cpu=self.cpu_conv)
     conv = functools.partial(conv_cls, use_bias=False, dtype=self.dtype,
                              kernel_init=nn.initializers.variance_scaling(
                                  2.0, 'fan_out', 'normal'))
@@ -360,8 +364,8 @@ def create_model(name: str, num_classes: int = 10, *, stem: str = 'cifar',
                  zero_init_residual: bool = False, bn_momentum: float = 0.9,
                  bn_epsilon: float = 1e-5, dtype: Any = jnp.float32,
                  axis_name: Optional[str] = None,
-                 store_conv_inputs: bool = False, bn_group_size: int = 0,
-                 blurpool: bool = False) -> ResNet:
+                 store_conv_inputs: bool = False, cpu_conv: bool = False,
+                 bn_group_size: int = 0, blurpool: bool = False) -> ResNet:
   """Builds a model of the zoo by name.
 
   Args:
@@ -379,6 +383,7 @@ def create_model(name: str, num_classes: int = 10, *, stem: str = 'cifar',
     axis_name: pmap axis name for BatchNorm statistics, None under jit.
     store_conv_inputs: keep convolution inputs for the backward pass instead
       of letting XLA recompute them (see `layers.StoredInputConv`).
+    cpu_conv: see `ResNet` (the CPU backend only).
     bn_group_size: see `ResNet`.
     blurpool: see `ResNet`.
 
@@ -411,4 +416,5 @@ def create_model(name: str, num_classes: int = 10, *, stem: str = 'cifar',
   return ResNet(num_classes=num_classes, zero_init_residual=zero_init_residual,
                 bn_momentum=bn_momentum, bn_epsilon=bn_epsilon, dtype=dtype,
                 axis_name=axis_name, store_conv_inputs=store_conv_inputs,
-                bn_group_size=bn_group_size, blurpool=bool(blurpool), **fields)
+                cpu_conv=cpu_conv, bn_group_size=bn_group_size, blurpool=bool(blurpool),
+                **fields)

@@ -159,6 +159,42 @@ def test_store_conv_inputs_is_on_for_cpu_under_auto():
   assert not train_state.create_model(config, 10).store_conv_inputs
 
 
+def test_cpu_conv_is_on_for_cpu_under_auto():
+  config = tiny_config(None)
+  assert config.cpu_conv == 'auto' and jax.default_backend() == 'cpu'
+  assert train_state.cpu_conv(config) and train_state.create_model(config, 10).cpu_conv
+  config.cpu_conv = 'off'
+  assert not train_state.cpu_conv(config)
+  assert not train_state.create_model(config, 10).cpu_conv
+  del config['cpu_conv']  # A run recorded before the field: 'auto'.
+  assert train_state.cpu_conv(config)
+
+
+@pytest.mark.slow
+def test_cpu_conv_benchmarks_print_their_tables():
+  """benchmarks/cpu_conv_shapes.py and cpu_vs_torch.py, at tiny sizes."""
+  pytest.importorskip('torch')
+  shapes = subprocess.run(
+      [sys.executable, 'benchmarks/cpu_conv_shapes.py', '--model', 'resnet18', '--size', '8',
+       '--batch', '2', '--paths', 'lax,im2col'], capture_output=True, text=True, cwd=REPO,
+      timeout=600)
+  assert shapes.returncode == 0, shapes.stderr[-3000:]
+  lines = shapes.stdout.splitlines()
+  # ResNet-18's 11 distinct convolutions at 8 px, each with the rule's choice.
+  rows = [line for line in lines if line.endswith((' lax', ' im2col'))]
+  assert len(rows) == 11 and '!' not in ''.join(rows)
+  assert lines[-1].startswith('total ms')
+  table = subprocess.run(
+      [sys.executable, 'benchmarks/cpu_vs_torch.py', '--rows', 'resnet18@16/2,resnet8@8/2',
+       '--windows', '1', '--min_window_seconds', '0'], capture_output=True, text=True,
+      cwd=REPO, timeout=600)
+  assert table.returncode == 0, table.stderr[-3000:]
+  rows = json.loads(table.stdout.splitlines()[-1])
+  assert [r['row'] for r in rows] == ['resnet18 @ 16', 'resnet8 @ 8']
+  assert all(r['jax_off'] > 0 and r['jax_auto'] > 0 and r['torch'] > 0 for r in rows)
+  assert '| resnet18 @ 16 | 2 |' in table.stdout
+
+
 @pytest.mark.slow
 def test_the_accelerator_check_runs_end_to_end_on_the_cpu(tmp_path):
   # What a session with a lent GPU runs first, at tiny sizes: known to work

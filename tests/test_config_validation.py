@@ -29,6 +29,7 @@ from tests.conftest import tiny_config
     (dict(checkpoint_every_steps=-5), 'checkpoint_every_steps must be a positive '
                                       'integer, got -5'),
     (dict(log_every_steps=0), 'log_every_steps must be a positive integer, got 0'),
+    (dict(cpu_conv='on'), "cpu_conv must be auto or off, got 'on'; set --config.cpu_conv"),
 ])
 def test_bad_fields_are_refused_by_name(tiny_data, overrides, message):
   config = tiny_config(tiny_data['data_dir'], num_train_steps=-1, **overrides)

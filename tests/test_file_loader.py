@@ -15,6 +15,7 @@ import jax
 import numpy as np
 import pytest
 
+from resnet_jax.data import epoch_orders
 from resnet_jax.data import file_loader
 from resnet_jax.data import image_folder
 from resnet_jax.training import run_setup
@@ -293,7 +294,7 @@ def _good_files(folder):
   return split.take(np.array([p.decode() != BAD[len('train/'):] for p in split.paths]))
 
 
-@pytest.mark.parametrize('order', file_loader.FILE_ORDERS)
+@pytest.mark.parametrize('order', epoch_orders.FILE_ORDERS)
 def test_each_epoch_is_a_fresh_permutation_and_a_batch_a_pure_function_of_seed_and_step(
     folder, order):
   # docs/data.md, "The loader is google/grain": a fresh permutation of the

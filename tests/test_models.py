@@ -1,5 +1,6 @@
 """Model zoo: shapes, parameter counts against the papers, BatchNorm modes."""
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -217,3 +218,145 @@ def test_stored_conv_inputs_give_the_plain_gradients(name):
   np.testing.assert_array_equal(loss, plain_loss)
   for a, b in zip(jax.tree.leaves(stored), jax.tree.leaves(plain)):
     np.testing.assert_array_equal(a, b)
+
+
+# Shapes of `layers.im2col_conv`: (input, kernel HWIO, strides, padding).
+IM2COL_SHAPES = [
+    ((4, 6, 6, 16), (3, 3, 16, 24), (1, 1), ((1, 1), (1, 1))),
+    ((4, 7, 7, 16), (3, 3, 16, 24), (2, 2), ((1, 1), (1, 1))),
+    ((4, 2, 2, 32), (3, 3, 32, 32), (1, 1), ((1, 1), (1, 1))),
+    ((4, 1, 1, 32), (3, 3, 32, 32), (1, 1), ((1, 1), (1, 1))),
+    ((4, 8, 8, 16), (1, 1, 16, 32), (2, 2), ((0, 0), (0, 0))),
+    ((2, 18, 18, 3), (7, 7, 3, 8), (2, 2), ((3, 3), (3, 3))),
+]
+
+
+@pytest.mark.parametrize('x_shape,k_shape,strides,padding', IM2COL_SHAPES)
+def test_im2col_conv_is_the_convolution_to_float_rounding(x_shape, k_shape, strides,
+                                                          padding):
+  """The output and both gradients of `im2col_conv`, against float64 sums:
+  within the bound on rounding any order of summation can reach, gamma_K =
+  K u / (1 - K u) times the sum of the terms' magnitudes (Higham, Accuracy and
+  Stability of Numerical Algorithms, 3.1), K the terms of each sum. It holds
+  on any CPU (vector width, FMA); a wrong tap or order would miss it by far."""
+  kx, kw, kg = jax.random.split(jax.random.key(0), 3)
+  x = jax.random.normal(kx, x_shape)
+  w = jax.random.normal(kw, k_shape)
+  conv = lambda x, w: jax.lax.conv_general_dilated(
+      x, w, strides, padding, dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+  y, pullback = jax.vjp(lambda x, w: layers.im2col_conv(x, w, strides, padding), x, w)
+  g = jax.random.normal(kg, y.shape)
+  got = (y, *pullback(g))
+  with jax.enable_x64(True):
+    x64, w64, g64 = (np.asarray(a, np.float64) for a in (x, w, g))
+    exact_y, exact_pull = jax.vjp(conv, x64, w64)
+    exact = (exact_y, *exact_pull(g64))
+    # The same sums of the terms' magnitudes.
+    size_y, size_pull = jax.vjp(conv, np.abs(x64), np.abs(w64))
+    sizes = (size_y, *size_pull(np.abs(g64)))
+    n, ho, wo, f = y.shape
+    kh, kw_, c, _ = k_shape
+    terms = (kh * kw_ * c, kh * kw_ * f, n * ho * wo)  # Output, d/dx, d/dw.
+    u = 2.0 ** -24
+    for name, a, e, s, k in zip(('output', 'd/dx', 'd/dw'), got, exact, sizes, terms):
+      assert a.shape == e.shape, name
+      bound = k * u / (1 - k * u) * np.asarray(s)
+      error = np.abs(np.asarray(a, np.float64) - np.asarray(e))
+      assert np.all(error <= bound), (name, float(np.max(error / np.maximum(bound, 1e-300))))
+
+
+def test_cpu_conv_has_nn_convs_parameters():
+  """`CpuConv` (either path) and `StoredInputCpuConv` draw the parameters
+  `nn.Conv` draws: the same tree, names and numbers (checkpoints and
+  init_from are shared)."""
+  x = jnp.ones((2, 2, 2, 16))
+  for cls in (layers.CpuConv, layers.StoredInputCpuConv):
+    for padding in (((1, 1), (1, 1)), 'SAME'):  # The im2col path, nn.Conv's own.
+      for bias in (False, True):
+        kwargs = dict(padding=padding, use_bias=bias)
+        expected = nn.Conv(8, (3, 3), **kwargs).init(jax.random.key(3), x)
+        variables = cls(8, (3, 3), **kwargs).init(jax.random.key(3), x)
+        assert jax.tree.structure(variables) == jax.tree.structure(expected)
+        for a, b in zip(jax.tree.leaves(variables), jax.tree.leaves(expected)):
+          np.testing.assert_array_equal(a, b)
+  # A whole model: cpu_conv on and off initialise alike.
+  on, off = (jax.jit(models.create_model('resnet18', stem='imagenet', cpu_conv=c).init)(
+      jax.random.key(0), jnp.zeros((1, 64, 64, 3))) for c in (True, False))
+  assert jax.tree.structure(on) == jax.tree.structure(off)
+  for a, b in zip(jax.tree.leaves(on), jax.tree.leaves(off)):
+    np.testing.assert_array_equal(a, b)
+
+
+def _train_program(model, x):
+  variables = model.init(jax.random.key(0), x)
+  return jax.jit(lambda v: model.apply(v, x, train=True, mutable=['batch_stats'])).lower(
+      variables).as_text()
+
+
+def test_cpu_conv_is_the_cpu_backends_only(monkeypatch):
+  """With the config resolved for another backend, the model is the one it
+  always was: its lowered program equals cpu_conv='off''s, every
+  convolution an HLO convolution. On the CPU, 'auto' takes the path."""
+  from resnet_jax.training import train_state
+  from tests.conftest import tiny_config
+  config = tiny_config(None)
+  config.update(model='resnet18', stem='imagenet')
+  x = jnp.zeros((2, 64, 64, 3))
+  assert config.cpu_conv == 'auto' and jax.default_backend() == 'cpu'
+  on_cpu = train_state.create_model(config, 10)
+  assert on_cpu.cpu_conv
+  config.cpu_conv = 'off'
+  off = _train_program(train_state.create_model(config, 10), x)
+  num_convs = sum(leaf.ndim == 4 for leaf in jax.tree.leaves(
+      on_cpu.init(jax.random.key(0), x)['params']))
+  assert off.count('stablehlo.convolution') == num_convs
+  assert _train_program(on_cpu, x).count('stablehlo.convolution') < num_convs
+  for backend in ('gpu', 'tpu'):
+    monkeypatch.setattr(jax, 'default_backend', lambda backend=backend: backend)
+    config.cpu_conv = 'auto'
+    model = train_state.create_model(config, 10)
+    assert not model.cpu_conv and not model.store_conv_inputs
+    config.cpu_conv = 'off'
+    assert _train_program(model, x) == _train_program(train_state.create_model(config, 10), x)
+
+
+@pytest.mark.slow
+def test_cpu_conv_trains_as_the_plain_model_to_rounding():
+  """A ResNet-18 training step's loss, gradients and BatchNorm updates with
+  `cpu_conv` on: as far from float64's as the plain float32 model's are
+  (the yardstick is that model's own rounding, measured in the same run),
+  within a factor of 4 (measured, the worst leaf: 1.04 on JAX 0.10 with
+  AVX-512 and with AVX2, 1.01 on JAX 0.12)."""
+  x = jax.random.normal(jax.random.key(1), (4, 64, 64, 3))
+  labels = jnp.arange(4) % 10
+
+  def step(cpu_conv, dtype=jnp.float32):
+    model = models.create_model('resnet18', stem='imagenet', cpu_conv=cpu_conv,
+                                dtype=dtype)
+    variables = model.init(jax.random.key(0), jnp.zeros((1, 64, 64, 3)))
+
+    def loss(params):
+      logits, updates = model.apply({**variables, 'params': params}, x.astype(dtype),
+                                    train=True, mutable=['batch_stats'])
+      return (optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean(),
+              updates)
+    params = jax.tree.map(lambda p: p.astype(dtype), variables['params'])
+    (value, updates), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(params)
+    return [np.asarray(a, np.float64) for a in jax.tree.leaves((value, grads, updates))]
+
+  on, off = step(True), step(False)
+  with jax.enable_x64(True):
+    exact = step(False, jnp.float64)
+  for a, b, e in zip(on, off, exact):
+    assert np.linalg.norm(a - e) <= 4 * np.linalg.norm(b - e) + 1e-12 * np.linalg.norm(e)
+
+
+def test_cpu_conv_leaves_the_cifar_resnets_program_alone():
+  """The CIFAR ResNets (3x3 kernels on maps of 8x8 and more, option-A
+  shortcuts) have no shape the rule takes: the same program on the CPU, so
+  their records (ResNet-20's, ResNet-8's) keep their bits."""
+  x = jnp.zeros((2, 32, 32, 3))
+  on, off = (_train_program(models.create_model('resnet8', cpu_conv=c,
+                                                store_conv_inputs=True), x)
+             for c in (True, False))
+  assert on == off

@@ -71,10 +71,13 @@ def test_fields_added_later_count_as_their_default_for_older_runs():
     assert default[field] == config_fields.CHANGED_DEFAULTS.get(field, value), field
   older = {k: v for k, v in json.loads(default.to_json()).items()
            if k not in config_fields.ADDED_LATER}
-  # A changed default is a new recipe for an older run: refused, with its flag.
+  # A changed default is a new recipe for an older run (refused, with its
+  # flag), or a runtime change (allowed).
+  changed = {f: (config_fields.ADDED_LATER[f], v)
+             for f, v in config_fields.CHANGED_DEFAULTS.items()}
   assert config_validation.config_changes(older, default) == (
-      {f: (config_fields.ADDED_LATER[f], v)
-       for f, v in config_fields.CHANGED_DEFAULTS.items()}, {})
+      {f: c for f, c in changed.items() if f in config_fields.RECIPE_FIELDS},
+      {f: c for f, c in changed.items() if f in config_fields.RUNTIME_FIELDS})
   for field, value in config_fields.CHANGED_DEFAULTS.items():
     default[field] = config_fields.ADDED_LATER[field]
   assert config_validation.config_changes(older, default) == ({}, {})
@@ -121,7 +124,13 @@ def test_a_run_recorded_before_a_changed_default_resumes_with_its_own_value(tmp_
   defaults = cifar.get_config()
   older = {k: v for k, v in json.loads(defaults.to_json()).items() if k != 'file_order'}
   (tmp_path / run_record.FILE).write_text(json.dumps({'config': older}))
-  assert run_config.remembered(str(tmp_path), defaults, {}).file_order == 'permutation'
+  remembered = run_config.remembered(str(tmp_path), defaults, {})
+  assert remembered.file_order == 'permutation'
+  # cpu_conv (a runtime field) too: the program the run had, unless asked.
+  older.pop('cpu_conv')
+  (tmp_path / run_record.FILE).write_text(json.dumps({'config': older}))
+  assert run_config.remembered(str(tmp_path), defaults, {}).cpu_conv == 'off'
+  assert run_config.remembered(str(tmp_path), defaults, {'cpu_conv': 'auto'}).cpu_conv == 'auto'
   with pytest.raises(errors.UserError, match="file_order 'permutation' -> 'index_shuffle'"):
     run_config.remembered(str(tmp_path), defaults, {'file_order': 'index_shuffle'})
 

@@ -33,7 +33,6 @@ checkpoints and stops them, and they exit by themselves when it is gone.
 import copy
 import dataclasses
 import errno
-import functools
 import math
 import os
 import threading
@@ -43,6 +42,7 @@ from typing import Iterator, Optional, Sequence
 import numpy as np
 
 from resnet_jax import errors
+from resnet_jax.data import epoch_orders
 from resnet_jax.data import grain_workers
 from resnet_jax.data import image_decoding
 from resnet_jax.data import shared_arrays
@@ -72,13 +72,10 @@ class FileSplit:
     ImageNet's size). The memory is freed with the split returned."""
     if self._shared:
       return self
-    try:
-      paths, labels = shared_arrays.Shared(self.paths), shared_arrays.Shared(self.labels)
-    except OSError as e:  # No room (a container's small /dev/shm): a copy each.
-      from resnet_jax.logs import log
-      log.warning('The file list stays in each worker (%d bytes each): no shared '
-                  'memory for it (%s)', self.paths.nbytes + self.labels.nbytes, e)
+    shared = shared_arrays.share_all('The file list', self.paths, self.labels)
+    if not shared:  # No room (a container's small /dev/shm): a copy each.
       return self
+    paths, labels = shared
     return FileSplit(self.root, paths.array, labels.array, self.class_names,
                      self.class_ids, (paths, labels))
 
@@ -181,26 +178,6 @@ def _skipped(split: FileSplit, index: int, error: Exception) -> tuple:
   return (split.name(index), str(error))
 
 
-# The file order of each epoch (`config.file_order`). 'index_shuffle':
-# grain's index_shuffle (the permutation behind grain's own global shuffle,
-# a Feistel network) gives each position's file alone, so no process holds
-# an epoch's order: 10 MB a cached epoch at ImageNet's size, in every
-# worker. 'permutation': numpy's permutation of the files, one array per
-# epoch, as runs made before 2026-12-07 were ordered.
-FILE_ORDERS = ('index_shuffle', 'permutation')
-
-
-@functools.lru_cache(maxsize=64)
-def _epoch_seed(seed: int, epoch: int) -> int:
-  """A 32-bit seed per (seed, epoch): index_shuffle's seed for the epoch."""
-  return int(np.random.SeedSequence([seed, 0, epoch]).generate_state(1)[0])
-
-
-def _index_shuffle(position: int, n: int, seed: int, epoch: int) -> int:
-  from grain.experimental import index_shuffle  # pylint: disable=import-outside-toplevel
-  return index_shuffle(position, max_index=n - 1, seed=_epoch_seed(seed, epoch), rounds=4)
-
-
 class TrainExamples:
   """Stream position (of this process's rows) -> one augmented example.
 
@@ -212,13 +189,13 @@ class TrainExamples:
                process_index: int = 0, process_count: int = 1,
                order: str = 'index_shuffle'):
     """`size`: pixels, or a `Sizes` (progressive resizing); `order`: one of
-    `FILE_ORDERS`."""
+    `epoch_orders.FILE_ORDERS`."""
     if global_batch % process_count:
       raise errors.UserError(
           f'batch_size {global_batch} is not divisible by the {process_count} '
           'processes; set --config.batch_size to a multiple of it')
-    if order not in FILE_ORDERS:
-      raise ValueError(f'order {order!r} is not one of {FILE_ORDERS}')
+    if order not in epoch_orders.FILE_ORDERS:
+      raise ValueError(f'order {order!r} is not one of {epoch_orders.FILE_ORDERS}')
     self.split, self.global_batch, self.seed = split, global_batch, seed
     self.sizes = size if isinstance(size, Sizes) else Sizes(int(size))
     self.area, self.augment, self.order = tuple(area), augment, order
@@ -248,7 +225,7 @@ class TrainExamples:
     with self._lock:
       order = self._perms.get(epoch)
       if order is None:
-        order = np.random.default_rng([self.seed, 0, epoch]).permutation(len(self.split))
+        order = epoch_orders.permutation(len(self.split), self.seed, epoch)
         self._perms[epoch] = order
         while len(self._perms) > 2:
           self._perms.pop(min(e for e in self._perms if e != epoch))
@@ -258,7 +235,7 @@ class TrainExamples:
     """The index of the file at place `i` of `epoch`'s order."""
     if self.order == 'permutation':
       return int(self._permutation(epoch)[i])
-    return _index_shuffle(i, len(self.split), self.seed, epoch)
+    return epoch_orders.shuffled(i, len(self.split), self.seed, epoch)
 
   def epoch_order(self, epoch: int) -> np.ndarray:
     """`epoch`'s whole order (for tests and tools; training never builds it)."""

@@ -16,6 +16,7 @@ import os
 import sys
 import weakref
 from multiprocessing import shared_memory
+from typing import Optional
 
 import numpy as np
 
@@ -43,6 +44,18 @@ class Shared:
 
   def __reduce__(self):
     return _attach, (self._segment.name, self.array.shape, self.array.dtype.str)
+
+
+def share_all(what: str, *arrays: np.ndarray) -> Optional[tuple]:
+  """`Shared` copies of `arrays`, or None (logged, naming `what`) where
+  shared memory has no room for them: each worker then gets its own copy."""
+  try:
+    return tuple(Shared(a) for a in arrays)
+  except OSError as e:
+    from resnet_jax.logs import log  # pylint: disable=import-outside-toplevel
+    log.warning('%s stays in each worker (%d bytes each): no shared memory for it (%s)',
+                what, sum(a.nbytes for a in arrays), e)
+    return None
 
 
 def _check_room(size: int) -> None:

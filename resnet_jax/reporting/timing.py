@@ -27,3 +27,19 @@ def steps_for(run_steps: Callable[[int], None], steps: int, min_seconds: float) 
   if took >= min_seconds:
     return steps
   return max(steps, math.ceil(steps * min_seconds / max(took, 1e-6)))
+
+
+class StepRunner:
+  """`runner(n)`: `n` training steps on one fixed batch, each from the state
+  the last left (`runner.state`), then `block` on the last metrics, so that a
+  timer sees the work done."""
+
+  def __init__(self, step_fn: Callable, state, batch, block: Callable):
+    self.state, self._step, self._batch, self._block = state, step_fn, batch, block
+
+  def __call__(self, n: int) -> None:
+    s, metrics = self.state, None
+    for _ in range(n):
+      s, metrics = self._step(s, self._batch)
+    self._block(metrics)
+    self.state = s

@@ -48,7 +48,7 @@ def create_model(config: ml_collections.ConfigDict, num_classes: int,
       zero_init_residual=config.zero_init_residual,
       bn_momentum=config.bn_momentum, bn_epsilon=config.bn_epsilon,
       dtype=compute_dtype(config), axis_name=axis_name,
-      store_conv_inputs=store_conv_inputs(config),
+      store_conv_inputs=store_conv_inputs(config), cpu_conv=cpu_conv(config),
       # .get: configs saved by checkpoints before these fields existed lack them.
       bn_group_size=config.get('bn_group_size', 0), blurpool=config.get('blurpool', False))
 
@@ -61,6 +61,14 @@ def store_conv_inputs(config: ml_collections.ConfigDict) -> bool:
   if value == 'auto':
     return jax.default_backend() == 'cpu'
   return value == 'on'
+
+
+def cpu_conv(config: ml_collections.ConfigDict) -> bool:
+  """Resolves `cpu_conv`: 'auto' takes `layers.CpuConv`'s measured path on
+  the CPU backend; any other backend (and 'off') compiles `nn.Conv`, the
+  program it always had."""
+  # .get: configs saved by checkpoints before this field existed lack it.
+  return config.get('cpu_conv', 'auto') == 'auto' and jax.default_backend() == 'cpu'
 
 
 def total_steps(config: ml_collections.ConfigDict, num_train_examples: int) -> int:

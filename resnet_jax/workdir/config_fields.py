@@ -18,6 +18,8 @@ FIELDS = {
     'half_precision': 'bfloat16 computation; parameters and statistics stay float32',
     'store_conv_inputs': "'auto' (on for CPU), 'on' or 'off': keep conv inputs for "
                          'the backward pass instead of recomputing them; same numbers',
+    'cpu_conv': "'auto' (CPU backend: convolutions whose shapes XLA:CPU is slow at run "
+                "as one matrix product; same numbers to float rounding) or 'off'",
     'init_from': 'weights to start from: a resnet_jax workdir or one of its '
                  'checkpoints (WORKDIR/checkpoints/STEP), or a torchvision-layout .pth '
                  '(resnet18..152)',
@@ -130,10 +132,10 @@ RECIPE_FIELDS = (
     'warmup_lr',
     'momentum', 'nesterov', 'weight_decay', 'seed')
 # These change where and how often things happen, never the training numbers
-# (device count and jit/pmap: only by float rounding; flip_tta adds an
+# (device count, jit/pmap and cpu_conv: only by float rounding; flip_tta adds an
 # evaluation view): a resume may change them.
 RUNTIME_FIELDS = (
-    'store_conv_inputs', 'data_dir', 'eval_batch_size', 'parallelism', 'num_devices',
+    'store_conv_inputs', 'cpu_conv', 'data_dir', 'eval_batch_size', 'parallelism', 'num_devices',
     'input_pipeline', 'steps_per_call', 'input_workers',
     'log_every_steps', 'checkpoint_every_steps', 'eval_every_epochs',
     'keep_checkpoints', 'eval_step', 'flip_tta', 'eval_image_size')
@@ -149,7 +151,7 @@ ADDED_LATER = {'validation_size': 0, 'augment_policy': '', 'cutout_size': 0,
                'lr_scale_batch': 0, 'warmup_epochs': 0.0, 'warmup_shape': 'constant',
                'weight_decay_on': 'kernels', 'optimizer': 'sgd', 'lars_trust': 0.001,
                'lr_peak_epoch': 2.0, 'bn_group_size': 0, 'blurpool': False,
-               'file_order': 'permutation'}
+               'file_order': 'permutation', 'cpu_conv': 'off'}
 # Fields whose default for new runs differs from what older runs had: a run
 # resumed from its own record keeps its `ADDED_LATER` value.
-CHANGED_DEFAULTS = {'file_order': 'index_shuffle'}
+CHANGED_DEFAULTS = {'file_order': 'index_shuffle', 'cpu_conv': 'auto'}

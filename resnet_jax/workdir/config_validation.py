@@ -248,6 +248,9 @@ def validate(config: ml_collections.ConfigDict) -> datasets.Source:
   if config.store_conv_inputs not in ('auto', 'on', 'off'):
     raise errors.UserError(f'store_conv_inputs must be auto, on or off, got '
                            f'{config.store_conv_inputs!r}; set --config.store_conv_inputs')
+  if config.cpu_conv not in ('auto', 'off'):
+    raise errors.UserError(f'cpu_conv must be auto or off, got {config.cpu_conv!r}; '
+                           'set --config.cpu_conv')
   if config.init_from and not os.path.exists(config.init_from):
     raise errors.UserError(f'init_from {config.init_from} does not exist; pass a '
                            'resnet_jax workdir, one of its checkpoints '
