@@ -126,6 +126,7 @@ def test_cli_with_torch_baseline_prints_both_and_ratios(torch_flag):
       record['train_images_per_sec'] / record['torch']['train_images_per_sec'], rel=1e-2)
 
 
+@pytest.mark.slow
 def test_torch_python_that_is_not_an_interpreter_is_one_error_line(tmp_path):
   result = subprocess.run(
       [sys.executable, '-m', 'resnet_jax.benchmark', '--config', 'configs/cifar.py',
@@ -135,6 +136,7 @@ def test_torch_python_that_is_not_an_interpreter_is_one_error_line(tmp_path):
   assert f'--torch_python {tmp_path}/nothing is not an executable' in result.stderr
 
 
+@pytest.mark.slow
 def test_half_precision_keeps_parameters_optimizer_and_stats_float32(tiny_data):
   config = tiny_config(tiny_data['data_dir'], half_precision=True)
   model = train_state.create_model(config, 10)

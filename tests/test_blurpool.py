@@ -60,6 +60,7 @@ def _blurred_convs(model, size=64) -> set:
     # CIFAR ResNet-20: option-A shortcuts have no convolution.
     ('resnet20', 'cifar', {'layer2_0/conv1', 'layer3_0/conv1'}),
 ])
+@pytest.mark.slow
 def test_blurpool_adds_no_parameters_and_blurs_the_strided_convolutions(
     name, stem, blurred):
   plain = models.create_model(name, 10, stem=stem)
@@ -71,6 +72,7 @@ def test_blurpool_adds_no_parameters_and_blurs_the_strided_convolutions(
   assert _blurred_convs(model) == blurred
 
 
+@pytest.mark.slow
 def test_the_blurred_convolution_convolves_the_blurred_input():
   x = jax.random.normal(jax.random.key(1), (2, 32, 32, 3))
   model = models.create_model('resnet8', blurpool=True)

@@ -88,6 +88,7 @@ def batch():
   return x, labels, variables
 
 
+@pytest.mark.slow
 def test_a_grouped_network_is_the_plain_network_on_each_group_alone(batch):
   # Every BatchNorm of the plain network, given one group, normalises it by
   # that group's statistics: the grouped network on the batch must give the
@@ -110,6 +111,7 @@ def test_a_grouped_network_is_the_plain_network_on_each_group_alone(batch):
   assert _largest_relative_difference(whole[2], grads) > 100 * STEP_RTOL
 
 
+@pytest.mark.slow
 def test_one_group_of_the_whole_batch_is_the_default_batchnorm(batch):
   x, labels, variables = batch
   grouped = _stepper(models.create_model('resnet8', bn_group_size=16))(variables, x, labels)

@@ -47,6 +47,7 @@ def test_a_field_this_version_does_not_know_is_refused(tiny_data):
     config_validation.validate(config)
 
 
+@pytest.mark.slow
 def test_half_precision_computes_in_bfloat16(tiny_data):
   # The convolutions of the compiled step take bfloat16 operands when asked
   # (parameters stay float32: tests/test_benchmark.py), float32 otherwise.

@@ -46,6 +46,7 @@ def _torch_model(name, num_classes, stem, seed=0):
     # The deepest two in the full suite only: resnet50's blocks, repeated.
     pytest.param('resnet101', 'imagenet', 64, marks=pytest.mark.slow),
     pytest.param('resnet152', 'imagenet', 64, marks=pytest.mark.slow)])
+@pytest.mark.slow
 def test_eval_logits_match_pytorch(name, stem, size):
   net = _torch_model(name, 10, stem)
   x = np.random.default_rng(0).normal(size=(2, 3, size, size)).astype(np.float32)
@@ -77,6 +78,7 @@ def test_stem_and_classes_are_read_from_the_weights():
                                 sd['bn1.running_var'].numpy())
 
 
+@pytest.mark.slow
 def test_init_from_replaces_the_classifier_and_keeps_the_rest(tmp_path, tiny_data):
   from resnet_jax.training import init_from
   from resnet_jax.training import train_state

@@ -98,6 +98,7 @@ def test_crop_and_flip_follow_the_paper_and_the_host_pipeline():
   assert abs(flip.mean() - 0.5) < 0.005
 
 
+@pytest.mark.slow
 def test_cutout_and_cutmix_have_the_host_versions_shapes():
   key = jax.random.key(5)
   rows = jnp.arange(B)
@@ -135,6 +136,7 @@ def _many_steps(config, data, steps):
 # 1.0 that code ignoring it would likely use; the host pipeline's test covers
 # both alphas of both kinds.
 @pytest.mark.parametrize('kind,alpha', [('mixup', 0.2), ('cutmix', 0.2)])
+@pytest.mark.slow
 def test_mixing_pairs_uniformly_and_draws_its_weight_from_the_configured_alpha(kind, alpha):
   config = ml_collections.ConfigDict(dict(batch_size=8, seed=0, augment=True,
                                           **{f'{kind}_alpha': alpha}))
@@ -148,6 +150,7 @@ def test_mixing_pairs_uniformly_and_draws_its_weight_from_the_configured_alpha(k
   draw_reference.assert_weights_follow_alpha(kind, {alpha: b['mix_lam'][:, 0]})
 
 
+@pytest.mark.slow
 def test_cutmix_boxes_and_cutout_squares_are_placed_uniformly():
   keys = jax.random.split(jax.random.key(0), 4000)
   _, lam, box = jax.jit(jax.vmap(
@@ -200,6 +203,7 @@ def test_steps_per_call_leaves_the_numbers_bitwise_unchanged(tiny_data, tmp_path
                    getattr(other, tree))
 
 
+@pytest.mark.slow
 def test_a_step_in_a_loop_equals_a_step_alone_up_to_rounding(tiny_data, tmp_path):
   # k = 1 runs the step with no loop around it; XLA compiles a convolution
   # in a loop body differently (on the CPU, another algorithm), so the two
@@ -219,6 +223,7 @@ def test_a_step_in_a_loop_equals_a_step_alone_up_to_rounding(tiny_data, tmp_path
   assert max(diffs.values()) <= STEP_RTOL and int(after[2][1].step) == 1
 
 
+@pytest.mark.slow
 def test_the_pipeline_kind_is_part_of_the_run(tiny_data, tmp_path):
   workdir = str(tmp_path / 'w')
   host = tiny_config(tiny_data['data_dir'], input_pipeline='host', num_train_steps=4)
@@ -260,6 +265,7 @@ def _windows(image):
   return crops, [c[:, ::-1] for c in crops]
 
 
+@pytest.mark.slow
 def test_an_augmented_batch_is_a_padded_crop_and_flip_of_its_examples_drawn_per_augmentation():
   # docs/data.md, "How data reaches the device": the batch's rows are the
   # epoch's examples with the 4-pixel zero pad + random crop + flip, each

@@ -78,6 +78,7 @@ def nette_run(tmp_path_factory):
   return config, workdir, str(top / 'data' / 'nette'), lines
 
 
+@pytest.mark.slow
 def test_training_says_what_the_quiet_before_it_is(nette_run):
   lines = nette_run[3]
   starts = [next(i for i, l in enumerate(lines) if l.startswith(s)) for s in (
@@ -87,6 +88,7 @@ def test_training_says_what_the_quiet_before_it_is(nette_run):
   assert any(l.endswith('(decoded at 32x32 while training)') for l in lines), lines
 
 
+@pytest.mark.slow
 def test_eval_names_the_val_split_and_its_classes(nette_run, caplog, monkeypatch):
   config, workdir, _, _ = nette_run
   # Every call a line is due: 18 images at batch 8 are 3 calls.
@@ -110,6 +112,7 @@ def test_eval_names_the_val_split_and_its_classes(nette_run, caplog, monkeypatch
   assert all(l.endswith(' left') and ' img/s, ~' in l for l in lines)
 
 
+@pytest.mark.slow
 def test_predict_reads_the_names_of_today(nette_run):
   from resnet_jax import predict
   _, workdir, root, _ = nette_run

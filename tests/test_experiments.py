@@ -256,6 +256,7 @@ def _results(*args):
                         capture_output=True, text=True, cwd=REPO, timeout=120)
 
 
+@pytest.mark.slow
 def test_results_table_and_compare_of_an_experiment(experiment):
   result = _results(experiment, '--compare=1,2')
   assert result.returncode == 0, result.stderr
@@ -288,6 +289,7 @@ def test_results_table_and_compare_of_an_experiment(experiment):
   assert blue > 100 and orange > 100
 
 
+@pytest.mark.slow
 def test_results_warns_when_n_cannot_tell(experiment, tmp_path):
   # Two seeds each, one of them swapped: the interval includes 0.
   small = str(tmp_path / 'small')
@@ -310,6 +312,7 @@ def test_results_warns_when_n_cannot_tell(experiment, tmp_path):
       '2), e.g. --compare=1,2')
 
 
+@pytest.mark.slow
 def test_a_run_without_the_metric_shows_a_dash(experiment, tmp_path):
   from resnet_jax import results
   ema = _fake_run(str(tmp_path), 'ema', 0, [(2.0, 0.5)], ema_decay=0.9)
@@ -466,6 +469,7 @@ def test_no_progress_is_judged_by_checkpoints_not_by_a_killed_attempts_metrics(
         '--time_minutes'))
 
 
+@pytest.mark.slow
 def test_the_pytorch_twin_is_refused_on_the_launchers_that_requeue(tmp_path):
   twin = os.path.join(REPO, 'benchmarks', 'torch_baseline.py')
   experiment = lambda *args: subprocess.run(
@@ -498,6 +502,7 @@ def test_the_pytorch_twin_is_refused_on_the_launchers_that_requeue(tmp_path):
   assert open(os.path.join(old, 'experiment.json')).read() == before
 
 
+@pytest.mark.slow
 def test_a_run_writes_how_it_ended_before_it_frees_its_lock(tiny_data, tmp_path, monkeypatch):
   # An experiment's status reads a free lock as "not running" and then
   # run.json: a stopped run released its lock first, and a status read in

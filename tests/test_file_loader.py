@@ -102,6 +102,7 @@ def _assert_same_batches(a, b):
       np.testing.assert_array_equal(x[key], y[key])
 
 
+@pytest.mark.slow
 def test_batches_are_the_same_with_worker_processes_and_resume_from_grain_state(folder):
   from absl import flags
   if not flags.FLAGS.is_parsed():  # grain's workers read its absl flags.
@@ -643,6 +644,7 @@ def test_a_worker_ignores_stop_signals_and_exits_when_the_training_process_is_go
     pytest.fail('the worker outlived the training process by 5 s')
 
 
+@pytest.mark.slow
 def test_a_failing_input_ends_in_a_checkpoint_and_a_clean_stop(folder, tmp_path,
                                                                 monkeypatch):
   from resnet_jax import errors

@@ -40,6 +40,7 @@ def _official_files(folder, val_ids=VAL_IDS):
   return str(folder)
 
 
+@pytest.mark.slow
 def test_the_official_files_become_class_folders_with_readable_names(tmp_path):
   source = _official_files(tmp_path / 'downloads')
   out = tmp_path / 'data'
@@ -99,6 +100,7 @@ def test_missing_or_mismatched_official_files_are_refused_leaving_nothing(tmp_pa
     ilsvrc.arrange(typo, str(out))
 
 
+@pytest.mark.slow
 def test_an_image_folder_archive_of_any_size_is_checked_and_placed(tmp_path):
   # Imagenette's layout: NAME/train/<wnid>/*.JPEG and NAME/val/<wnid>/*.JPEG.
   jpeg_files.write_folder(tmp_path / 'src', name='imagenette2-320', names=False)

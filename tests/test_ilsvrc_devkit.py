@@ -13,6 +13,7 @@ from scipy import io as scipy_io
 
 from resnet_jax import errors
 from resnet_jax.data import ilsvrc
+from tests import ilsvrc_files
 from tests import test_ilsvrc
 from tests.processes import REPO
 
@@ -35,7 +36,7 @@ def _devkit_with(tmp_path, truth: bytes = None, meta: bytes = None) -> str:
         data = truth
       if meta is not None and name.endswith('data/meta.mat'):
         data = meta
-      test_ilsvrc._add(tar, name, data)
+      ilsvrc_files.add(tar, name, data)
   return source
 
 
@@ -107,6 +108,7 @@ def test_a_damaged_meta_mat_is_one_line_naming_it(tmp_path, meta, message):
   assert 'object at 0x' not in text
 
 
+@pytest.mark.slow
 def test_a_corrupt_devkit_archive_is_one_line_from_the_command(tmp_path):
   # A flipped byte in the gzip stream: tarfile's `r:*` reports every method it
   # tried, one a line (it was a 5-line error).

@@ -175,6 +175,7 @@ def test_a_train_folder_the_mapping_does_not_list_is_refused_with_the_fix(tmp_pa
            'LOC_synset_mapping.txt: move it out of train/ if you added it, else unzip')
 
 
+@pytest.mark.slow
 def test_the_command_arranges_kaggle_and_names_the_imagenet_recipe(tmp_path):
   kaggle_download(tmp_path / 'kaggle', train_per_class=1, test=1)
   cwd = tmp_path / 'cwd'

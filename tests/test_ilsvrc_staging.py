@@ -50,6 +50,7 @@ def _start(tmp_path, name, source, data_dir):
 
 
 @pytest.mark.parametrize('signum', [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.slow
 def test_a_signal_removes_the_partial_copy_with_one_line(tmp_path, signum):
   # SIGTERM on Kaggle's download (hard links), Ctrl-C on the official tars.
   if signum == signal.SIGTERM:
@@ -64,6 +65,7 @@ def test_a_signal_removes_the_partial_copy_with_one_line(tmp_path, signum):
   assert test_ilsvrc_kaggle.files(source) == before  # The download is untouched.
 
 
+@pytest.mark.slow
 def test_a_rerun_removes_what_kill_9_left_but_not_a_live_runs_folder(tmp_path):
   source = test_ilsvrc_kaggle.kaggle_download(tmp_path / 'kaggle')
   data_dir = str(tmp_path / 'data')

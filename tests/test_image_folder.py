@@ -124,6 +124,7 @@ def test_kaggles_folder_given_to_training_points_to_prepare_data(tmp_path):
       'configs/imagenet.py --config.data_dir=DIR')
 
 
+@pytest.mark.slow
 def test_prepare_data_places_a_checked_archive_and_says_how_to_train(tiny_folder,
                                                                       tmp_path):
   archive = _tar(os.path.join(tiny_folder['data_dir'], tiny_folder['name']),

@@ -66,6 +66,7 @@ def test_cosine_with_epoch_warmup_at_another_batch_size():
 
 
 @pytest.mark.parametrize('batch', [64, 128, 256, 1024, 8192])
+@pytest.mark.slow
 def test_the_goyal_warmup_rises_from_the_base_rate_and_never_runs_downward(batch):
   # Goyal et al. 2017, sec. 2.2: with k = batch / 256 the rate rises by a
   # constant amount each iteration from eta = 0.1 to k x eta over 5 epochs,
@@ -106,6 +107,7 @@ def _ffcv_rates(lr, epochs, lr_peak_epoch, iters):
 
 @pytest.mark.parametrize('lr,epochs,peak,iters', [(1.7, 88, 2, 312), (0.5, 16, 2, 1251),
                                                   (1.0, 24, 3, 7)])
+@pytest.mark.slow
 def test_the_triangular_schedule_is_ffcvs_cyclic_one(lr, epochs, peak, iters):
   # FFCV's rn50_88 (lr 1.7, peak at epoch 2 by default, 8 GPUs x 512 images:
   # 312 iterations an epoch, the last partial batch dropped), rn18_16 (lr 0.5
@@ -207,6 +209,7 @@ def test_ffcvs_decay_rule_leaves_out_the_batchnorms_named_bn():
   assert sum(jax.tree.leaves(mask)) == sum(jax.tree.leaves(kernels)) + 1 + 2 * 3
 
 
+@pytest.mark.slow
 def test_lars_trust_ratio_against_a_hand_computation():
   config = _config(optimizer='lars', weight_decay=1e-4, lars_trust=0.001, momentum=0.9)
   lr = 2.0

@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 from PIL import Image
+import pytest
 
 from resnet_jax.data import imagenet_classes
 
@@ -26,6 +27,7 @@ def _files(root) -> dict:
   return found
 
 
+@pytest.mark.slow
 def test_the_stand_in_prepares_into_its_own_arranged_folder_and_each_row_is_tabled(tmp_path):
   result = subprocess.run([sys.executable, SCRIPT, str(tmp_path), *TINY, '--only=prepare,epoch',
                            '--epoch_files=1000', '--keep'], capture_output=True, text=True,

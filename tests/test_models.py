@@ -50,6 +50,7 @@ PARAM_TABLE = [
 
 
 @pytest.mark.parametrize('name,classes,stem,exact,paper', PARAM_TABLE)
+@pytest.mark.slow
 def test_parameter_counts_match_the_papers(name, classes, stem, exact, paper):
   n, shapes = _num_params(models.create_model(name, classes, stem=stem))
   assert n == exact
@@ -104,6 +105,7 @@ def test_scanned_stages_match_unrolled_ones(monkeypatch):
 
 
 @pytest.mark.parametrize('name', ['resnet8', 'preact_resnet110', 'wrn16_8'])
+@pytest.mark.slow
 def test_output_shapes_and_variable_collections(name):
   model = models.create_model(name, num_classes=7)
   x = jnp.ones((2, 32, 32, 3))
@@ -113,6 +115,7 @@ def test_output_shapes_and_variable_collections(name):
   assert logits.shape == (2, 7) and logits.dtype == jnp.float32
 
 
+@pytest.mark.slow
 def test_imagenet_stem_downsamples_by_four():
   model = models.create_model('resnet18', 10, stem='imagenet')
   variables = model.init(jax.random.key(0), jnp.ones((1, 64, 64, 3)))
@@ -138,6 +141,7 @@ def test_option_a_shortcut_has_no_parameters_and_option_b_has():
   assert n_b - n_a == (16 * 32 + 2 * 32) + (32 * 64 + 2 * 64)
 
 
+@pytest.mark.slow
 def test_train_mode_updates_batch_stats_eval_mode_uses_them():
   model = models.create_model('resnet8')
   x = jax.random.normal(jax.random.key(1), (8, 32, 32, 3)) * 3 + 1
@@ -161,6 +165,7 @@ def test_zero_init_residual_makes_blocks_identity_at_init():
   assert scales and all(np.all(s == 0) for s in scales)
 
 
+@pytest.mark.slow
 def test_half_precision_keeps_parameters_float32():
   model = models.create_model('resnet8', dtype=jnp.bfloat16)
   variables = model.init(jax.random.key(0), jnp.ones((1, 32, 32, 3)))
@@ -232,6 +237,7 @@ IM2COL_SHAPES = [
 
 
 @pytest.mark.parametrize('x_shape,k_shape,strides,padding', IM2COL_SHAPES)
+@pytest.mark.slow
 def test_im2col_conv_is_the_convolution_to_float_rounding(x_shape, k_shape, strides,
                                                           padding):
   """The output and both gradients of `im2col_conv`, against float64 sums:
@@ -265,6 +271,7 @@ def test_im2col_conv_is_the_convolution_to_float_rounding(x_shape, k_shape, stri
       assert np.all(error <= bound), (name, float(np.max(error / np.maximum(bound, 1e-300))))
 
 
+@pytest.mark.slow
 def test_cpu_conv_has_nn_convs_parameters():
   """`CpuConv` (either path) and `StoredInputCpuConv` draw the parameters
   `nn.Conv` draws: the same tree, names and numbers (checkpoints and
@@ -293,6 +300,7 @@ def _train_program(model, x):
       variables).as_text()
 
 
+@pytest.mark.slow
 def test_cpu_conv_is_the_cpu_backends_only(monkeypatch):
   """With the config resolved for another backend, the model is the one it
   always was: its lowered program equals cpu_conv='off''s, every

@@ -226,6 +226,7 @@ def test_evaluation_through_the_launcher_sums_over_processes(two_processes, tiny
   assert logged['eval_accuracy'] == two['eval_accuracy']
 
 
+@pytest.mark.slow
 def test_inconsistent_process_flags_are_refused(tmp_path):
   result = _run([sys.executable, '-m', 'resnet_jax.main', '--config', 'configs/cifar.py',
                  '--workdir', str(tmp_path / 'w'), '--coordinator_address=localhost:1',
@@ -475,6 +476,7 @@ print('left alone')
 
 
 @pytest.mark.parametrize('fault', ['own', 'collective'])
+@pytest.mark.slow
 def test_a_failure_beside_a_dead_peer_names_the_peer_unless_its_own(fault):
   result = subprocess.run([sys.executable, '-c', _WATCH_SCRIPT, fault], cwd=REPO,
                           capture_output=True, text=True, timeout=60)

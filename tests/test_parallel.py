@@ -56,6 +56,7 @@ def jit8(tiny_data, tmp_path_factory):
 
 @pytest.mark.parametrize('strategy,num_devices', [('pmap', 8), ('jit', 1), ('jit', 2),
                                                   ('pmap', 2)])
+@pytest.mark.slow
 def test_one_step_is_the_same_on_any_layout(tiny_data, tmp_path, jit8, strategy,
                                             num_devices):
   loss, state = _one_step(tiny_data, tmp_path, strategy, num_devices)
@@ -87,6 +88,7 @@ def grouped_jit8(tiny_data, tmp_path_factory):
 
 
 @pytest.mark.parametrize('strategy,num_devices', [('pmap', 8), ('pmap', 2), ('jit', 1)])
+@pytest.mark.slow
 def test_batchnorm_groups_are_the_same_on_any_layout(tiny_data, tmp_path, grouped_jit8,
                                                      strategy, num_devices):
   # Groups never straddle devices; under pmap each replica normalises its own
@@ -106,6 +108,7 @@ def test_batchnorm_groups_are_the_same_on_any_layout(tiny_data, tmp_path, groupe
     assert min(diffs.values()) > 10 * STEP_RTOL, diffs
 
 
+@pytest.mark.slow
 def test_stored_conv_inputs_leave_the_trajectory_bitwise_unchanged(tiny_data, tmp_path):
   # The same maths compiled with barriers (and the XLA option that keeps them)
   # or without: 20 steps end in identical bits.

@@ -91,6 +91,7 @@ def test_missing_truncated_and_wrong_archives(tmp_path):
   assert not (tmp_path / 'tfds' / 'cifar10').exists()
 
 
+@pytest.mark.slow
 def test_cli_reports_one_line_and_exit_code(tmp_path):
   result = subprocess.run(
       [sys.executable, '-m', 'resnet_jax.prepare_data', '--archive',
@@ -101,6 +102,7 @@ def test_cli_reports_one_line_and_exit_code(tmp_path):
   assert 'Traceback' not in result.stderr
 
 
+@pytest.mark.slow
 def test_cli_on_a_prepared_folder_repeats_how_to_train(tiny_data):
   # The README's command run twice: refused, the first copy left alone, and
   # the flags to train with said again.
@@ -166,6 +168,7 @@ def test_an_official_archive_becomes_an_exact_png_folder(tmp_path, layout):
     cifar_official.prepare_png_folder(str(archive), str(tmp_path / 'data'))
 
 
+@pytest.mark.slow
 def test_png_folder_command_says_how_to_train(tmp_path):
   arrays = cifar_archives.random_cifar10(num_train=5, num_test=5)
   archive = cifar_archives.write_binary(tmp_path / 'a.tar.gz', arrays)

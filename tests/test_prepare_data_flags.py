@@ -45,6 +45,7 @@ def _tgz(folder, path):
   return str(path)
 
 
+@pytest.mark.slow
 def test_archive_and_imagenet_together_are_refused(tmp_path):
   # --imagenet used to win, --archive silently ignored.
   source = test_ilsvrc._official_files(tmp_path / 'downloads')
@@ -81,6 +82,7 @@ def test_ilsvrc_files_given_to_archive_point_to_imagenet(tmp_path):
   assert not os.path.exists(data)
 
 
+@pytest.mark.slow
 def test_a_missing_archive_says_what_archive_takes(tmp_path):
   # It asked for cifar-10-binary.tar.gz whatever was meant.
   missing = tmp_path / 'imagenette2-320.tgz'
@@ -92,6 +94,7 @@ def test_a_missing_archive_says_what_archive_takes(tmp_path):
       "NAME/val/<class>/ or NAME/test/<class>/ (Imagenette's imagenette2-320.tgz)")
 
 
+@pytest.mark.slow
 def test_a_damaged_archive_is_one_line_naming_it(tmp_path):
   # tarfile listed each compression it tried, a line each.
   folder = jpeg_files.write_folder(tmp_path / 'src', name='imagenette2-320', names=False,
@@ -105,6 +108,7 @@ def test_a_damaged_archive_is_one_line_naming_it(tmp_path):
                          'gzip: ') and line.endswith('download it again'), line
 
 
+@pytest.mark.slow
 def test_an_image_folder_archive_cut_short_says_so(tmp_path):
   # Read whole to find NAME/train, it was then taken for neither CIFAR nor
   # an image folder.
@@ -119,6 +123,7 @@ def test_an_image_folder_archive_cut_short_says_so(tmp_path):
   assert os.listdir(tmp_path / 'data') == []
 
 
+@pytest.mark.slow
 def test_as_image_folder_where_it_would_be_ignored_is_refused(tmp_path):
   folder = jpeg_files.write_folder(tmp_path / 'src', name='photos', names=False,
                                    per_class=(2, 1))
@@ -132,6 +137,7 @@ def test_as_image_folder_where_it_would_be_ignored_is_refused(tmp_path):
   assert not os.path.exists(data)
 
 
+@pytest.mark.slow
 def test_imagenet_wnid_folders_get_readable_names(tmp_path):
   # Imagenette's archive has no names file: eval and predict showed wnids.
   folder = jpeg_files.write_folder(tmp_path / 'src', name='imagenette2-320',
@@ -167,6 +173,7 @@ def test_a_names_file_of_the_dataset_and_other_classes_are_left_alone(tmp_path):
   assert image_folder.class_names(info['path']) == ('cats',) + IMAGENETTE[:2]
 
 
+@pytest.mark.slow
 def test_an_unreadable_image_names_its_file_not_a_memory_buffer(tmp_path):
   # Pillow's message named `<_io.BytesIO object at 0x...>`.
   folder = jpeg_files.write_folder(tmp_path / 'src', name='photos', names=False,
@@ -192,6 +199,7 @@ archives.extract = extract
 
 @pytest.mark.parametrize('kind, signum', [('image_folder', signal.SIGTERM),
                                           ('cifar_png', signal.SIGINT)])
+@pytest.mark.slow
 def test_a_signal_removes_the_extracted_files_with_one_line(tmp_path, kind, signum):
   # The `.extract-` folders of these paths stayed after SIGTERM.
   if kind == 'image_folder':

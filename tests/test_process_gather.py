@@ -10,6 +10,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # Each process skipped other files (one of them none, one with a long list):
@@ -54,6 +56,7 @@ print('not stopped')
 '''
 
 
+@pytest.mark.slow
 def test_a_process_that_fails_alone_stops_the_other_at_once():
   start = time.time()
   procs, outputs = _two(ALONE)
@@ -63,6 +66,7 @@ def test_a_process_that_fails_alone_stops_the_other_at_once():
   assert time.time() - start < 50  # Not the 60 s sleep, nor JAX's heartbeat.
 
 
+@pytest.mark.slow
 def test_every_process_gets_every_process_value():
   procs, outputs = _two(SCRIPT)
   for p, (_, err) in zip(procs, outputs):

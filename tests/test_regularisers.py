@@ -248,6 +248,7 @@ def test_mixup_and_cutout_reach_the_normalised_images():
   assert (np.asarray(images)[erase] == 0).all()
 
 
+@pytest.mark.slow
 def test_loss_and_accuracy_mix_and_smooth_the_labels():
   rng = np.random.default_rng(1)
   logits = rng.normal(size=(6, 10)).astype(np.float32)

@@ -34,8 +34,8 @@ def _leaves(tree):
           for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
 
 
-# ResNet-50 (bottlenecks) in the full suite only: ~20 s to build and draw.
-@pytest.mark.parametrize('name', ['resnet18', pytest.param('resnet50', marks=pytest.mark.slow)])
+@pytest.mark.slow
+@pytest.mark.parametrize('name', ['resnet18', 'resnet50'])
 def test_the_twin_starts_from_the_jax_models_initial_distributions(name):
   torch.manual_seed(0)
   net = torch_resnet.build(name, 10, stem='imagenet', zero_init_residual=True)
@@ -60,6 +60,7 @@ def test_the_twin_starts_from_the_jax_models_initial_distributions(name):
 
 
 @pytest.mark.parametrize('on', ['ffcv', 'kernels', 'all'])
+@pytest.mark.slow
 def test_the_twin_decays_the_parameters_the_jax_rule_does(on):
   # 'ffcv' in the twin is FFCV's own test on torchvision names ('bn' not in
   # the name); JAX's mask, named the torchvision way, picks the same ones.
@@ -81,6 +82,7 @@ def test_the_twin_decays_the_parameters_the_jax_rule_does(on):
 
 
 @pytest.mark.parametrize('name', ['resnet18', 'resnet50'])
+@pytest.mark.slow
 def test_the_twins_blurpool_is_ffcvs_on_the_convolutions_jax_blurs(name):
   net = torch_resnet.build(name, 10, stem='imagenet', blurpool=True)
   wrapped = {n: m for n, m in net.named_modules()

@@ -44,6 +44,7 @@ def trained(tiny_data, tmp_path_factory):
   return config, workdir, result
 
 
+@pytest.mark.slow
 def test_run_writes_metrics_and_checkpoints(trained):
   config, workdir, result = trained
   lines = _metrics(workdir)
@@ -64,6 +65,7 @@ def test_run_writes_metrics_and_checkpoints(trained):
   assert result['eval_examples'] == 20
 
 
+@pytest.mark.slow
 def test_resume_continues_exactly(trained, tmp_path, caplog):
   config, workdir, _ = trained
   resumed = str(tmp_path / 'resumed')
@@ -80,6 +82,7 @@ def test_resume_continues_exactly(trained, tmp_path, caplog):
   assert int(b.step) == 12
 
 
+@pytest.mark.slow
 def test_eval_mode_restores_and_writes_eval_json(trained, tiny_data):
   config, workdir, result = trained
   out = evaluation.evaluate_checkpoint(config, workdir)
@@ -105,6 +108,7 @@ def test_eval_mode_restores_and_writes_eval_json(trained, tiny_data):
   assert out['eval_accuracy'] == saved['eval_accuracy']
 
 
+@pytest.mark.slow
 def test_eval_mode_restores_a_chosen_step(trained):
   config, workdir, _ = trained
   assert evaluation.evaluate_checkpoint(config, workdir, step=8)['step'] == 8
@@ -113,6 +117,7 @@ def test_eval_mode_restores_a_chosen_step(trained):
     evaluation.evaluate_checkpoint(config, workdir, step=5)
 
 
+@pytest.mark.slow
 def test_tensorboard_events_and_curves_are_written(trained):
   _, workdir, _ = trained
   from tensorboard.backend.event_processing import event_file_loader
@@ -141,6 +146,7 @@ def _pixels(path):
     return np.asarray(im.convert('RGB')).astype(int)
 
 
+@pytest.mark.slow
 def test_predict_png_jpeg_and_a_corrupt_file(trained, tiny_data, tmp_path):
   from PIL import Image
   from resnet_jax import predict
@@ -183,6 +189,7 @@ def _png_header(width: int, height: int) -> bytes:
           chunk(b'IEND', b''))
 
 
+@pytest.mark.slow
 def test_predict_survives_any_file(trained, tmp_path):
   # The issue's command: a decompression bomb, a 100-megapixel image (over
   # Pillow's warning size, under its limit), gray, RGBA and a text file.
@@ -265,6 +272,7 @@ def test_cli_bad_input_is_one_line_and_leaves_no_trace(tmp_path):
   assert not workdir.exists()  # Nothing was created for a refused command.
 
 
+@pytest.mark.slow
 def test_predict_takes_a_named_step(trained, tiny_data, tmp_path):
   from PIL import Image
   from resnet_jax import predict
@@ -302,6 +310,7 @@ def test_predict_resizes_the_shorter_side_and_crops_the_centre(tmp_path):
     ([], 'error: no image files given; usage: python -m resnet_jax.predict --workdir W '
          'IMAGE...'),
 ])
+@pytest.mark.slow
 def test_predict_usage_errors_are_one_line(trained, args, line):
   _, workdir, _ = trained
   result = subprocess.run([sys.executable, '-m', 'resnet_jax.predict', '--workdir',
@@ -354,6 +363,7 @@ def test_two_classes_with_one_name_keep_their_results_apart(tmp_path):
   assert len({l.rindex(' ') for l in lines[1:]}) == 1
 
 
+@pytest.mark.slow
 def test_imagenets_confusion_matrix_is_a_figure_of_bounded_size(tmp_path):
   # 1,000 classes at half an inch each were a 55,000-pixel square: 24 GB,
   # and the OOM killer ended `--mode=eval` on ImageNet as it finished.

@@ -86,6 +86,7 @@ def test_fields_added_later_count_as_their_default_for_older_runs():
   assert config_validation.config_changes(older, with_ema)[0] == {'ema_decay': (0.0, 0.9)}
 
 
+@pytest.mark.slow
 def test_run_record_says_what_produced_the_workdir(finished):
   config, workdir = finished
   record = run_record.read(workdir)
@@ -163,6 +164,7 @@ def test_a_path_with_tilde_is_the_same_run_as_its_expansion(tmp_path, monkeypatc
     run_config.remembered(str(workdir), defaults, {'init_from': '~/runs/b'})
 
 
+@pytest.mark.slow
 def test_a_changed_recipe_is_refused_leaving_the_workdir_as_it_was(tiny_data, finished,
                                                                    tmp_path):
   _, source = finished
@@ -212,6 +214,7 @@ def test_the_workdir_alone_resumes_and_evaluates_its_own_run(finished, tmp_path)
   assert json.load(open(workdir / 'eval.json'))['step'] == 8
 
 
+@pytest.mark.slow
 def test_eval_with_another_model_names_it_and_the_way_back(tiny_data, finished):
   _, workdir = finished
   result = _train_cli(tiny_data, workdir, '--config.model=resnet20', '--mode=eval')
@@ -222,6 +225,7 @@ def test_eval_with_another_model_names_it_and_the_way_back(tiny_data, finished):
       '--config.model=resnet8; a new run needs a new --workdir')
 
 
+@pytest.mark.slow
 def test_a_recipe_flag_on_a_remembered_run_is_refused_with_every_difference(finished,
                                                                             tmp_path):
   _, source = finished
@@ -239,6 +243,7 @@ def test_a_recipe_flag_on_a_remembered_run_is_refused_with_every_difference(fini
   assert _listing(tmp_path) == before
 
 
+@pytest.mark.slow
 def test_a_longer_schedule_is_refused_with_the_way_to_train_longer(tiny_data, finished):
   _, workdir = finished
   with pytest.raises(errors.UserError, match=f'num_train_steps 8 -> 12.*init_from={workdir}'):
@@ -275,6 +280,7 @@ def test_resume_with_new_cadence_and_fewer_devices_reaches_the_end(tiny_data, fi
       jax.tree.map(np.testing.assert_array_equal, a.params, b.params)
 
 
+@pytest.mark.slow
 def test_a_finished_run_started_again_says_so_and_writes_nothing(tiny_data, finished,
                                                                 tmp_path):
   _, source = finished
@@ -289,6 +295,7 @@ def test_a_finished_run_started_again_says_so_and_writes_nothing(tiny_data, fini
   assert _listing(tmp_path) == before
 
 
+@pytest.mark.slow
 def test_a_finished_run_is_known_before_any_image_is_read(tiny_data, finished, tmp_path,
                                                           monkeypatch, caplog):
   import logging

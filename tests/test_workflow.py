@@ -44,6 +44,7 @@ def test_presets_select_the_papers_recipes():
     cifar.get_config('resnet57')
 
 
+@pytest.mark.slow
 def test_every_config_field_has_one_line_of_help():
   assert set(config_fields.FIELDS) == set(cifar.get_config().keys())
   result = subprocess.run([sys.executable, '-m', 'resnet_jax.main', '--help'],
@@ -103,6 +104,7 @@ def test_progress_bar_on_a_terminal_only():
     (['--config', 'configs/cifar.py', '--workdir=gs://bucket/r20'],
      'error: workdir gs://bucket/r20 is an object-store URL'),
 ])
+@pytest.mark.slow
 def test_a_mistyped_command_gets_one_error_line_and_writes_nothing(tmp_path, flags, line):
   workdir = [] if any(f.startswith('--workdir') for f in flags) else [
       '--workdir', str(tmp_path / 'w')]
@@ -115,6 +117,7 @@ def test_a_mistyped_command_gets_one_error_line_and_writes_nothing(tmp_path, fla
 
 
 @pytest.mark.parametrize('given', ['configs/imagenet.py', 'configs/cifar.py'])
+@pytest.mark.slow
 def test_a_preset_typo_points_at_the_presets_of_the_file_given(given, tmp_path):
   result = subprocess.run([sys.executable, '-m', 'resnet_jax.main', '--config',
                            f'{given}:resnet5O', '--workdir', str(tmp_path / 'w')],
@@ -165,6 +168,7 @@ def test_tilde_in_a_path_flag_is_the_home_folder(tmp_path):
   assert not {'w', 'exp', 'runs', 'data'} & set(os.listdir(home))
 
 
+@pytest.mark.slow
 def test_the_readme_config_path_works_from_any_folder(tmp_path):
   # Outside the checkout, configs/cifar.py means the copy shipped with the
   # package; a bad batch size then shows the preset was loaded and checked.
@@ -244,6 +248,7 @@ def test_the_start_up_log_names_the_preset_and_its_fields(tmp_path):
   assert lines[-1] == 'error: learning_rate must be positive, got -1.0; set --config.learning_rate'
 
 
+@pytest.mark.slow
 def test_a_session_starts_when_its_process_did(tmp_path):
   # Wall time includes start-up (imports, reading data, compilation).
   code = ('import time; time.sleep(2.5); from resnet_jax.workdir import run_record; '
