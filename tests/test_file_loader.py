@@ -864,3 +864,26 @@ def test_without_room_in_shared_memory_each_worker_gets_a_copy(monkeypatch, capl
     same = split.shared()
   assert same is split and not same._shared  # pylint: disable=protected-access
   assert 'no shared memory for it' in caplog.text and 'has 4,096 bytes free' in caplog.text
+
+
+def test_segments_of_a_process_group_killed_whole_are_removed_by_the_next_run():
+  # A scheduler's SIGKILL after its grace period takes the resource tracker
+  # with the run: nothing removes the file list's segments but the next run.
+  from resnet_jax.data import shared_arrays
+  gone = subprocess.Popen([sys.executable, '-c', 'pass'])
+  gone.wait()
+  orphan = f'{shared_arrays.PREFIX}{gone.pid}_0000'
+  alive = f'{shared_arrays.PREFIX}{os.getpid()}_1111'
+  for name in (orphan, alive):
+    with open(os.path.join(shared_arrays.SHM_FOLDER, name), 'wb') as f:
+      f.write(b'x' * 100)
+  try:
+    split = _numbered_split(100).shared()
+    assert not os.path.exists(os.path.join(shared_arrays.SHM_FOLDER, orphan))
+    assert os.path.exists(os.path.join(shared_arrays.SHM_FOLDER, alive))  # A live run's.
+    assert split._shared[0]._segment.name.startswith(  # pylint: disable=protected-access
+        f'{shared_arrays.PREFIX}{os.getpid()}_')
+  finally:
+    for name in (orphan, alive):
+      if os.path.exists(os.path.join(shared_arrays.SHM_FOLDER, name)):
+        os.unlink(os.path.join(shared_arrays.SHM_FOLDER, name))

@@ -8,11 +8,15 @@ maps the same pages, so the host holds one copy whatever the worker count.
 
 The segment lives as long as the `Shared` object of the process that made
 it (and is removed by multiprocessing's resource tracker if that process is
-killed); workers only map it.
+killed); workers only map it. A kill of the whole process group (a
+scheduler's SIGKILL after the grace period) takes the tracker too: the
+segment is named after its process (`PREFIX<pid>_...`), and the next one
+made on the host removes those whose process is gone.
 """
 
 import errno
 import os
+import secrets
 import sys
 import weakref
 from multiprocessing import shared_memory
@@ -22,6 +26,8 @@ import numpy as np
 
 # Where Linux keeps POSIX shared memory.
 SHM_FOLDER = '/dev/shm'
+# Segment names: PREFIX<pid of the process that made it>_<random>.
+PREFIX = 'resnet_jax_'
 
 
 class Shared:
@@ -34,8 +40,10 @@ class Shared:
   def __init__(self, array: np.ndarray):
     """Raises OSError (ENOSPC) where shared memory has no room for it."""
     array = np.ascontiguousarray(array)
+    remove_orphans()
     _check_room(array.nbytes)
-    self._segment = shared_memory.SharedMemory(create=True, size=max(1, array.nbytes))
+    name = f'{PREFIX}{os.getpid()}_{secrets.token_hex(4)}'
+    self._segment = shared_memory.SharedMemory(name, create=True, size=max(1, array.nbytes))
     self.array = np.ndarray(array.shape, array.dtype, buffer=self._segment.buf)
     self.array[...] = array
     self.array.flags.writeable = False
@@ -44,6 +52,33 @@ class Shared:
 
   def __reduce__(self):
     return _attach, (self._segment.name, self.array.shape, self.array.dtype.str)
+
+
+def remove_orphans() -> list:
+  """Removes the segments whose process is gone (killed with its whole
+  process group, resource tracker included); returns their names."""
+  try:
+    names = os.listdir(SHM_FOLDER)
+  except OSError:  # No /dev/shm (not Linux): the tracker is all there is.
+    return []
+  removed = []
+  for name in names:
+    pid = name[len(PREFIX):].split('_')[0]
+    if not (name.startswith(PREFIX) and pid.isdigit()):
+      continue
+    try:
+      os.kill(int(pid), 0)
+      continue  # Alive (or another user's): not ours to remove.
+    except ProcessLookupError:
+      pass
+    except PermissionError:
+      continue
+    try:
+      os.unlink(os.path.join(SHM_FOLDER, name))
+      removed.append(name)
+    except OSError:
+      pass
+  return removed
 
 
 def share_all(what: str, *arrays: np.ndarray) -> Optional[tuple]:
