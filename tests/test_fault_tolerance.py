@@ -32,12 +32,20 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 30
 
 
-def _flags(data_dir, workdir, *extra):
+# The runs read the tiny PNG folder (in memory, as tfds's CIFAR is): what is
+# tested here starts after the images are read, and a process that reads
+# tfds's files pays ~4 s importing TensorFlow.
+def _flags(folder, workdir, *extra):
   return ['--config', 'configs/cifar.py', '--workdir', str(workdir),
-          f'--config.data_dir={data_dir}', '--config.model=resnet8',
+          f'--config.data_dir={folder["data_dir"]}', f'--config.dataset={folder["name"]}',
+          '--config.model=resnet8',
           '--config.batch_size=16', '--config.eval_batch_size=16',
           f'--config.num_train_steps={STEPS}', '--config.log_every_steps=1',
           '--config.checkpoint_every_steps=5', *extra]
+
+
+def _config(folder, **overrides):
+  return tiny_config(folder['data_dir'], dataset=folder['name'], **overrides)
 
 
 def _metrics(workdir):
@@ -65,14 +73,14 @@ def _assert_bitwise_equal(config, a, b):
 
 
 @pytest.fixture(scope='module')
-def reference(tiny_data, tmp_path_factory):
+def reference(tiny_folder, tmp_path_factory):
   """An uninterrupted 30-step run."""
-  return _reference_run(tiny_data, tmp_path_factory, ())
+  return _reference_run(tiny_folder, tmp_path_factory, ())
 
 
-def _reference_run(tiny_data, tmp_path_factory, options):
+def _reference_run(tiny_folder, tmp_path_factory, options):
   workdir = tmp_path_factory.mktemp('ref') / 'w'
-  proc = processes.main(_flags(tiny_data['data_dir'], workdir, *options))
+  proc = processes.main(_flags(tiny_folder, workdir, *options))
   _, err = proc.communicate(timeout=600)
   assert proc.returncode == 0, err[-3000:]
   return workdir
@@ -98,7 +106,7 @@ OPTION_SETS = {
 
 
 @pytest.fixture(scope='module')
-def interrupted(tiny_data, tmp_path_factory):
+def interrupted(tiny_folder, tmp_path_factory):
   """The paper recipe's run stopped in every way there is, each launch
   resuming the one before: kill -9 at step 3 (before any checkpoint), SIGTERM
   at 7, kill -9 at 12, frozen (SIGSTOP) at 14 while two more commands are
@@ -113,7 +121,7 @@ def interrupted(tiny_data, tmp_path_factory):
     after)] of the refused commands), 'last': the last launch's stderr}).
   """
   workdir = tmp_path_factory.mktemp('interrupted') / 'w'
-  flags = _flags(tiny_data['data_dir'], workdir)
+  flags = _flags(tiny_folder, workdir)
   seen = {'kills': []}
 
   def kill_9_at(proc, step):
@@ -151,7 +159,7 @@ def interrupted(tiny_data, tmp_path_factory):
 
 @pytest.mark.parametrize('options', OPTION_SETS, ids=str)
 def test_kill_9_at_several_points_then_resume_is_bitwise_identical(
-    tiny_data, reference, tmp_path_factory, tmp_path, request, options):
+    tiny_folder, reference, tmp_path_factory, tmp_path, request, options):
   extra = OPTION_SETS[options]
   if not extra:
     # The paper recipe: killed at steps 3, 12 and 21 of the shared run.
@@ -162,18 +170,18 @@ def test_kill_9_at_several_points_then_resume_is_bitwise_identical(
   else:
     # The option sets, whose stream and state code paths are the same, once
     # mid-epoch.
-    expected = _reference_run(tiny_data, tmp_path_factory, extra)
+    expected = _reference_run(tiny_folder, tmp_path_factory, extra)
     workdir = tmp_path / 'w'
-    proc = processes.main(_flags(tiny_data['data_dir'], workdir, *extra))
+    proc = processes.main(_flags(tiny_folder, workdir, *extra))
     processes.wait_for_step(workdir, 13, proc)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL
-    proc = processes.main(_flags(tiny_data['data_dir'], workdir, *extra))
+    proc = processes.main(_flags(tiny_folder, workdir, *extra))
     _, err = proc.communicate(timeout=600)
     assert proc.returncode == 0, err[-3000:]
     assert 'Resuming from the checkpoint at step' in err
-  config = tiny_config(tiny_data['data_dir'])
+  config = _config(tiny_folder)
   for flag in extra:
     key, value = flag[len('--config.'):].split('=')
     config[key] = type(config[key])(value if value != 'True' else True)
@@ -186,7 +194,7 @@ def test_kill_9_at_several_points_then_resume_is_bitwise_identical(
   assert meta['input_pipeline'] == ('host' if options == 'host_pipeline' else 'device')
 
 
-def test_sigterm_checkpoints_exits_and_resumes(tiny_data, reference, interrupted):
+def test_sigterm_checkpoints_exits_and_resumes(tiny_folder, reference, interrupted):
   # At step 7 of the shared run (a launch that started over after the kill
   # at step 3); the next launch resumes where it stopped.
   workdir, seen = interrupted
@@ -197,14 +205,14 @@ def test_sigterm_checkpoints_exits_and_resumes(tiny_data, reference, interrupted
   stopped_at = int(last.split('at step ')[1].split(';')[0])
   assert stopped_at >= 7 and str(stopped_at) in saved
   assert f'Resuming from the checkpoint at step {stopped_at}' in seen['resumed_after_sigterm']
-  _assert_bitwise_equal(tiny_config(tiny_data['data_dir']), reference, workdir)
+  _assert_bitwise_equal(_config(tiny_folder), reference, workdir)
 
 
-def test_a_stop_signal_at_the_last_step_ends_the_run_complete(tiny_data, reference,
+def test_a_stop_signal_at_the_last_step_ends_the_run_complete(tiny_folder, reference,
                                                               tmp_path, monkeypatch):
   # As when a launcher killed at the very end passes SIGTERM on: the signal is
   # there when the last step is checked. The run is complete, not stopped.
-  config = tiny_config(tiny_data['data_dir'], num_train_steps=STEPS, log_every_steps=1,
+  config = _config(tiny_folder, num_train_steps=STEPS, log_every_steps=1,
                        checkpoint_every_steps=5)
 
   def signal_at_the_end(guard, step):
@@ -221,11 +229,11 @@ def test_a_stop_signal_at_the_last_step_ends_the_run_complete(tiny_data, referen
   _assert_bitwise_equal(config, reference, workdir)
 
 
-def test_a_run_stopped_after_its_final_checkpoint_counts_complete(tiny_data, reference,
+def test_a_run_stopped_after_its_final_checkpoint_counts_complete(tiny_folder, reference,
                                                                   tmp_path):
   # A record whose last session says stopped (or has no outcome: killed while
   # ending) though the final step's checkpoint is on disk.
-  config = tiny_config(tiny_data['data_dir'], num_train_steps=STEPS, log_every_steps=1,
+  config = _config(tiny_folder, num_train_steps=STEPS, log_every_steps=1,
                        checkpoint_every_steps=5)
   for outcome in ({'stopped': f'SIGTERM at step {STEPS}; ...', 'exit_code': 143}, {}):
     workdir = tmp_path / f'w{len(outcome)}'
@@ -259,9 +267,9 @@ def _damage_truncate(step_dir):
 
 
 @pytest.mark.parametrize('damage', [_damage_empty, _damage_truncate])
-def test_damaged_latest_checkpoint_is_set_aside(tiny_data, reference, tmp_path,
+def test_damaged_latest_checkpoint_is_set_aside(tiny_folder, reference, tmp_path,
                                                 caplog, damage):
-  config = tiny_config(tiny_data['data_dir'], num_train_steps=STEPS,
+  config = _config(tiny_folder, num_train_steps=STEPS,
                        log_every_steps=1, checkpoint_every_steps=5)
   workdir = tmp_path / 'w'
   shutil.copytree(reference, workdir)
@@ -286,11 +294,11 @@ def test_damaged_latest_checkpoint_is_set_aside(tiny_data, reference, tmp_path,
   assert not [n for n in names if 'tmp' in n]
 
 
-def test_eval_of_a_damaged_checkpoint_moves_nothing(tiny_data, reference, tmp_path,
+def test_eval_of_a_damaged_checkpoint_moves_nothing(tiny_folder, reference, tmp_path,
                                                    caplog):
   """Evaluation only reads: a checkpoint it cannot restore (damaged, or of
   another version's layout) is skipped, never renamed."""
-  config = tiny_config(tiny_data['data_dir'], num_train_steps=STEPS)
+  config = _config(tiny_folder, num_train_steps=STEPS)
   workdir = tmp_path / 'w'
   shutil.copytree(reference, workdir)
   checkpoints = workdir / 'checkpoints'
@@ -305,9 +313,9 @@ def test_eval_of_a_damaged_checkpoint_moves_nothing(tiny_data, reference, tmp_pa
   assert sorted(os.listdir(checkpoints)) == before
 
 
-def test_diverged_loss_stops_naming_the_step(tiny_data, tmp_path):
+def test_diverged_loss_stops_naming_the_step(tiny_folder, tmp_path):
   workdir = tmp_path / 'w'
-  proc = processes.main(_flags(tiny_data['data_dir'], workdir, '--config.learning_rate=1e12'))
+  proc = processes.main(_flags(tiny_folder, workdir, '--config.learning_rate=1e12'))
   _, err = proc.communicate(timeout=300)
   assert proc.returncode == 3, err[-3000:]
   last = err.strip().splitlines()[-1]
@@ -332,7 +340,7 @@ def _listing(path):
   return out
 
 
-def test_bad_input_is_refused_leaving_the_workdir_as_it_was(tiny_data, tiny_folder,
+def test_bad_input_is_refused_leaving_the_workdir_as_it_was(tiny_folder,
                                                            reference, tmp_path):
   existing = tmp_path / 'runs' / 'w'
   shutil.copytree(reference, existing)
@@ -362,7 +370,8 @@ def test_bad_input_is_refused_leaving_the_workdir_as_it_was(tiny_data, tiny_fold
         continue  # Only an existing run has a model to differ from.
       if workdir == existing and 'zz.png' in message:
         continue  # The existing run's dataset differs first (refused too).
-      fields = {'data_dir': tiny_data['data_dir'], **overrides}
+      fields = {'data_dir': tiny_folder['data_dir'], 'dataset': tiny_folder['name'],
+                **overrides}
       config = tiny_config(fields.pop('data_dir'), num_train_steps=STEPS,
                            log_every_steps=1, checkpoint_every_steps=5, **fields)
       with pytest.raises(errors.UserError) as refused:
@@ -379,7 +388,7 @@ def test_bad_input_is_refused_leaving_the_workdir_as_it_was(tiny_data, tiny_fold
        'zz.png is not a readable image'),
       (blocker / 'sub', [], 'choose a writable --workdir')]:
     result = subprocess.run([sys.executable, '-m', 'resnet_jax.main',
-                             *_flags(tiny_data['data_dir'], workdir), *extra],
+                             *_flags(tiny_folder, workdir), *extra],
                             capture_output=True, text=True, cwd=REPO, timeout=300)
     assert result.returncode == 2, (extra, result.stderr[-2000:])
     last = result.stderr.strip().splitlines()[-1]
@@ -388,7 +397,7 @@ def test_bad_input_is_refused_leaving_the_workdir_as_it_was(tiny_data, tiny_fold
     assert _listing(tmp_path) == before, (workdir, extra)
 
 
-def test_a_busy_workdir_refuses_a_second_run(tiny_data, reference, interrupted):
+def test_a_busy_workdir_refuses_a_second_run(tiny_folder, reference, interrupted):
   # The shared run, frozen (SIGSTOP) at step 14, still holding the workdir:
   # a second training run and an evaluation were refused.
   workdir, seen = interrupted
@@ -401,10 +410,10 @@ def test_a_busy_workdir_refuses_a_second_run(tiny_data, reference, interrupted):
     assert 'running since' in last and 'Traceback' not in stderr
     assert after == before  # The holder's files untouched.
   # The refused runs changed nothing the first one did.
-  _assert_bitwise_equal(tiny_config(tiny_data['data_dir']), reference, workdir)
+  _assert_bitwise_equal(_config(tiny_folder), reference, workdir)
 
 
-def test_a_failed_save_stops_and_the_same_command_resumes(tiny_data, reference,
+def test_a_failed_save_stops_and_the_same_command_resumes(tiny_folder, reference,
                                                          tmp_path, monkeypatch):
   import errno
   from orbax.checkpoint._src.handlers import json_checkpoint_handler as handler
@@ -418,7 +427,7 @@ def test_a_failed_save_stops_and_the_same_command_resumes(tiny_data, reference,
     return await real(self, x, directory)
   monkeypatch.setattr(handler.JsonCheckpointHandler, '_save_fn', full_disk)
   workdir = tmp_path / 'w'
-  config = tiny_config(tiny_data['data_dir'], num_train_steps=STEPS, log_every_steps=1,
+  config = _config(tiny_folder, num_train_steps=STEPS, log_every_steps=1,
                        checkpoint_every_steps=5)
   with pytest.raises(errors.Stopped) as stopped:
     loop.train_and_evaluate(config, str(workdir))
