@@ -113,6 +113,25 @@ def test_eval_names_the_val_split_and_its_classes(nette_run, caplog, monkeypatch
 
 
 @pytest.mark.slow
+def test_eval_lists_the_files_it_could_not_read_in_eval_json(nette_run):
+  # --mode=eval opens no session of run.json: eval.json names its bad files.
+  config, workdir, root, _ = nette_run
+  bad = os.path.join(root, 'val', WNIDS[0], 'zz_bad.JPEG')
+  with open(bad, 'w') as f:
+    f.write('not a jpeg')
+  try:
+    evaluation.evaluate_checkpoint(config, workdir)
+  finally:
+    os.remove(bad)
+  with open(os.path.join(workdir, 'eval.json')) as f:
+    saved = json.load(f)
+  assert saved['eval_examples'] == 18  # Of 19 files: the bad one's row masked.
+  assert list(saved['skipped_files']) == [f'{WNIDS[0]}/zz_bad.JPEG']
+  assert saved['skipped_files'][f'{WNIDS[0]}/zz_bad.JPEG'].startswith(
+      'not an image Pillow can read')
+
+
+@pytest.mark.slow
 def test_predict_reads_the_names_of_today(nette_run):
   from resnet_jax import predict
   _, workdir, root, _ = nette_run

@@ -10,6 +10,7 @@ import numpy as np
 
 from resnet_jax.logs import log
 from resnet_jax.parallelism import data_parallel
+from resnet_jax.parallelism import process_gather
 from resnet_jax.reporting import metrics_io
 from resnet_jax.reporting import plots
 from resnet_jax.reporting import progress
@@ -108,6 +109,13 @@ def _evaluate_checkpoint(run: run_setup.Run, step: Optional[int]) -> dict:
             'per_class_accuracy': dict(zip(ids, per_class.tolist())),
             'class_ids': ids, 'class_names': names,
             'confusion_matrix': confusion.tolist()}
+  # The files no process could read (each read its own rows), as run.json
+  # lists a training session's.
+  skipped = {}
+  for files in process_gather.allgather_json(run.skipped):
+    skipped.update(files)
+  if skipped:
+    result['skipped_files'] = dict(sorted(skipped.items()))
   if jax.process_index() == 0:
     metrics_io.write_json(os.path.join(workdir, 'eval.json'), result)
     plots.draw_confusion(confusion, names, os.path.join(workdir, 'confusion.png'),
