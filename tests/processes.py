@@ -37,6 +37,14 @@ class Background(subprocess.Popen):
     return tuple(f.read() for f in self._files)
 
 
+def xla_flags(devices: int) -> str:
+  """This process's XLA flags (an ISA limit the caller set, say) with
+  `devices` fake CPU devices in place of conftest's 8."""
+  flags = [f for f in os.environ.get('XLA_FLAGS', '').split()
+           if not f.startswith('--xla_force_host_platform_device_count')]
+  return ' '.join(flags + [f'--xla_force_host_platform_device_count={devices}'])
+
+
 def main(args, env=None, new_session=False) -> Background:
   """`python -m resnet_jax.main ARGS` in the background."""
   return Background([sys.executable, '-m', 'resnet_jax.main', *args], env, new_session)

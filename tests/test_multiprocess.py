@@ -49,15 +49,13 @@ def _within(diffs, tolerances=RESUMED_RTOL) -> bool:
 def _env(devices):
   """This environment with `devices` CPU devices per process; keeps the
   caller's other XLA flags (an ISA limit, say)."""
-  flags = [f for f in os.environ.get('XLA_FLAGS', '').split()
-           if not f.startswith('--xla_force_host_platform_device_count')]
   env = {k: v for k, v in os.environ.items() if k != 'JAX_COMPILATION_CACHE_DIR'}
   # No persistent compilation cache across processes: with JAX 0.12.1 two
   # processes resuming with programs from the suite's cache hung in their
   # first collective (reproduced outside pytest; 0.12.0.1 and 0.10 did not).
   return dict(env, PYTHON=sys.executable, JAX_PLATFORMS='cpu',
               JAX_ENABLE_COMPILATION_CACHE='false',
-              XLA_FLAGS=' '.join(flags + [f'--xla_force_host_platform_device_count={devices}']))
+              XLA_FLAGS=processes.xla_flags(devices))
 
 
 def _run(cmd, devices, timeout=600):
@@ -304,7 +302,7 @@ def test_processes_that_see_different_workdirs_are_refused(tiny_data, tmp_path):
            '--config.batch_size=16', '--config.num_train_steps=2',
            f'--coordinator_address=localhost:{port}', '--num_processes=2']
   flags_env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS='cpu',
-                   XLA_FLAGS='--xla_force_host_platform_device_count=1')
+                   XLA_FLAGS=processes.xla_flags(1))
   procs = [subprocess.Popen([sys.executable, '-m', 'resnet_jax.main', *flags,
                              f'--process_id={i}'], cwd=tmp_path / folder, env=flags_env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

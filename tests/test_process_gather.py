@@ -12,6 +12,8 @@ import time
 
 import pytest
 
+from tests import processes
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # Each process skipped other files (one of them none, one with a long list):
@@ -33,7 +35,7 @@ def _two(script):
   with socket.socket() as s:
     s.bind(('localhost', 0))
     port = s.getsockname()[1]
-  env = {**os.environ, 'XLA_FLAGS': '', 'JAX_PLATFORMS': 'cpu'}
+  env = {**os.environ, 'XLA_FLAGS': processes.xla_flags(1), 'JAX_PLATFORMS': 'cpu'}
   env.pop('JAX_COMPILATION_CACHE_DIR', None)  # Not shared between processes.
   procs = [subprocess.Popen([sys.executable, '-c', script, f'localhost:{port}', str(i)],
                             cwd=REPO, env=env, stdout=subprocess.PIPE,
