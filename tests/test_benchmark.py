@@ -1,5 +1,6 @@
 """The benchmark prints every field; half precision keeps float32 state."""
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -111,13 +112,15 @@ def _control_the_clock(monkeypatch):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize('torch_flag', ['--torch', f'--torch_python={sys.executable}'])
-def test_cli_with_torch_baseline_prints_both_and_ratios(torch_flag):
+def test_cli_with_torch_baseline_prints_both_and_ratios():
+  # The PyTorch baseline in another interpreter; --torch (in the benchmark's
+  # own process) is the accelerator check's (test_the_accelerator_check_...).
   pytest.importorskip('torch')
   result = subprocess.run(
       [sys.executable, '-m', 'resnet_jax.benchmark', '--config', 'configs/cifar.py',
        '--config.model=resnet8', '--config.batch_size=16', '--windows=2', '--steps=2',
-       '--min_window_seconds=0', torch_flag], capture_output=True, text=True, cwd=REPO, timeout=300)
+       '--min_window_seconds=0', f'--torch_python={sys.executable}'],
+      capture_output=True, text=True, cwd=REPO, timeout=300)
   assert result.returncode == 0, result.stderr[-3000:]
   record = json.loads(result.stdout)
   assert FIELDS <= set(record)
@@ -215,6 +218,12 @@ def test_the_accelerator_check_runs_end_to_end_on_the_cpu(tmp_path):
     record = json.loads((tmp_path / f'bench_resnet8_{dtype}.json').read_text())
     assert record['train_images_per_sec'] > 0
     assert record['dtype'] == ('bfloat16' if dtype == 'bf16' else 'float32')
+    if importlib.util.find_spec('torch'):  # The CLI's --torch, in the same process.
+      assert record['torch']['train_images_per_sec'] > 0
+      assert record['torch']['dtype'] == record['dtype']
+      assert record['train_ratio_vs_torch'] == pytest.approx(
+          record['train_images_per_sec'] / record['torch']['train_images_per_sec'],
+          rel=1e-2)
   record = json.loads((tmp_path / 'bench_resnet50_bf16.json').read_text())
   assert record['image_size'] == 32 and record['train_images_per_sec'] > 0
   assert record['batch_per_device'] == 8

@@ -32,19 +32,29 @@ def _data(n=N):
           'label': np.arange(n, dtype=np.int32)}  # Labels name the example.
 
 
-def _batch(strategy, num_devices, spec, data, step):
-  """The global batch of `step`, made under `strategy` on `num_devices`."""
+def _batches(strategy, num_devices, spec, data, steps):
+  """The global batches of `steps`, made under `strategy` on `num_devices`
+  by one compiled program (the steps differ in their arguments only)."""
   dp = data_parallel.DataParallel(strategy, num_devices)
 
   def make(d, s):
     return chunks.device_batches(spec, dp)(d, s)(0)
 
-  placed = dp.replicate({**data, **device_pipeline.orders(
-      spec, spec.first_epoch(step), spec.epochs_per_chunk(1))})
-  out = dp.compile(make, donate_state=False, args=('data', 'scalar'))(placed, step)
-  if strategy == 'pmap':  # [devices, rows, ...] -> [global rows, ...]
-    return {k: np.asarray(v).reshape((-1,) + v.shape[2:]) for k, v in out.items()}
-  return {k: np.asarray(v) for k, v in out.items()}
+  program = dp.compile(make, donate_state=False, args=('data', 'scalar'))
+  batches = []
+  for step in steps:
+    placed = dp.replicate({**data, **device_pipeline.orders(
+        spec, spec.first_epoch(step), spec.epochs_per_chunk(1))})
+    out = program(placed, step)
+    if strategy == 'pmap':  # [devices, rows, ...] -> [global rows, ...]
+      out = {k: v.reshape((-1,) + v.shape[2:]) for k, v in out.items()}
+    batches.append({k: np.asarray(v) for k, v in out.items()})
+  return batches
+
+
+def _batch(strategy, num_devices, spec, data, step):
+  """The global batch of `step`, made under `strategy` on `num_devices`."""
+  return _batches(strategy, num_devices, spec, data, (step,))[0]
 
 
 @pytest.mark.slow
@@ -55,23 +65,23 @@ def _batch(strategy, num_devices, spec, data, step):
 def test_a_batch_is_the_same_on_any_layout(options):
   spec = device_pipeline.Spec(N, B, seed=3, options=options)
   data = _data()
-  for step in (0, 2):
-    want = _batch('jit', 8, spec, data, step)
-    for layout in (('jit', 1), ('pmap', 8), ('pmap', 2)):
-      got = _batch(*layout, spec, data, step)
+  steps = (0, 2)
+  wants = _batches('jit', 8, spec, data, steps)
+  for layout in (('jit', 1), ('pmap', 8), ('pmap', 2)):
+    for step, want, got in zip(steps, wants, _batches(*layout, spec, data, steps)):
       assert set(got) == set(want)
       for key in want:
-        np.testing.assert_array_equal(got[key], want[key], err_msg=f'{layout} {key}')
-  # Another seed, another batch.
+        np.testing.assert_array_equal(got[key], want[key], err_msg=f'{layout} {step} {key}')
+  # Another seed, another batch (the same step).
   other = _batch('jit', 8, device_pipeline.Spec(N, B, seed=4, options=options), data, 0)
-  assert not np.array_equal(other['image'], want['image'])
+  assert not np.array_equal(other['image'], wants[0]['image'])
 
 
 def test_each_epoch_is_a_fresh_permutation_and_no_example_is_dropped():
   spec = device_pipeline.Spec(N, B, seed=0, augment=False)
   data = _data()
   # 5 steps = 80 positions = exactly two epochs, the middle batch straddling.
-  labels = np.concatenate([_batch('jit', 8, spec, data, s)['label'] for s in range(5)])
+  labels = np.concatenate([b['label'] for b in _batches('jit', 8, spec, data, range(5))])
   first, second = labels[:N], labels[N:]
   assert sorted(first) == list(range(N)) and sorted(second) == list(range(N))
   assert not np.array_equal(first, second)

@@ -98,8 +98,10 @@ def test_scanned_stages_match_unrolled_ones(monkeypatch):
   assert summary.count_macs(model) == 40_551_040
   assert summary.params_per_stage(shapes['params'])['layer3'] == 203_520
   x = jax.random.normal(jax.random.key(1), (4, 32, 32, 3))
-  variables = model.init(jax.random.key(0), x)
-  _, updates = model.apply(variables, x, train=True, mutable=['batch_stats'])
+  # Each as one program (eager, the scans and their ops took seconds).
+  variables = jax.jit(model.init)(jax.random.key(0), x)
+  _, updates = jax.jit(lambda v: model.apply(v, x, train=True, mutable=['batch_stats']))(
+      variables)
   stacked = updates['batch_stats']['layer1_rest']['block']['bn1']['mean']
   assert stacked.shape == (2, 16) and not np.allclose(stacked, 0)
 
@@ -107,30 +109,31 @@ def test_scanned_stages_match_unrolled_ones(monkeypatch):
 @pytest.mark.parametrize('name', ['resnet8', 'preact_resnet110', 'wrn16_8'])
 @pytest.mark.slow
 def test_output_shapes_and_variable_collections(name):
+  # Shapes and dtypes are the traced program's: eval_shape traces init and
+  # apply as a run would, without the seconds a wide net's eager ops take.
   model = models.create_model(name, num_classes=7)
   x = jnp.ones((2, 32, 32, 3))
-  variables = model.init(jax.random.key(0), x, train=False)
+  variables = jax.eval_shape(lambda: model.init(jax.random.key(0), x, train=False))
   assert set(variables) == {'params', 'batch_stats'}
-  logits = model.apply(variables, x, train=False)
+  logits = jax.eval_shape(lambda v: model.apply(v, x, train=False), variables)
   assert logits.shape == (2, 7) and logits.dtype == jnp.float32
 
 
 @pytest.mark.slow
 def test_imagenet_stem_downsamples_by_four():
-  model = models.create_model('resnet18', 10, stem='imagenet')
-  variables = model.init(jax.random.key(0), jnp.ones((1, 64, 64, 3)))
-  logits, state = model.apply(variables, jnp.ones((1, 64, 64, 3)),
-                              capture_intermediates=True, mutable=['intermediates'])
+  def intermediates(model):  # Their shapes, traced (eval_shape).
+    x = jnp.ones((1, 64, 64, 3))
+    return jax.eval_shape(lambda: model.apply(
+        model.init(jax.random.key(0), x), x, capture_intermediates=True,
+        mutable=['intermediates']))
+  logits, state = intermediates(models.create_model('resnet18', 10, stem='imagenet'))
   assert logits.shape == (1, 10)
   size = lambda name: state['intermediates'][name]['__call__'][0].shape[1:3]
   # The 7x7 conv halves 64 to 32, the max-pool halves it again: the first
   # stage sees 16x16 (a stride-1 stem or no pool would give 32 or 64).
   assert size('conv1') == (32, 32) and size('layer1_0') == (16, 16)
   assert size('layer4_1') == (2, 2)
-  cifar = models.create_model('resnet18', 10)
-  _, state = cifar.apply(cifar.init(jax.random.key(0), jnp.ones((1, 64, 64, 3))),
-                         jnp.ones((1, 64, 64, 3)), capture_intermediates=True,
-                         mutable=['intermediates'])
+  _, state = intermediates(models.create_model('resnet18', 10))
   assert size('layer1_0') == (64, 64)  # The CIFAR stem keeps the resolution.
 
 
@@ -225,6 +228,14 @@ def test_stored_conv_inputs_give_the_plain_gradients(name):
     np.testing.assert_array_equal(a, b)
 
 
+@pytest.fixture(scope='module')
+def resnet18_variables():
+  """ResNet-18 (ImageNet stem, cpu_conv off) initialised for 64 px, as one
+  program: the eager init's hundreds of small ops took seconds per test."""
+  return jax.jit(models.create_model('resnet18', stem='imagenet').init)(
+      jax.random.key(0), jnp.zeros((1, 64, 64, 3)))
+
+
 # Shapes of `layers.im2col_conv`: (input, kernel HWIO, strides, padding).
 IM2COL_SHAPES = [
     ((4, 6, 6, 16), (3, 3, 16, 24), (1, 1), ((1, 1), (1, 1))),
@@ -250,9 +261,15 @@ def test_im2col_conv_is_the_convolution_to_float_rounding(x_shape, k_shape, stri
   w = jax.random.normal(kw, k_shape)
   conv = lambda x, w: jax.lax.conv_general_dilated(
       x, w, strides, padding, dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
-  y, pullback = jax.vjp(lambda x, w: layers.im2col_conv(x, w, strides, padding), x, w)
-  g = jax.random.normal(kg, y.shape)
-  got = (y, *pullback(g))
+  im2col = lambda x, w: layers.im2col_conv(x, w, strides, padding)
+  g = jax.random.normal(kg, jax.eval_shape(im2col, x, w).shape)
+
+  @jax.jit  # As a train step runs it; eager, its dozens of slices took seconds.
+  def output_and_gradients(x, w, g):
+    y, pullback = jax.vjp(im2col, x, w)
+    return (y, *pullback(g))
+  got = output_and_gradients(x, w, g)
+  y = got[0]
   with jax.enable_x64(True):
     x64, w64, g64 = (np.asarray(a, np.float64) for a in (x, w, g))
     exact_y, exact_pull = jax.vjp(conv, x64, w64)
@@ -272,7 +289,7 @@ def test_im2col_conv_is_the_convolution_to_float_rounding(x_shape, k_shape, stri
 
 
 @pytest.mark.slow
-def test_cpu_conv_has_nn_convs_parameters():
+def test_cpu_conv_has_nn_convs_parameters(resnet18_variables):
   """`CpuConv` (either path) and `StoredInputCpuConv` draw the parameters
   `nn.Conv` draws: the same tree, names and numbers (checkpoints and
   init_from are shared)."""
@@ -287,15 +304,16 @@ def test_cpu_conv_has_nn_convs_parameters():
         for a, b in zip(jax.tree.leaves(variables), jax.tree.leaves(expected)):
           np.testing.assert_array_equal(a, b)
   # A whole model: cpu_conv on and off initialise alike.
-  on, off = (jax.jit(models.create_model('resnet18', stem='imagenet', cpu_conv=c).init)(
-      jax.random.key(0), jnp.zeros((1, 64, 64, 3))) for c in (True, False))
+  off = resnet18_variables
+  on = jax.jit(models.create_model('resnet18', stem='imagenet', cpu_conv=True).init)(
+      jax.random.key(0), jnp.zeros((1, 64, 64, 3)))
   assert jax.tree.structure(on) == jax.tree.structure(off)
   for a, b in zip(jax.tree.leaves(on), jax.tree.leaves(off)):
     np.testing.assert_array_equal(a, b)
 
 
 def _train_program(model, x):
-  variables = model.init(jax.random.key(0), x)
+  variables = jax.eval_shape(lambda: model.init(jax.random.key(0), x))
   return jax.jit(lambda v: model.apply(v, x, train=True, mutable=['batch_stats'])).lower(
       variables).as_text()
 
@@ -316,7 +334,7 @@ def test_cpu_conv_is_the_cpu_backends_only(monkeypatch):
   config.cpu_conv = 'off'
   off = _train_program(train_state.create_model(config, 10), x)
   num_convs = sum(leaf.ndim == 4 for leaf in jax.tree.leaves(
-      on_cpu.init(jax.random.key(0), x)['params']))
+      jax.eval_shape(lambda: on_cpu.init(jax.random.key(0), x))['params']))
   assert off.count('stablehlo.convolution') == num_convs
   assert _train_program(on_cpu, x).count('stablehlo.convolution') < num_convs
   for backend in ('gpu', 'tpu'):
@@ -329,7 +347,7 @@ def test_cpu_conv_is_the_cpu_backends_only(monkeypatch):
 
 
 @pytest.mark.slow
-def test_cpu_conv_trains_as_the_plain_model_to_rounding():
+def test_cpu_conv_trains_as_the_plain_model_to_rounding(resnet18_variables):
   """A ResNet-18 training step's loss, gradients and BatchNorm updates with
   `cpu_conv` on: as far from float64's as the plain float32 model's are
   (the yardstick is that model's own rounding, measured in the same run),
@@ -337,11 +355,13 @@ def test_cpu_conv_trains_as_the_plain_model_to_rounding():
   AVX-512 and with AVX2, 1.01 on JAX 0.12)."""
   x = jax.random.normal(jax.random.key(1), (4, 64, 64, 3))
   labels = jnp.arange(4) % 10
+  # One set of variables for all three (cpu_conv initialises as nn.Conv does:
+  # test_cpu_conv_has_nn_convs_parameters), cast to each step's dtype.
+  variables = resnet18_variables
 
   def step(cpu_conv, dtype=jnp.float32):
     model = models.create_model('resnet18', stem='imagenet', cpu_conv=cpu_conv,
                                 dtype=dtype)
-    variables = model.init(jax.random.key(0), jnp.zeros((1, 64, 64, 3)))
 
     def loss(params):
       logits, updates = model.apply({**variables, 'params': params}, x.astype(dtype),
