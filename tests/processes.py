@@ -1,5 +1,6 @@
 """Commands run in the background by tests: output to files, waits that fail loudly."""
 
+import ast
 import json
 import os
 import signal
@@ -43,6 +44,28 @@ def xla_flags(devices: int) -> str:
   flags = [f for f in os.environ.get('XLA_FLAGS', '').split()
            if not f.startswith('--xla_force_host_platform_device_count')]
   return ' '.join(flags + [f'--xla_force_host_platform_device_count={devices}'])
+
+
+def config_of(args):
+  """The config `python -m resnet_jax.main ARGS` trains: its --config
+  FILE[:PRESET] with each --config.FIELD=VALUE, read as the field's type. A
+  reference run trained on it in the test's process saves a launch."""
+  from resnet_jax import config_files
+  config, _ = config_files.load(args[args.index('--config') + 1])
+  for arg in args:
+    if arg.startswith('--config.'):
+      key, value = arg[len('--config.'):].split('=', 1)
+      kind = type(config[key])
+      if kind is bool:
+        config[key] = value == 'True'
+      elif config[key] is None:  # A path, say: a Python literal, else the text.
+        try:
+          config[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+          config[key] = value
+      else:
+        config[key] = kind(value)
+  return config
 
 
 def main(args, env=None, new_session=False) -> Background:

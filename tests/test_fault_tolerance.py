@@ -79,10 +79,12 @@ def reference(tiny_folder, tmp_path_factory):
 
 
 def _reference_run(tiny_folder, tmp_path_factory, options):
+  """The run of `_flags(..., *options)`, uninterrupted, in this process: a
+  launch would only add its start-up, since where a run trains does not
+  change its bits (the launched, interrupted runs below end in these)."""
   workdir = tmp_path_factory.mktemp('ref') / 'w'
-  proc = processes.main(_flags(tiny_folder, workdir, *options))
-  _, err = proc.communicate(timeout=600)
-  assert proc.returncode == 0, err[-3000:]
+  config = processes.config_of(_flags(tiny_folder, workdir, *options))
+  loop.train_and_evaluate(config, str(workdir))
   return workdir
 
 
@@ -181,11 +183,8 @@ def test_kill_9_at_several_points_then_resume_is_bitwise_identical(
     _, err = proc.communicate(timeout=600)
     assert proc.returncode == 0, err[-3000:]
     assert 'Resuming from the checkpoint at step' in err
-  config = _config(tiny_folder)
-  for flag in extra:
-    key, value = flag[len('--config.'):].split('=')
-    config[key] = type(config[key])(value if value != 'True' else True)
-  _assert_bitwise_equal(config, expected, workdir)
+  _assert_bitwise_equal(processes.config_of(_flags(tiny_folder, workdir, *extra)),
+                        expected, workdir)
   # The moving average and the flip view of the validation split were
   # evaluated (and, resumed, evaluated the same), on the pipeline named.
   key = 'eval_accuracy' if not extra else 'ema_flip_val_accuracy'
@@ -213,7 +212,7 @@ def test_a_stop_signal_at_the_last_step_ends_the_run_complete(tiny_folder, refer
   # As when a launcher killed at the very end passes SIGTERM on: the signal is
   # there when the last step is checked. The run is complete, not stopped.
   config = _config(tiny_folder, num_train_steps=STEPS, log_every_steps=1,
-                       checkpoint_every_steps=5)
+                   checkpoint_every_steps=5)
 
   def signal_at_the_end(guard, step):
     if step == STEPS:
@@ -234,7 +233,7 @@ def test_a_run_stopped_after_its_final_checkpoint_counts_complete(tiny_folder, r
   # A record whose last session says stopped (or has no outcome: killed while
   # ending) though the final step's checkpoint is on disk.
   config = _config(tiny_folder, num_train_steps=STEPS, log_every_steps=1,
-                       checkpoint_every_steps=5)
+                   checkpoint_every_steps=5)
   for outcome in ({'stopped': f'SIGTERM at step {STEPS}; ...', 'exit_code': 143}, {}):
     workdir = tmp_path / f'w{len(outcome)}'
     shutil.copytree(reference, workdir)
@@ -428,7 +427,7 @@ def test_a_failed_save_stops_and_the_same_command_resumes(tiny_folder, reference
   monkeypatch.setattr(handler.JsonCheckpointHandler, '_save_fn', full_disk)
   workdir = tmp_path / 'w'
   config = _config(tiny_folder, num_train_steps=STEPS, log_every_steps=1,
-                       checkpoint_every_steps=5)
+                   checkpoint_every_steps=5)
   with pytest.raises(errors.Stopped) as stopped:
     loop.train_and_evaluate(config, str(workdir))
   message = str(stopped.value)

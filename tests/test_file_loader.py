@@ -18,6 +18,7 @@ import pytest
 from resnet_jax.data import epoch_orders
 from resnet_jax.data import file_loader
 from resnet_jax.data import image_folder
+from resnet_jax.training import loop
 from resnet_jax.training import run_setup
 from tests import jpeg_files
 from tests import processes
@@ -491,7 +492,6 @@ def test_the_run_gives_the_loader_its_crop_area_augment_and_seed(folder, monkeyp
   # area, default 8%; augment=False takes the evaluation crop.
   import types
   from configs import cifar
-  from resnet_jax.training import loop
   assert cifar.get_config().crop_min_area == 0.08
   made = []
   real = file_loader.TrainExamples
@@ -648,7 +648,6 @@ def test_a_worker_ignores_stop_signals_and_exits_when_the_training_process_is_go
 def test_a_failing_input_ends_in_a_checkpoint_and_a_clean_stop(folder, tmp_path,
                                                                 monkeypatch):
   from resnet_jax import errors
-  from resnet_jax.training import loop
   from resnet_jax.workdir import run_record
   monkeypatch.setattr(file_loader, 'RETRY_DELAYS', (0.0,))
   config = tiny_config(folder, dataset='jpegs', image_size=24, batch_size=8,
@@ -742,7 +741,7 @@ def test_workers_started_under_a_storm_of_group_signals_survive_it(folder):
   assert proc.stdout.split() == ['batches', '15', 'caught', 'True']
 
 
-def _flags(folder, workdir, *extra):
+def _flags(folder, workdir, *extra, workers=2):
   return ['--config', 'configs/cifar.py', '--workdir', str(workdir),
           f'--config.data_dir={folder}', '--config.dataset=jpegs',
           # 96 px: a batch of 8 (221 KB) is more than grain's pipe holds
@@ -751,7 +750,7 @@ def _flags(folder, workdir, *extra):
           '--config.image_size=96', '--config.model=resnet8', '--config.batch_size=8',
           '--config.eval_batch_size=8', '--config.num_train_steps=14',
           '--config.log_every_steps=1', '--config.checkpoint_every_steps=4',
-          '--config.eval_every_epochs=1', '--config.input_workers=2', *extra]
+          '--config.eval_every_epochs=1', f'--config.input_workers={workers}', *extra]
 
 
 def _metrics(workdir):
@@ -793,12 +792,14 @@ def _wait_gone(pids, seconds=20):
 
 @pytest.mark.slow
 def test_group_sigterm_then_kill_9_with_workers_resumes_bitwise(folder, tmp_path):
+  # The uninterrupted run trains in this process with the default loader (-1:
+  # threads, up to 8 cores): no launch, no worker processes started per
+  # evaluation. The loader gives the same batches either way
+  # (test_batches_are_the_same_with_worker_processes_...), so the interrupted
+  # run with workers must end in its bits.
   reference = tmp_path / 'ref'
-  proc = processes.main(_flags(folder, reference))
-  _, err = proc.communicate(timeout=600)
-  assert proc.returncode == 0, err[-3000:]
-  assert 'by 2 grain worker process(es)' in err
-  assert f'Skipped {BAD[len("train/"):]}: does not decode' in err
+  loop.train_and_evaluate(processes.config_of(_flags(folder, reference, workers=-1)),
+                          str(reference))
   workdir = tmp_path / 'w'
   # SIGTERM to the whole process group, grain's workers included, as SLURM
   # signals a step's processes at preemption and a terminal's Ctrl-C does:
@@ -816,6 +817,7 @@ def test_group_sigterm_then_kill_9_with_workers_resumes_bitwise(folder, tmp_path
                 + proc.output()[1][-3000:])
   err = proc.output()[1]
   assert proc.returncode == 128 + signal.SIGTERM, err[-3000:]
+  assert 'by 2 grain worker process(es)' in err
   assert 'Received SIGTERM: saved the checkpoint of step' in err
   assert not _wait_gone(workers)
   # Then a kill -9 mid-epoch 2 (4.5 steps per epoch) of the resumed run.
@@ -830,6 +832,7 @@ def test_group_sigterm_then_kill_9_with_workers_resumes_bitwise(folder, tmp_path
   _, err = proc.communicate(timeout=600)
   assert proc.returncode == 0, err[-3000:]
   assert 'resumed from the loader state of the checkpoint' in err
+  assert f'Skipped {BAD[len("train/"):]}: does not decode' in err  # In epoch 3.
   assert _metrics(workdir) == _metrics(reference)
   a, b = _final_params(folder, reference), _final_params(folder, workdir)
   jax.tree.map(np.testing.assert_array_equal, a.params, b.params)

@@ -296,11 +296,8 @@ def test_progressive_resizing_changes_size_at_its_epoch_and_resumes_bitwise(fold
                                                                            tmp_path):
   # 36 training images at batch 8: 4.5 steps per epoch; the size grows from
   # 32 to 64 at epoch 1.0 (halfway through the ramp), step 5.
-  reference = tmp_path / 'ref'
-  proc = processes.main(_flags(folder, reference))
-  _, err = proc.communicate(timeout=600)
-  assert proc.returncode == 0, err[-3000:]
-  assert 'decoded at 32x32 growing to 64' in err
+  reference = tmp_path / 'ref'  # Uninterrupted, trained in this process.
+  loop.train_and_evaluate(processes.config_of(_flags(folder, reference)), str(reference))
   workdir = tmp_path / 'w'
   proc = processes.main(_flags(folder, workdir))
   processes.wait_for_step(workdir, 3, proc)  # Checkpoint 2 or 4: before the change.
@@ -309,6 +306,7 @@ def test_progressive_resizing_changes_size_at_its_epoch_and_resumes_bitwise(fold
   proc = processes.main(_flags(folder, workdir))
   _, err = proc.communicate(timeout=600)
   assert proc.returncode == 0, err[-3000:]
+  assert 'decoded at 32x32 growing to 64' in err
   assert _metrics(workdir) == _metrics(reference)
   # results reports top-5 beside top-1 for a run of ImageNet-size images.
   row = results.markdown_row(results.summarize(str(reference)))

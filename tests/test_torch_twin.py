@@ -22,6 +22,7 @@ from resnet_jax.training import convert  # noqa: E402
 from resnet_jax.training import loop  # noqa: E402
 from resnet_jax.training import train_state  # noqa: E402
 from tests import jpeg_files  # noqa: E402
+from tests import processes  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TWIN = os.path.join(REPO, 'benchmarks', 'torch_baseline.py')
@@ -214,10 +215,7 @@ def test_the_twin_runs_as_an_experiment_with_the_recipe_of_main(jpegs, tmp_path)
   result = run('--program=benchmarks/torch_baseline.py', *_flags(jpegs))
   assert result.returncode == 0, result.stderr[-3000:]
   assert f'run by {TWIN}' in result.stdout
-  config = config_files.load('configs/imagenet.py:resnet18')[0]
-  for flag in _flags(jpegs)[2:]:
-    field, value = flag.removeprefix('--config.').split('=')
-    config[field] = type(config[field])(value) if field != 'data_dir' else value
+  config = processes.config_of(_flags(jpegs))
   num_steps, steps_per_epoch = 9, 36 / 8  # 36 training images.
   lr_fn = train_state.create_learning_rate_fn(config, num_steps, steps_per_epoch)
   for seed in (0, 1):
