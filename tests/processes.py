@@ -1,6 +1,5 @@
 """Commands run in the background by tests: output to files, waits that fail loudly."""
 
-import ast
 import json
 import os
 import signal
@@ -48,23 +47,16 @@ def xla_flags(devices: int) -> str:
 
 def config_of(args):
   """The config `python -m resnet_jax.main ARGS` trains: its --config
-  FILE[:PRESET] with each --config.FIELD=VALUE, read as the field's type. A
-  reference run trained on it in the test's process saves a launch."""
+  FILE[:PRESET] with each --config.FIELD=VALUE, typed like the field's default
+  (`plan.parse_value`, as a sweep's values are). A reference run trained on
+  it in the test's process saves a launch."""
   from resnet_jax import config_files
+  from resnet_jax.experiments import plan
   config, _ = config_files.load(args[args.index('--config') + 1])
   for arg in args:
     if arg.startswith('--config.'):
       key, value = arg[len('--config.'):].split('=', 1)
-      kind = type(config[key])
-      if kind is bool:
-        config[key] = value == 'True'
-      elif config[key] is None:  # A path, say: a Python literal, else the text.
-        try:
-          config[key] = ast.literal_eval(value)
-        except (ValueError, SyntaxError):
-          config[key] = value
-      else:
-        config[key] = kind(value)
+      config[key] = plan.parse_value(key, value, config[key])
   return config
 
 
