@@ -92,6 +92,16 @@ def wait_for_step(workdir, step, proc, timeout=300):
   _wait_until(reached, proc, 'the run', f'reach step {step}', timeout)
 
 
+def freeze(proc) -> None:
+  """SIGSTOPs `proc` and returns once every thread of it has stopped: the
+  signal only asks, and a thread in the middle of a write (an async
+  checkpoint, a TensorBoard flush) finishes it first."""
+  proc.send_signal(signal.SIGSTOP)
+  _, status = os.waitpid(proc.pid, os.WUNTRACED)
+  if not os.WIFSTOPPED(status):
+    pytest.fail(f'the run ended (wait status {status}) instead of stopping')
+
+
 # prepare_data with a test's patch run first: the patch calls `pause(path)`
 # where the test is to act, which writes `path` to the file READY (argv[1])
 # and waits there for the test's signal.

@@ -142,7 +142,7 @@ def interrupted(tiny_folder, tmp_path_factory):
   seen['resumed_after_sigterm'] = kill_9_at(processes.main(flags), 12)
   proc = processes.main(flags)
   processes.wait_for_step(workdir, 14, proc)
-  proc.send_signal(signal.SIGSTOP)  # Frozen mid-run, still holding the workdir.
+  processes.freeze(proc)  # Mid-run, still holding the workdir.
   try:
     before, refused = _listing(workdir), []
     for extra in ([], ['--mode=eval']):
