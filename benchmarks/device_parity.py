@@ -44,15 +44,30 @@ RTOL = 1e-4
 BF16_RTOL = 5e-2
 
 
-def one_step(model: str, batch_size: int, device, half: bool = False, size: int = 32,
-             stem: str = 'cifar', classes: int = 10):
-  """(loss, parameters, BatchNorm statistics) after one step on `device`."""
+def _config(model: str, half: bool = False, stem: str = 'cifar'):
   config = cifar.get_config()
   config.update(model=model, half_precision=half, stem=stem)
+  return config
+
+
+def initial_state(model: str, stem: str = 'cifar', classes: int = 10):
+  """The state every step starts from, initialised on the CPU. The three
+  steps share it: a bfloat16 model's parameters are float32 and initialise
+  to the same values, and initialising (eager, op by op) costs more than a
+  step."""
+  config = _config(model, stem=stem)
   net = train_state.create_model(config, classes)
   tx = train_state.create_optimizer(config, train_state.create_learning_rate_fn(config, 100))
   with jax.default_device(jax.devices('cpu')[0]):
-    state = train_state.create_train_state(jax.random.key(0), net, tx)
+    return train_state.create_train_state(jax.random.key(0), net, tx)
+
+
+def one_step(state, model: str, batch_size: int, device, half: bool = False,
+             size: int = 32, stem: str = 'cifar', classes: int = 10):
+  """(loss, parameters, BatchNorm statistics) after one step from `state` on
+  `device`."""
+  config = _config(model, half, stem)
+  state = state.replace(apply_fn=train_state.create_model(config, classes).apply)
   rng = np.random.default_rng(0)
   batch = {'image': rng.integers(0, 256, (batch_size, size, size, 3), dtype=np.uint8),
            'label': rng.integers(0, classes, batch_size).astype(np.int32)}
@@ -85,10 +100,11 @@ def main():
     model, batch, shape = 'resnet50', 8, dict(size=224, stem='imagenet', classes=1000)
   batch = args.batch_size or batch
   accel, cpu = jax.devices()[0], jax.devices('cpu')[0]
+  state = initial_state(model, shape.get('stem', 'cifar'), shape.get('classes', 10))
   with jax.default_matmul_precision('highest'):
-    a = one_step(model, batch, accel, **shape)
-    c = one_step(model, batch, cpu, **shape)
-  half_loss, half_params, _ = one_step(model, batch, accel, half=True, **shape)
+    a = one_step(state, model, batch, accel, **shape)
+    c = one_step(state, model, batch, cpu, **shape)
+  half_loss, half_params, _ = one_step(state, model, batch, accel, half=True, **shape)
   record = {
       'device': f'{accel.platform} {accel.device_kind}', 'model': model,
       'image_size': shape.get('size', 32),
