@@ -198,6 +198,26 @@ def test_curves_draw_a_lone_first_point_as_a_marker(tmp_path, monkeypatch):
     assert train.get_marker() == 'o' and len(train.get_xdata()) == 1
 
 
+@pytest.mark.parametrize('interval,draws', [(3600.0, 1), (0.0, 3)])
+def test_curves_are_redrawn_at_most_every_interval_and_once_more_at_the_end(
+    tmp_path, monkeypatch, interval, draws):
+  # A redraw holds the GIL the training loop needs: a run shorter than the
+  # interval draws once, at the end; with no interval, every evaluation
+  # draws, and the end adds none when nothing came after the last one.
+  from resnet_jax.reporting import metrics_io, plots
+  calls = []
+  monkeypatch.setattr(plots, 'draw_curves', lambda metrics, out: calls.append(out))
+  monkeypatch.setattr(metrics_io.MetricsWriter, 'REDRAW_SECONDS', interval)
+  writer = metrics_io.MetricsWriter(str(tmp_path))
+  for step in (1, 2, 3):
+    writer.write(step, {'train_loss': 1.0, 'epoch': step})  # Draws nothing.
+    writer.write(step, {'eval_accuracy': 0.5, 'eval_loss': 1.0, 'epoch': step})
+    if writer._drawing is not None:  # pylint: disable=protected-access
+      writer._drawing.result()  # pylint: disable=protected-access
+  writer.close()
+  assert calls == [str(tmp_path / 'curves.png')] * draws
+
+
 def test_misleading_library_warnings_are_dropped():
   import logging
   from absl import logging as absl_logging

@@ -101,6 +101,11 @@ class MetricsWriter:
   writes them again, identically, so the file reads as one uninterrupted run.
   """
 
+  # A redraw is 0.2-0.5 s of Python on a thread, holding the GIL the training
+  # loop needs: at most one per REDRAW_SECONDS, and one more at the end. A
+  # short run (a test's) draws once, at the end.
+  REDRAW_SECONDS = 30.0
+
   def __init__(self, workdir: str, resume_step: int = 0, progress=None):
     self.workdir = workdir
     self.path = os.path.join(workdir, 'metrics.jsonl')
@@ -108,7 +113,8 @@ class MetricsWriter:
     self.progress = progress
     self._tb = None
     self._plotter = concurrent.futures.ThreadPoolExecutor(1)
-    self._drawing, self._redraw = None, False
+    # `_stale`: an evaluation came after the last drawing started.
+    self._drawing, self._stale, self._drawn_at = None, False, time.monotonic()
     self._jsonl = JsonlWriter(self.path)
     if self.enabled and os.path.exists(self.path):
       with open(self.path) as f:
@@ -133,24 +139,25 @@ class MetricsWriter:
       self.progress.set_metrics(metrics)
     log.info('%s', format_line(record, total))
     if 'eval_accuracy' in metrics or 'val_accuracy' in metrics:
+      self._stale = True
       # Off the training thread: a redraw takes longer than a GPU epoch's
-      # worth of steps. One at a time, the newest wins.
-      if self._drawing is None or self._drawing.done():
+      # worth of steps. One at a time, from the newest lines.
+      busy = self._drawing is not None and not self._drawing.done()
+      if not busy and time.monotonic() - self._drawn_at >= self.REDRAW_SECONDS:
+        self._stale, self._drawn_at = False, time.monotonic()
         self._drawing = self._plotter.submit(
             plots.draw_curves, self.path, os.path.join(self.workdir, 'curves.png'))
-      else:
-        self._redraw = True
 
   def _finish_drawing(self) -> None:
     if self._drawing is not None:
       self._drawing.result()
-    if self._redraw:
-      self._redraw = False
+    if self._stale:
+      self._stale = False
       plots.draw_curves(self.path, os.path.join(self.workdir, 'curves.png'))
 
   def close(self) -> None:
-    """Finishes the curves (drawn once more if an evaluation came in while
-    they were drawn) and the TensorBoard file."""
+    """Finishes the curves (drawn once more if an evaluation came after the
+    last drawing started) and the TensorBoard file."""
     if self._tb is not None:
       try:
         self._finish_drawing()
