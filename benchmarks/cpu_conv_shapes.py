@@ -17,7 +17,7 @@ Paths:
   ynn     `lax`, compiled with YNNPACK's individual-convolution library fusion.
 
 Each cell is the best of 3 timed runs (ms per call; a run repeats the call
-until it lasts 50 ms). `x` is how often the shape occurs in the model;
+until it lasts --min_run_ms, 50 ms). `x` is how often the shape occurs in the model;
 `total` sums forward + both gradients over the occurrences; `pick` is the
 path with the least total, `cpu_conv` what `layers.CpuConv` takes ('auto').
 The paths' outputs are checked against `lax` (max |difference| / max |value|).
@@ -93,8 +93,8 @@ def pass_functions(path, strides, padding):
   }
 
 
-def milliseconds(compiled, args) -> float:
-  """Best of 3 runs of at least 50 ms, per call."""
+def milliseconds(compiled, args, min_seconds: float = 0.05) -> float:
+  """Best of 3 runs of at least `min_seconds`, per call."""
   jax.block_until_ready(compiled(*args))
   n, best = 1, float('inf')
   for _ in range(3):
@@ -104,14 +104,14 @@ def milliseconds(compiled, args) -> float:
         out = compiled(*args)
       jax.block_until_ready(out)
       took = time.perf_counter() - start
-      if took >= 0.05:
+      if took >= min_seconds:
         break
-      n = max(n + 1, int(n * 0.06 / max(took, 1e-6)))
+      n = max(n + 1, int(n * 1.2 * min_seconds / max(took, 1e-6)))
     best = min(best, took / n)
   return 1000 * best
 
 
-def measure(shape, paths) -> dict:
+def measure(shape, paths, min_seconds: float = 0.05) -> dict:
   """{path: {'fwd', 'dx', 'dw': ms, 'error': relative max difference}}."""
   x_shape, k_shape, strides, padding = shape
   key_x, key_w, key_g = jax.random.split(jax.random.key(0), 3)
@@ -130,7 +130,7 @@ def measure(shape, paths) -> dict:
     try:
       for name, fn in pass_functions(layout, strides, padding).items():
         compiled = jax.jit(fn).lower(*args).compile(compiler_options=options)
-        row[name] = milliseconds(compiled, args)
+        row[name] = milliseconds(compiled, args, min_seconds)
         if name == 'fwd':
           y = compiled(*args)
           if layout == 'nchw':
@@ -147,7 +147,7 @@ def _describe(shape) -> str:
   return f'{kh}x{kw}/{s} {c:>4}->{f:<4} {h:>3}x{w:<3} n{n}'
 
 
-def table(model, stem, size, batch, paths) -> dict:
+def table(model, stem, size, batch, paths, min_seconds: float = 0.05) -> dict:
   """Prints one model's table; returns {path: total ms of its convolutions}."""
   print(f'\n{model} ({stem} stem) at {size} px, batch {batch}; ms per call '
         '(fwd / dx / dw), x = occurrences')
@@ -157,7 +157,7 @@ def table(model, stem, size, batch, paths) -> dict:
   taken = 0.0
   for shape, count in sorted(conv_shapes(model, stem, size, batch).items(),
                              key=lambda kv: (-kv[0][0][1], kv[0][1])):
-    results = measure(shape, paths)
+    results = measure(shape, paths, min_seconds)
     cells, sums = [], {}
     for p in paths:
       r = results[p]
@@ -187,13 +187,15 @@ def main():
   parser.add_argument('--issue', action='store_true', help="all of issue 46's rows")
   parser.add_argument('--paths', default='lax,im2col,nchw',
                       help='comma-separated: lax, im2col, nchw, ' + ', '.join(FLAG_PATHS))
+  parser.add_argument('--min_run_ms', type=float, default=50.0,
+                      help='each timed run repeats the call until it lasts this long')
   args = parser.parse_args()
   paths = args.paths.split(',')
   print(f'jax {jax.__version__}, {jax.devices()[0].device_kind}, {os.cpu_count()} cores; '
         "'!' = output differs from lax by more than 1e-4 of its largest value")
   rows = ISSUE_ROWS if args.issue else ((args.model, args.stem, args.size, args.batch),)
   for row in rows:
-    table(*row, paths)
+    table(*row, paths, args.min_run_ms / 1000)
 
 
 if __name__ == '__main__':

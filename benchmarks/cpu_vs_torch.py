@@ -55,16 +55,30 @@ def stem_of(model: str) -> str:
   return 'imagenet' if model in models.IMAGENET_FAMILY else 'cifar'
 
 
-def jax_step(model: str, size: int, batch: int, cpu_conv: str):
-  """A `run(n)` that takes n training steps (blocking) of the JAX model."""
+def _config(model: str, batch: int, cpu_conv: str):
   config = config_files.load_module(
       os.path.join(os.path.dirname(_HERE), 'configs', 'cifar.py')).get_config()
   config.update(model=model, stem=stem_of(model), batch_size=batch, augment=False,
                 cpu_conv=cpu_conv, parallelism='jit', num_devices=1)
+  return config
+
+
+def initial_state(model: str, batch: int):
+  """The state both JAX columns start from: cpu_conv on and off initialise
+  alike (tests/test_models.py), so the row initialises once."""
+  config = _config(model, batch, 'off')
+  net = train_state.create_model(config, NUM_CLASSES)
+  tx = train_state.create_optimizer(config, train_state.create_learning_rate_fn(config, 10**6))
+  return train_state.create_train_state(jax.random.key(0), net, tx)
+
+
+def jax_step(state, model: str, size: int, batch: int, cpu_conv: str):
+  """A `run(n)` that takes n training steps (blocking) of the JAX model from
+  `state` (`initial_state`)."""
+  config = _config(model, batch, cpu_conv)
   dp = data_parallel.DataParallel('jit', 1)
   net = train_state.create_model(config, NUM_CLASSES, dp.axis_name)
-  tx = train_state.create_optimizer(config, train_state.create_learning_rate_fn(config, 10**6))
-  state = dp.place_state(train_state.create_train_state(jax.random.key(0), net, tx))
+  state = dp.place_state(state.replace(apply_fn=net.apply))
   step, _ = train_steps.compile_steps(dp, config, NUM_CLASSES, datasets.MEAN_STD['cifar10'])
   rng = np.random.default_rng(0)
   data = dp.put_batch({
@@ -95,8 +109,9 @@ def torch_step(model: str, size: int, batch: int):
 
 def measure(row: str, windows: int, min_seconds: float, with_torch: bool) -> dict:
   model, size, batch = parse_row(row)
-  runners = {'off': jax_step(model, size, batch, 'off'),
-             'auto': jax_step(model, size, batch, 'auto')}
+  state = initial_state(model, batch)
+  runners = {'off': jax_step(state, model, size, batch, 'off'),
+             'auto': jax_step(state, model, size, batch, 'auto')}
   torch_version = 'no torch'
   if with_torch:
     runners['torch'], torch_version = torch_step(model, size, batch)
