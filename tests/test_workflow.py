@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 from absl import flags
 from ml_collections import config_flags
@@ -198,24 +199,38 @@ def test_curves_draw_a_lone_first_point_as_a_marker(tmp_path, monkeypatch):
     assert train.get_marker() == 'o' and len(train.get_xdata()) == 1
 
 
-@pytest.mark.parametrize('interval,draws', [(3600.0, 1), (0.0, 3)])
 def test_curves_are_redrawn_at_most_every_interval_and_once_more_at_the_end(
-    tmp_path, monkeypatch, interval, draws):
-  # A redraw holds the GIL the training loop needs: a run shorter than the
-  # interval draws once, at the end; with no interval, every evaluation
-  # draws, and the end adds none when nothing came after the last one.
+    tmp_path, monkeypatch):
+  # A redraw holds the GIL the training loop needs: at most one per
+  # REDRAW_SECONDS (30) since the last one started, on any record once an
+  # evaluation is waiting; then one more at the end if an evaluation came
+  # after the last drawing. A run shorter than the interval draws once.
+  import types
   from resnet_jax.reporting import metrics_io, plots
-  calls = []
-  monkeypatch.setattr(plots, 'draw_curves', lambda metrics, out: calls.append(out))
-  monkeypatch.setattr(metrics_io.MetricsWriter, 'REDRAW_SECONDS', interval)
-  writer = metrics_io.MetricsWriter(str(tmp_path))
-  for step in (1, 2, 3):
-    writer.write(step, {'train_loss': 1.0, 'epoch': step})  # Draws nothing.
-    writer.write(step, {'eval_accuracy': 0.5, 'eval_loss': 1.0, 'epoch': step})
-    if writer._drawing is not None:  # pylint: disable=protected-access
-      writer._drawing.result()  # pylint: disable=protected-access
-  writer.close()
-  assert calls == [str(tmp_path / 'curves.png')] * draws
+  clock, drawn = [0.0], []
+  monkeypatch.setattr(metrics_io, 'time', types.SimpleNamespace(
+      monotonic=lambda: clock[0], time=time.time))
+  monkeypatch.setattr(plots, 'draw_curves', lambda metrics, out: drawn.append(clock[0]))
+  train, evaluation = {'train_loss': 1.0, 'epoch': 1}, {'eval_accuracy': 0.5, 'epoch': 1}
+
+  def session(records):
+    drawn.clear()
+    clock[0] = 0.0
+    writer = metrics_io.MetricsWriter(str(tmp_path))
+    for step, (t, metrics) in enumerate(records):
+      clock[0] = t
+      writer.write(step, metrics)
+      if writer._drawing is not None:  # pylint: disable=protected-access
+        writer._drawing.result()  # pylint: disable=protected-access
+    clock[0] += 1
+    writer.close()
+    return list(drawn)
+
+  assert session([(10, evaluation), (20, train), (31, evaluation), (40, evaluation),
+                  (62, train), (70, train), (80, evaluation)]) == [31, 62, 81]
+  assert session([(31, evaluation), (50, train)]) == [31]  # Nothing new to draw.
+  assert session([(5, train), (10, evaluation), (20, evaluation)]) == [21]
+  assert session([(40, train)]) == []  # No evaluation, no curves.
 
 
 def test_misleading_library_warnings_are_dropped():

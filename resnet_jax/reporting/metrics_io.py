@@ -101,9 +101,10 @@ class MetricsWriter:
   writes them again, identically, so the file reads as one uninterrupted run.
   """
 
-  # A redraw is 0.2-0.5 s of Python on a thread, holding the GIL the training
-  # loop needs: at most one per REDRAW_SECONDS, and one more at the end. A
-  # short run (a test's) draws once, at the end.
+  # A redraw of curves.png is 0.16 s of Python (0.4 s more the first time,
+  # importing matplotlib) on a thread, holding the GIL the training loop
+  # needs: at most one per REDRAW_SECONDS, and one more at the end. A run
+  # shorter than that (a test's) draws once, at the end.
   REDRAW_SECONDS = 30.0
 
   def __init__(self, workdir: str, resume_step: int = 0, progress=None):
@@ -128,8 +129,9 @@ class MetricsWriter:
       self._tb = EventFile(os.path.join(workdir, 'tensorboard'))
 
   def write(self, step: int, metrics: dict, total: Optional[int] = None) -> None:
-    """One record: metrics.jsonl, TensorBoard, the console, and after an
-    evaluation a fresh curves.png."""
+    """One record: metrics.jsonl, TensorBoard, the console, and, once an
+    evaluation came and REDRAW_SECONDS passed since the last drawing
+    started, a fresh curves.png."""
     if not self.enabled:
       return
     record = {'step': step, **metrics}
@@ -140,17 +142,24 @@ class MetricsWriter:
     log.info('%s', format_line(record, total))
     if 'eval_accuracy' in metrics or 'val_accuracy' in metrics:
       self._stale = True
+    # Checked at every record, so an evaluation that came too soon is drawn
+    # once the interval has passed, not only at the next evaluation.
+    busy = self._drawing is not None and not self._drawing.done()
+    now = time.monotonic()
+    if self._stale and not busy and now - self._drawn_at >= self.REDRAW_SECONDS:
       # Off the training thread: a redraw takes longer than a GPU epoch's
       # worth of steps. One at a time, from the newest lines.
-      busy = self._drawing is not None and not self._drawing.done()
-      if not busy and time.monotonic() - self._drawn_at >= self.REDRAW_SECONDS:
-        self._stale, self._drawn_at = False, time.monotonic()
-        self._drawing = self._plotter.submit(
-            plots.draw_curves, self.path, os.path.join(self.workdir, 'curves.png'))
+      self._stale, self._drawn_at = False, now
+      self._drawing = self._plotter.submit(
+          plots.draw_curves, self.path, os.path.join(self.workdir, 'curves.png'))
 
   def _finish_drawing(self) -> None:
     if self._drawing is not None:
-      self._drawing.result()
+      try:
+        self._drawing.result()
+      except Exception as e:  # pylint: disable=broad-except
+        log.warning('Drawing curves.png failed: %s', e)
+        self._stale = True  # Tried again from every line.
     if self._stale:
       self._stale = False
       plots.draw_curves(self.path, os.path.join(self.workdir, 'curves.png'))
