@@ -109,9 +109,12 @@ def torch_step(model: str, size: int, batch: int):
 
 def measure(row: str, windows: int, min_seconds: float, with_torch: bool) -> dict:
   model, size, batch = parse_row(row)
+  # Each runner places its own copy (`place_state` goes through the host),
+  # so one runner's donated buffers are never the other's.
   state = initial_state(model, batch)
   runners = {'off': jax_step(state, model, size, batch, 'off'),
              'auto': jax_step(state, model, size, batch, 'auto')}
+  del state
   torch_version = 'no torch'
   if with_torch:
     runners['torch'], torch_version = torch_step(model, size, batch)
