@@ -159,7 +159,7 @@ class MetricsWriter:
         self._drawing.result()
       except Exception as e:  # pylint: disable=broad-except
         log.warning('Drawing curves.png failed: %s', e)
-        self._stale = True  # Tried again from every line.
+        self._stale = True  # Drawn again below, from the whole file.
     if self._stale:
       self._stale = False
       plots.draw_curves(self.path, os.path.join(self.workdir, 'curves.png'))
