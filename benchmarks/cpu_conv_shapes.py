@@ -18,9 +18,10 @@ Paths:
 
 Each cell is the best of 3 timed runs (ms per call; a run repeats the call
 until it lasts --min_run_ms, default 50). `x` is how often the shape occurs
-in the model; `total` sums forward + both gradients over the occurrences; `pick` is the
-path with the least total, `cpu_conv` what `layers.CpuConv` takes ('auto').
-The paths' outputs are checked against `lax` (max |difference| / max |value|).
+in the model; `total` sums forward + both gradients over the occurrences;
+`pick` is the path with the least total, `cpu_conv` what `layers.CpuConv`
+takes ('auto'). The paths' outputs are checked against `lax` (max |difference|
+/ max |value|).
 """
 
 import argparse
