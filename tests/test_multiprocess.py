@@ -11,10 +11,9 @@ import sys
 import time
 
 import jax
-import jax.numpy as jnp
+import numpy as np
 import pytest
 
-from resnet_jax.data import device_pipeline
 from resnet_jax.training import evaluation
 from resnet_jax.training import loop
 from resnet_jax.training import run_setup
@@ -22,30 +21,6 @@ from tests import processes
 from tests.conftest import STEP_RTOL, relative_differences, tiny_config
 
 REPO = processes.REPO
-# After STEPS = 8 steps, two processes (stopped and resumed) vs one, in
-# relative_differences' units, per tree. Measured on a Zen 4 AMD EPYC, native
-# and with --xla_cpu_max_isa=AVX2 (the same bits either way):
-#                  params   batch_stats  opt_state
-#   JAX 0.10       1.1e-6   4.9e-7       1.4e-6
-#   JAX 0.12       2.3e-6   2.0e-7       1.1e-3
-#   faults (0.12): one step behind 5.4e-3, 0.12, 0.71; batches one example
-#                  off from step 5 0.11, 1.9e-2, 1.7
-# The parameters and statistics integrate the gradients scaled by the
-# learning rate and stay at rounding. The momentum is the recent gradients
-# themselves, and a gradient is not continuous in the parameters: on JAX 0.12
-# it jumps from 1.6e-6 to 1.2e-3 at step 7 of an uninterrupted two-process
-# run (so not the resume) while the parameters differ by 1e-6, which only a
-# kink does (a ReLU input of ~0 on the other side in one run; layer3's 2x2
-# maps make one unit a visible share of its kernel's gradient). So the
-# momentum gets a tolerance that admits a kink and still sits 35x below the
-# smallest fault; the parameters and statistics keep STEP_RTOL, 100x below.
-RESUMED_RTOL = {'params': STEP_RTOL, 'batch_stats': STEP_RTOL, 'opt_state': 2e-2}
-
-
-def _within(diffs, tolerances=RESUMED_RTOL) -> bool:
-  return all(diffs[tree] <= tolerances[tree] for tree in tolerances)
-
-
 def _env(devices):
   """This environment with `devices` CPU devices per process; keeps the
   caller's other XLA flags (an ISA limit, say)."""
@@ -146,15 +121,47 @@ def test_a_stop_signal_reaches_every_process_and_the_same_command_resumes(two_pr
 
 
 @pytest.fixture(scope='module')
+def uninterrupted(tiny_folder, tmp_path_factory):
+  """The same two-process launch, run to the end without a stop: a workdir."""
+  workdir = str(tmp_path_factory.mktemp('uninterrupted') / 'w')
+  result = _run(['./launch.sh', 'configs/cifar.py', workdir, '--nproc', '2',
+                 *_overrides(tiny_folder)], 2)
+  assert result.returncode == 0, result.stderr[-3000:]
+  return workdir
+
+
+@pytest.mark.slow
+def test_a_stopped_and_resumed_run_ends_bitwise_where_an_uninterrupted_one_does(
+    two_processes, uninterrupted, tiny_folder):
+  # Same config, seed and layout (2 processes x 2 devices): the resume must
+  # change nothing, so the comparison is bitwise. A tolerance against the
+  # one-process run could not be set: a gradient is not continuous in the
+  # parameters (ReLU), and which unit flips with rounding depends on the CPU
+  # (at step 4 on an AVX-512 Xeon: 7.7e-4 of a BatchNorm bias by step 8,
+  # within 7x of a resume one step behind).
+  resumed = _state_at(tiny_folder, two_processes[0], STEPS)
+  want = _state_at(tiny_folder, uninterrupted, STEPS)
+  for tree in ('params', 'batch_stats', 'opt_state'):
+    got, ref = jax.tree.leaves(getattr(resumed, tree)), jax.tree.leaves(getattr(want, tree))
+    assert len(got) == len(ref) and all(map(np.array_equal, got, ref)), tree
+  # Every logged loss and accuracy too (a resume that recomputed a step
+  # would repeat a line; one from another stream position, change one).
+  drop = ('images_per_sec',)
+  assert ([{k: v for k, v in l.items() if k not in drop} for l in _lines(two_processes[0])]
+          == [{k: v for k, v in l.items() if k not in drop} for l in _lines(uninterrupted)])
+
+
+@pytest.fixture(scope='module')
 def one_process(tiny_folder, tmp_path_factory):
-  """The same run uninterrupted in this process, on 8 devices."""
+  """The same run in this process, on 8 devices."""
   one = str(tmp_path_factory.mktemp('one') / 'w')
   loop.train_and_evaluate(_config(tiny_folder), one)
   return one
 
 
 @pytest.mark.slow
-def test_two_processes_match_one_process(two_processes, one_process, tiny_folder):
+def test_two_processes_match_one_process_at_the_first_step(two_processes, one_process,
+                                                           tiny_folder):
   two, one = two_processes[0], one_process
   got, want = _lines(two), _lines(one)
   print('two processes:', got, '\none process:', want, sep='\n')
@@ -162,46 +169,15 @@ def test_two_processes_match_one_process(two_processes, one_process, tiny_folder
   # rounding, as any two layouts do (tests/test_parallel.py); so does the
   # evaluation after it, whose sums run over both processes' halves of the
   # test split (a process counting only its own would report 10 examples).
+  # Later steps part by more than rounding wherever a ReLU input near 0
+  # lands on the other side (see the bitwise test above).
   assert got[0]['train_loss'] == pytest.approx(want[0]['train_loss'], rel=STEP_RTOL)
   assert got[1]['eval_examples'] == want[1]['eval_examples'] == 20
   assert got[1]['eval_loss'] == pytest.approx(want[1]['eval_loss'], rel=STEP_RTOL)
   assert got[1]['eval_accuracy'] == want[1]['eval_accuracy']
-  # The stopped and resumed two-process run ends where the uninterrupted
-  # one-process run does, to the rounding that STEPS steps amplify; a
-  # process resuming from another step or stream position is off by orders
-  # of magnitude more.
-  diffs = relative_differences(_state_at(tiny_folder, one, STEPS),
-                               _state_at(tiny_folder, two, STEPS))
-  print(f'state after step {STEPS}, two processes (stopped, resumed) vs one:', diffs)
-  assert _within(diffs), diffs
-
-
-@pytest.mark.slow
-def test_the_comparison_fails_a_resume_at_another_step_or_stream_position(
-    one_process, tiny_folder, tmp_path, monkeypatch):
-  """RESUMED_RTOL against the faults it must catch, so a tolerance loosened
-  to pass on some machine cannot quietly stop testing the resume."""
-  want = _state_at(tiny_folder, one_process, STEPS)
-  # One step behind (every evaluation checkpoints, so step 7 is kept).
-  behind = relative_differences(want, _state_at(tiny_folder, one_process, STEPS - 1))
-  # Batches one example off from step 5 on: where a resume at step 4 with a
-  # stream position off by one would be.
-  index = device_pipeline.example_index
-  shifted = str(tmp_path / 'shifted')
-  with monkeypatch.context() as patch:
-    patch.setattr(device_pipeline, 'example_index', lambda spec, perms, first, step: (
-        jnp.where(step >= 4, jnp.roll(index(spec, perms, first, step), 1),
-                  index(spec, perms, first, step))))
-    jax.clear_caches()  # A cached chunk program would hold the real index ...
-    loop.train_and_evaluate(_config(tiny_folder), shifted)
-  jax.clear_caches()  # ... and later tests must not get the shifted one.
-  off = relative_differences(want, _state_at(tiny_folder, shifted, STEPS))
-  same_start = relative_differences(_state_at(tiny_folder, one_process, 4),
-                                    _state_at(tiny_folder, shifted, 4))
-  print('one step behind:', behind, '\none example off from step 5:', off)
-  assert max(same_start.values()) == 0  # The fault starts where it says.
-  for diffs in (behind, off):
-    assert all(diffs[tree] > 10 * RESUMED_RTOL[tree] for tree in RESUMED_RTOL), diffs
+  diffs = relative_differences(_state_at(tiny_folder, one, 1), _state_at(tiny_folder, two, 1))
+  print('state after step 1, two processes vs one:', diffs)
+  assert max(diffs.values()) <= STEP_RTOL, diffs
 
 
 @pytest.mark.slow
