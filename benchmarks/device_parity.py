@@ -53,13 +53,13 @@ def _config(model: str, half: bool = False, stem: str = 'cifar'):
 def initial_state(model: str, stem: str = 'cifar', classes: int = 10):
   """The state every step starts from, initialised on the CPU. The three
   steps share it: a bfloat16 model's parameters are float32 and initialise
-  to the same values, and initialising (eager, op by op) costs more than a
-  step."""
+  to the same values, and initialising costs more than a step."""
   config = _config(model, stem=stem)
   net = train_state.create_model(config, classes)
   tx = train_state.create_optimizer(config, train_state.create_learning_rate_fn(config, 100))
   with jax.default_device(jax.devices('cpu')[0]):
-    return train_state.create_train_state(jax.random.key(0), net, tx)
+    return train_state.create_train_state(jax.random.key(0), net, tx,
+                                          compiled=True)
 
 
 def one_step(state, model: str, batch_size: int, device, half: bool = False,

@@ -101,14 +101,15 @@ def _state_of(config, dp, num_classes):
   model = train_state.create_model(config, num_classes, dp.axis_name)
   tx = train_state.create_optimizer(config, train_state.create_learning_rate_fn(config, 10**6))
   return dp.place_state(train_state.create_train_state(
-      jax.random.key(config.seed), model, tx, ema=config.ema_decay > 0))
+      jax.random.key(config.seed), model, tx, ema=config.ema_decay > 0, compiled=True))
 
 
 def loop_rate(config, split, windows: int, steps: int, warmup: int,
-              min_seconds: float) -> dict:
+              min_seconds: float, initial) -> dict:
   """The training loop as `train_and_evaluate` runs it (the pipeline `config`
   resolves to, k steps per call, metrics fetched and formatted every
-  `log_every_steps`), without evaluations and checkpoints.
+  `log_every_steps`), without evaluations and checkpoints, from the host
+  state `initial` (canonical: `DataParallel.canonical_state`).
 
   Returns:
     {'pipeline', 'steps_per_call', 'images_per_sec' (median of the windows),
@@ -132,7 +133,7 @@ def loop_rate(config, split, windows: int, steps: int, warmup: int,
   plan = loop.chunk_plan(0, 10**5, k, config.log_every_steps, 10**9, set())
   feed = loop.feed(pipeline, dp, split, config, plan, k)
   calls = zip(plan, feed)
-  holder = {'state': _state_of(config, dp, source.num_classes), 'pending': [],
+  holder = {'state': dp.place_state(initial), 'pending': [],
             'host': 0.0}
 
   def run_steps(n):
@@ -205,6 +206,10 @@ def run(config, windows: int = 5, steps: int = 10, warmup: int = 3,
   (dp, stream, state, step_fn, eval_fn, batch, compile_s,
    split) = compiled_train_step(config)
   b = config.batch_size
+  # With image_size the loop is not timed: its batches come from files.
+  loop_timed = loop and not config.get('image_size', 0)
+  if loop_timed:  # The loop's windows start from it too: a copy, as steps donate it.
+    initial = jax.tree.map(np.array, jax.device_get(dp.canonical_state(state)))
 
   # Train: a fixed device batch, so only the step is timed.
   for _ in range(warmup):
@@ -262,16 +267,16 @@ def run(config, windows: int = 5, steps: int = 10, warmup: int = 3,
   stats = device.memory_stats() if hasattr(device, 'memory_stats') else None
   if stats and 'peak_bytes_in_use' in stats:
     record['peak_memory_gib'] = round(stats['peak_bytes_in_use'] / 2**30, 2)
-  if loop and config.get('image_size', 0):
-    loop = False  # Its batches come from files: benchmarks/jpeg_decoding.py.
+  if loop and not loop_timed:
     record['loop'] = 'not timed with image_size (benchmarks/jpeg_decoding.py times the loader)'
-  if loop:
-    after = loop_rate(config, split, windows, steps, warmup, min_window_seconds)
+  if loop_timed:
+    after = loop_rate(config, split, windows, steps, warmup, min_window_seconds, initial)
     # The loop before data moved to the device: host batches, one step per call.
     before_config = config.copy_and_resolve_references()
     before_config.unlock()
     before_config.update(input_pipeline='host', steps_per_call=1)
-    before = loop_rate(before_config, split, windows, steps, warmup, min_window_seconds)
+    before = loop_rate(before_config, split, windows, steps, warmup, min_window_seconds,
+                       initial)
     record.update({
         'input_pipeline': after['pipeline'], 'steps_per_call': after['steps_per_call'],
         'loop_images_per_sec': round(after['images_per_sec'], 1),
