@@ -69,7 +69,7 @@ def initial_state(model: str, batch: int):
   config = _config(model, batch, 'off')
   net = train_state.create_model(config, NUM_CLASSES)
   tx = train_state.create_optimizer(config, train_state.create_learning_rate_fn(config, 10**6))
-  return train_state.create_train_state(jax.random.key(0), net, tx, compiled=True)
+  return train_state.create_train_state(jax.random.key(0), net, tx)
 
 
 def jax_step(state, model: str, size: int, batch: int, cpu_conv: str):
