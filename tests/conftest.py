@@ -42,10 +42,12 @@ from tests import cifar_archives  # noqa: E402
 
 def pytest_collection_modifyitems(config, items):
   """Files with the most slow tests first. The two workers take whole files
-  in this order (--dist loadfile --no-loadscope-reorder, pyproject.toml), so
-  the long files start early and the short ones even out the end; xdist's
-  own order, by test count, left one worker idle for the last 26 s
-  (docs/testing.md, "Seventh pass"). Each file's tests keep their order."""
+  in this order (--dist loadfile --no-loadscope-reorder, pyproject.toml);
+  slow tests stand in for a file's time, so the long files start early and
+  the short ones even out the end. xdist's own order, by test count, left
+  one worker idle for the last 26 s (docs/testing.md, "Seventh pass"). Each
+  file's tests keep their order. This runs before `-m` deselects, so every
+  tier gets the same file order."""
   del config
   slow = collections.Counter(item.path for item in items if item.get_closest_marker('slow'))
   items.sort(key=lambda item: -slow[item.path])

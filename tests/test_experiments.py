@@ -426,9 +426,10 @@ while True:
 
 @pytest.mark.skipif(sys.platform != 'linux', reason='signals between processes')
 @pytest.mark.parametrize('gain', [20, 0])
-# RunTask forks (its preexec_fn ignores SIGUSR2) in submitit's job process,
-# where no JAX backend has started; in this pytest worker an earlier file
-# started one, and JAX's fork hook warns of its threads.
+# RunTask forks (its preexec_fn ignores SIGUSR2). In use it runs in
+# submitit's job process, where no JAX backend starts; this test calls it in
+# the pytest worker, where an earlier file started one, so JAX's fork hook
+# warns of its threads.
 @pytest.mark.filterwarnings(r'ignore:os\.fork\(\) was called:RuntimeWarning')
 def test_no_progress_is_judged_by_checkpoints_not_by_a_killed_attempts_metrics(
     tmp_path, gain):
